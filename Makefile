@@ -1,0 +1,55 @@
+# Confide: `make up` starts the native stack and every service; `make test` runs every test
+# against the real Kafka broker and PostgreSQL (starting them when they are not running).
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+STACK_DIR ?= $(CURDIR)/.stack
+export CONFIDE_STACK_DIR := $(STACK_DIR)
+UV ?= uv
+PYTEST_ARGS ?=
+
+.PHONY: help install up down status logs test test-unit lint format schemas compose-up compose-down bench
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
+
+install: ## install the Python workspace (uv sync from the committed uv.lock)
+	@command -v $(UV) >/dev/null || { echo "uv is missing: pip install uv" >&2; exit 1; }
+	@$(UV) sync --frozen --quiet
+
+up: install ## start PostgreSQL, Kafka and every service; wait until each is ready
+	@deploy/stack.sh up
+
+down: ## stop every service, Kafka and PostgreSQL (data is kept in .stack/)
+	@deploy/stack.sh down
+
+status: ## what runs, where it listens, where it logs
+	@deploy/stack.sh status
+
+logs: ## follow every log of the native stack
+	@deploy/stack.sh logs
+
+test: install ## every test, unit to end-to-end, against real Kafka and PostgreSQL
+	@deploy/stack.sh infra-up
+	@source $(STACK_DIR)/stack.env && $(UV) run --frozen pytest $(PYTEST_ARGS)
+
+test-unit: install ## only the tests that need no broker or database
+	@$(UV) run --frozen pytest -m "not integration" $(PYTEST_ARGS)
+
+lint: install ## ruff, mypy --strict and the import-linter architecture contracts
+	@$(UV) run --frozen ruff check .
+	@$(UV) run --frozen ruff format --check .
+	@$(UV) run --frozen mypy shared/events/src shared/toolkit/src services/*/src
+	@$(UV) run --frozen lint-imports
+
+format: install ## apply ruff's formatting and safe fixes
+	@$(UV) run --frozen ruff format .
+	@$(UV) run --frozen ruff check --fix .
+
+schemas: install ## regenerate the committed JSON Schemas of the event contract
+	@$(UV) run --frozen python -m confide_events.schemas write
+
+compose-up: ## the same suite on Docker (needs a Docker engine)
+	docker compose -f deploy/compose.yaml up --build -d
+
+compose-down: ## stop the Docker suite
+	docker compose -f deploy/compose.yaml down
