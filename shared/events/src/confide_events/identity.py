@@ -1,0 +1,111 @@
+"""Events published by the identity service on `identity.events`."""
+
+from typing import Annotated, ClassVar, Literal, Self
+from uuid import UUID
+
+from pydantic import BaseModel, ConfigDict, StringConstraints, model_validator
+
+from confide_events.base import IntegrationEvent
+from confide_events.shredding import SubjectDataShredded as _SubjectDataShredded
+from confide_events.vocabulary import IdentityCategory, KeyId, UtcDateTime
+
+PRODUCER = "identity"
+
+Role = Literal["client", "therapist", "compliance"]
+
+
+class UserRegistered(IntegrationEvent):
+    """An account was opened. Its profile stays in identity, encrypted."""
+
+    event_type: ClassVar[str] = "confide.identity.UserRegistered"
+    schema_version: ClassVar[int] = 1
+    producer: ClassVar[str] = PRODUCER
+
+    subject_id: UUID
+    role: Role
+    registered_at: UtcDateTime
+
+
+class AccountClosed(IntegrationEvent):
+    """An account was closed; retention clocks for the person start now."""
+
+    event_type: ClassVar[str] = "confide.identity.AccountClosed"
+    schema_version: ClassVar[int] = 1
+    producer: ClassVar[str] = PRODUCER
+
+    subject_id: UUID
+    closed_at: UtcDateTime
+
+
+class PasswordChanged(IntegrationEvent):
+    """A person's password was changed; their sessions elsewhere should end."""
+
+    event_type: ClassVar[str] = "confide.identity.PasswordChanged"
+    schema_version: ClassVar[int] = 1
+    producer: ClassVar[str] = PRODUCER
+
+    subject_id: UUID
+    changed_at: UtcDateTime
+
+
+class AccountLocked(IntegrationEvent):
+    """Too many failed sign-ins: the account is locked until `locked_until`."""
+
+    event_type: ClassVar[str] = "confide.identity.AccountLocked"
+    schema_version: ClassVar[int] = 1
+    producer: ClassVar[str] = PRODUCER
+
+    subject_id: UUID
+    locked_at: UtcDateTime
+    locked_until: UtcDateTime
+
+
+Base64UrlEd25519Key = Annotated[
+    str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{43}$", min_length=43, max_length=43)
+]
+
+
+class PublicSigningKey(BaseModel):
+    """A public Ed25519 key as a JWK (RFC 8037), used to verify access tokens."""
+
+    model_config = ConfigDict(frozen=True, strict=True, extra="forbid")
+
+    kty: Literal["OKP"] = "OKP"
+    crv: Literal["Ed25519"] = "Ed25519"
+    x: Base64UrlEd25519Key
+    kid: KeyId
+    use: Literal["sig"] = "sig"
+    alg: Literal["EdDSA"] = "EdDSA"
+
+
+class SigningKeyPublished(IntegrationEvent):
+    """Identity will sign access tokens with this key; other services verify with it."""
+
+    event_type: ClassVar[str] = "confide.identity.SigningKeyPublished"
+    schema_version: ClassVar[int] = 1
+    producer: ClassVar[str] = PRODUCER
+
+    kid: KeyId
+    public_jwk: PublicSigningKey
+    published_at: UtcDateTime
+    not_after: UtcDateTime | None = None
+
+    @model_validator(mode="after")
+    def _jwk_names_the_same_key(self) -> Self:
+        if self.public_jwk.kid != self.kid:
+            raise ValueError("public_jwk.kid must equal kid")
+        return self
+
+    def subject(self) -> str:
+        """A signing key is about no person: its `kid` is the subject and partition key."""
+        return self.kid
+
+
+class SubjectDataShredded(_SubjectDataShredded):
+    """Identity destroyed a person's profile key."""
+
+    event_type: ClassVar[str] = "confide.identity.SubjectDataShredded"
+    schema_version: ClassVar[int] = 1
+    producer: ClassVar[str] = PRODUCER
+
+    category: IdentityCategory
