@@ -1,0 +1,209 @@
+"""The event store: each aggregate is the stream of its domain events, appended with optimistic
+concurrency on the stream version; read models are projections applied in the same transaction
+and can be rebuilt from the store at any time.
+
+Domain events are a service's private facts (they may hold ciphertext, never plaintext personal
+data); integration events are what crosses the boundary, through the outbox."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, ClassVar
+from uuid import UUID
+
+from pydantic import BaseModel, ConfigDict
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    Identity,
+    Integer,
+    String,
+    Table,
+    UniqueConstraint,
+    insert,
+    select,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import UUID as PG_UUID
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from confide_toolkit.clock import Clock
+from confide_toolkit.database import toolkit_metadata
+from confide_toolkit.ids import uuid7
+
+stored_events = Table(
+    "stored_events",
+    toolkit_metadata,
+    Column("position", BigInteger, Identity(always=True), primary_key=True),
+    Column("stream_id", PG_UUID(as_uuid=True), nullable=False),
+    Column("stream_type", String(64), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("event_id", PG_UUID(as_uuid=True), nullable=False, unique=True),
+    Column("event_type", String(128), nullable=False),
+    Column("data", JSONB, nullable=False),
+    Column("recorded_at", DateTime(timezone=True), nullable=False),
+    UniqueConstraint("stream_id", "version", name="uq_stored_events_stream_version"),
+)
+
+
+class DomainEvent(BaseModel):
+    """Base of a service's domain events: small, immutable facts named in the past tense."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    stream_type: ClassVar[str] = ""
+
+
+class ConcurrencyConflict(Exception):
+    """Another writer appended to the stream since it was loaded: reload and decide again."""
+
+    def __init__(self, stream_id: UUID, expected_version: int) -> None:
+        super().__init__(f"stream {stream_id} is no longer at version {expected_version}")
+        self.stream_id = stream_id
+        self.expected_version = expected_version
+
+
+@dataclass(frozen=True)
+class RecordedEvent:
+    """A domain event as the store holds it: its place in the stream and in the whole store."""
+
+    position: int
+    stream_id: UUID
+    version: int
+    event_id: UUID
+    recorded_at: datetime
+    event: DomainEvent
+
+
+Projection = Callable[[AsyncConnection, RecordedEvent], Awaitable[None]]
+"""A read model's update for one event; it runs in the transaction of the append."""
+
+
+class EventStore:
+    """The operations the store needs, and no more: append, load a stream, read all from a
+    position (for rebuilding projections)."""
+
+    def __init__(
+        self,
+        event_types: Iterable[type[DomainEvent]],
+        clock: Clock,
+        projections: Sequence[Projection] = (),
+    ) -> None:
+        self._types = {t.__name__: t for t in event_types}
+        self._clock = clock
+        self._projections = tuple(projections)
+
+    async def append(
+        self,
+        conn: AsyncConnection,
+        stream_id: UUID,
+        expected_version: int,
+        events: Sequence[DomainEvent],
+    ) -> list[RecordedEvent]:
+        """Append events after `expected_version` (0 for a new stream) and apply every
+        projection to them, all in the caller's transaction.
+
+        Raises ConcurrencyConflict when the stream moved on; the transaction is then unusable
+        for further writes and should be rolled back by the caller."""
+        if not events:
+            return []
+        now = self._clock.now()
+        rows = []
+        for offset, event in enumerate(events, start=1):
+            name = type(event).__name__
+            if name not in self._types:
+                raise TypeError(f"{name} is not a registered domain event type")
+            rows.append(
+                {
+                    "stream_id": stream_id,
+                    "stream_type": type(event).stream_type or name,
+                    "version": expected_version + offset,
+                    "event_id": uuid7(),
+                    "event_type": name,
+                    "data": event.model_dump(mode="json"),
+                    "recorded_at": now,
+                }
+            )
+        if expected_version > 0:
+            current = await self.current_version(conn, stream_id)
+            if current != expected_version:
+                raise ConcurrencyConflict(stream_id, expected_version)
+        try:
+            # A savepoint keeps the caller's transaction usable for reporting the conflict.
+            async with conn.begin_nested():
+                result = await conn.execute(
+                    insert(stored_events).returning(stored_events.c.position), rows
+                )
+                positions = [row.position for row in result]
+        except IntegrityError as error:
+            if "uq_stored_events_stream_version" in str(error.orig):
+                raise ConcurrencyConflict(stream_id, expected_version) from None
+            raise
+        recorded = [
+            RecordedEvent(
+                position=position,
+                stream_id=stream_id,
+                version=row["version"],
+                event_id=row["event_id"],
+                recorded_at=now,
+                event=event,
+            )
+            for position, row, event in zip(positions, rows, events, strict=True)
+        ]
+        for record in recorded:
+            for project in self._projections:
+                await project(conn, record)
+        return recorded
+
+    async def current_version(self, conn: AsyncConnection, stream_id: UUID) -> int:
+        result = await conn.execute(
+            select(stored_events.c.version)
+            .where(stored_events.c.stream_id == stream_id)
+            .order_by(stored_events.c.version.desc())
+            .limit(1)
+        )
+        return result.scalar_one_or_none() or 0
+
+    async def load(self, conn: AsyncConnection, stream_id: UUID) -> list[RecordedEvent]:
+        """Every event of one stream, in version order (empty for an unknown stream)."""
+        result = await conn.execute(
+            select(stored_events)
+            .where(stored_events.c.stream_id == stream_id)
+            .order_by(stored_events.c.version)
+        )
+        return [self._recorded(row._mapping) for row in result]
+
+    async def read_all(
+        self, conn: AsyncConnection, after_position: int = 0, limit: int = 1000
+    ) -> list[RecordedEvent]:
+        """Events of every stream in the order they were recorded, after a position."""
+        result = await conn.execute(
+            select(stored_events)
+            .where(stored_events.c.position > after_position)
+            .order_by(stored_events.c.position)
+            .limit(limit)
+        )
+        return [self._recorded(row._mapping) for row in result]
+
+    async def rebuild(self, conn: AsyncConnection, projection: Projection) -> int:
+        """Replay the whole store through one projection (after truncating its read model)."""
+        position, count = 0, 0
+        while batch := await self.read_all(conn, position):
+            for record in batch:
+                await projection(conn, record)
+            position, count = batch[-1].position, count + len(batch)
+        return count
+
+    def _recorded(self, row: Any) -> RecordedEvent:
+        event_type = self._types[row["event_type"]]
+        return RecordedEvent(
+            position=row["position"],
+            stream_id=row["stream_id"],
+            version=row["version"],
+            event_id=row["event_id"],
+            recorded_at=row["recorded_at"],
+            event=event_type.model_validate(row["data"]),
+        )

@@ -1,0 +1,68 @@
+"""Alembic migrations per service: each service keeps its own `migrations/` folder whose
+revisions create the toolkit's tables and its own. Services upgrade their database at start-up
+under an advisory lock, so replicas starting together do not race."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from alembic import command, context
+from alembic.config import Config
+from sqlalchemy import MetaData, create_engine, text
+
+MIGRATION_LOCK_KEY = 0x6D6967726174  # "migrat"
+
+
+def alembic_config(database_url: str, script_location: Path) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(script_location))
+    config.set_main_option("sqlalchemy.url", database_url.replace("%", "%%"))
+    return config
+
+
+def upgrade_database(database_url: str, script_location: Path) -> None:
+    """Bring the service's database to the newest revision (blocking; call it in a thread)."""
+    engine = create_engine(database_url)
+    try:
+        with engine.connect() as lock_conn:
+            lock_conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": MIGRATION_LOCK_KEY})
+            try:
+                command.upgrade(alembic_config(database_url, script_location), "head")
+            finally:
+                lock_conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": MIGRATION_LOCK_KEY})
+    finally:
+        engine.dispose()
+
+
+def run_migrations(target_metadata: Sequence[MetaData]) -> None:
+    """The body of a service's `migrations/env.py` (online mode, synchronous psycopg)."""
+    url = context.config.get_main_option("sqlalchemy.url")
+    if url is None:
+        raise RuntimeError("no sqlalchemy.url: run migrations through upgrade_database()")
+    engine = create_engine(url)
+    with engine.connect() as connection:
+        context.configure(connection=connection, target_metadata=list(target_metadata))
+        with context.begin_transaction():
+            context.run_migrations()
+    engine.dispose()
+
+
+def make_revision(database_url: str, script_location: Path, message: str) -> None:
+    """Autogenerate a new revision from the difference between the models and a database
+    that is at head (for developers: `python -m confide_toolkit.migrations`)."""
+    upgrade_database(database_url, script_location)
+    command.revision(
+        alembic_config(database_url, script_location), message=message, autogenerate=True
+    )
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Autogenerate a service's next migration.")
+    parser.add_argument("script_location", type=Path, help="the service's migrations/ folder")
+    parser.add_argument("message")
+    parser.add_argument("--database-url", required=True, help="an empty scratch database")
+    args = parser.parse_args()
+    make_revision(args.database_url, args.script_location, args.message)

@@ -1,0 +1,271 @@
+"""The runtime every service process is built from, wired once: database engine, outbox and its
+relay, idempotent Kafka consumers, keyring, token verification, health and readiness, OpenAPI
+and AsyncAPI documents, errors, logs and traces, and a clean shutdown.
+
+A service's `app.py` creates one `Service`, registers its subscriptions, and asks it for the
+FastAPI application with the service's routers. Nothing a replica keeps in memory is needed for
+correctness: consumers share work through their group, the relay through its lock."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+from confide_events import Envelope, IntegrationEvent
+from confide_events.identity import SigningKeyPublished
+from confide_events.topics import IDENTITY_EVENTS, TOPIC_BY_PRODUCER
+from fastapi import APIRouter, FastAPI
+from fastapi.responses import JSONResponse
+from faststream.kafka import KafkaBroker, KafkaMessage
+from faststream.middlewares import AckPolicy
+from faststream.specification import AsyncAPI
+from sqlalchemy import text
+
+from confide_toolkit.auth import Caller, TokenVerifier, caller_dependency, record_signing_key
+from confide_toolkit.clock import Clock, SystemClock
+from confide_toolkit.database import create_engine
+from confide_toolkit.inbox import EventContext, EventHandler, InboxConsumer, RetryPolicy
+from confide_toolkit.kek import LocalKeyFile
+from confide_toolkit.keyring import Keyring
+from confide_toolkit.logs import configure_logging
+from confide_toolkit.migrations import upgrade_database
+from confide_toolkit.outbox import Outbox
+from confide_toolkit.problem import BodySizeLimit, install_problem_handlers
+from confide_toolkit.relay import OutboxRelay, idempotent_producer
+from confide_toolkit.settings import ServiceSettings
+from confide_toolkit.telemetry import configure_telemetry, instrument_fastapi
+
+logger = logging.getLogger(__name__)
+
+
+async def _record_signing_key(event: SigningKeyPublished, ctx: EventContext) -> None:
+    await record_signing_key(
+        ctx.conn,
+        kid=event.kid,
+        public_jwk=event.public_jwk.model_dump(mode="json"),
+        published_at=event.published_at,
+        not_after=event.not_after,
+    )
+
+
+class Service:
+    """One service process: what its handlers and routers are wired with."""
+
+    def __init__(
+        self, settings: ServiceSettings, migrations: Path, clock: Clock | None = None
+    ) -> None:
+        self.settings = settings
+        self.migrations = migrations
+        self.name = settings.service_name
+        self.clock: Clock = clock or SystemClock()
+        self.engine = create_engine(settings.database_url)
+        self.outbox = Outbox(self.name, self.clock)
+        self.keyring = Keyring(self.name, LocalKeyFile(settings.kek_file), self.clock)
+        self.token_verifier = TokenVerifier(self.engine, self.clock)
+        self.current_caller: Callable[..., Awaitable[Caller]] = caller_dependency(
+            self.token_verifier
+        )
+        self.broker = KafkaBroker(
+            settings.kafka_bootstrap,
+            graceful_timeout=settings.graceful_shutdown_seconds,
+            logger=logging.getLogger(f"confide.{self.name}.broker"),
+            # Per-record "Received/Processed" lines are debugging noise in production logs.
+            log_level=logging.DEBUG,
+        )
+        self.dead_letters = idempotent_producer(settings.kafka_bootstrap)
+        self.relay = OutboxRelay(
+            settings.database_url,
+            settings.kafka_bootstrap,
+            poll_interval=settings.relay_poll_interval,
+        )
+        self._subscriptions: dict[str, dict[type[IntegrationEvent], EventHandler]] = {}
+        self._consumers: dict[str, InboxConsumer] = {}
+        self._relay_stop = asyncio.Event()
+        self._relay_task: asyncio.Task[None] | None = None
+        # Every service verifies tokens from the keys identity publishes: never by calling it.
+        self.subscribe(IDENTITY_EVENTS, {SigningKeyPublished: _record_signing_key})
+
+    # -- wiring -----------------------------------------------------------------------------
+
+    def subscribe(
+        self, topic: str, handlers: Mapping[type[IntegrationEvent], EventHandler]
+    ) -> None:
+        """Handle these events of a topic, each exactly once in effect (through the inbox)."""
+        self._subscriptions.setdefault(topic, {}).update(handlers)
+
+    def document_publications(self, events: Iterable[type[IntegrationEvent]]) -> None:
+        """Declare the events this service publishes, for its AsyncAPI document."""
+        names = ", ".join(sorted(e.event_type for e in events))
+        self.broker.publisher(
+            TOPIC_BY_PRODUCER[self.name],
+            title=f"{TOPIC_BY_PRODUCER[self.name]}:publish",
+            description=f"CloudEvents (structured JSON) published through the outbox: {names}",
+            schema=Envelope,
+        )
+
+    def consumer(self, topic: str) -> InboxConsumer:
+        """The idempotent consumer of one topic (for tests and replay tools)."""
+        return self._consumers[topic]
+
+    def _register_subscribers(self) -> None:
+        retry = RetryPolicy(attempts=self.settings.consumer_retry_attempts)
+        for topic, handlers in self._subscriptions.items():
+            consumer = InboxConsumer(
+                name=self.name,
+                engine=self.engine,
+                outbox=self.outbox,
+                handlers=handlers,
+                dead_letters=self.dead_letters,
+                retry=retry,
+            )
+            self._consumers[topic] = consumer
+            names = ", ".join(sorted(e.event_type for e in handlers))
+
+            self.broker.subscriber(
+                topic,
+                group_id=self.settings.consumer_group or self.name,
+                auto_offset_reset="earliest",
+                ack_policy=AckPolicy.MANUAL,
+                decoder=_raw_body,
+                title=f"{topic}:{self.name}",
+                description=f"Consumed idempotently by {self.name}: {names}",
+            )(_record_handler(consumer))
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await asyncio.to_thread(upgrade_database, self.settings.database_url, self.migrations)
+        await self.dead_letters.start()
+        await self.broker.start()
+        self._relay_stop.clear()
+        self._relay_task = asyncio.create_task(self.relay.run(self._relay_stop), name="relay")
+        logger.info("service started", extra={"service": self.name})
+
+    async def stop(self) -> None:
+        """Stop taking events, finish the ones in flight, flush the outbox, close connections."""
+        await self.broker.stop()
+        self._relay_stop.set()
+        if self._relay_task is not None:
+            await self._relay_task
+        await self.dead_letters.stop()
+        await self.engine.dispose()
+        logger.info("service stopped", extra={"service": self.name})
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, _app: FastAPI) -> AsyncIterator[None]:
+        await self.start()
+        try:
+            yield
+        finally:
+            await self.stop()
+
+    # -- HTTP -------------------------------------------------------------------------------
+
+    def create_app(
+        self,
+        *,
+        title: str,
+        description: str,
+        routers: Sequence[APIRouter],
+        domain_errors: Mapping[type[Exception], tuple[int, str]] | None = None,
+    ) -> FastAPI:
+        """The service's FastAPI application with the routers, /healthz, /readyz and
+        /asyncapi.json; the subscribers are registered here, so subscribe() first."""
+        configure_logging(self.name, self.settings.log_level)
+        configure_telemetry(self.name, self.settings.otel_exporter)
+        self._register_subscribers()
+        app = FastAPI(title=title, description=description, version="1.0.0", lifespan=self.lifespan)
+        # For `auth.require_role(...)`'s default caller dependency.
+        app.state.token_verifier = self.token_verifier
+        install_problem_handlers(app, domain_errors)
+        app.add_middleware(BodySizeLimit, max_bytes=self.settings.max_body_bytes)
+        for router in routers:
+            app.include_router(router)
+        app.include_router(self._operations_router(title))
+        instrument_fastapi(app)
+        return app
+
+    def _operations_router(self, title: str) -> APIRouter:
+        router = APIRouter(tags=["operations"])
+
+        @router.get("/healthz", summary="Liveness: the process answers")
+        async def healthz() -> dict[str, str]:
+            return {"status": "ok", "service": self.name}
+
+        @router.get("/readyz", summary="Readiness: database and Kafka reachable")
+        async def readyz() -> JSONResponse:
+            checks = {"database": await self._database_ok(), "kafka": await self._kafka_ok()}
+            ready = all(checks.values())
+            body: dict[str, Any] = {
+                "status": "ready" if ready else "not ready",
+                "checks": checks,
+                "relay": "active" if self.relay.is_active else "standby",
+            }
+            if ready:
+                return JSONResponse(body)
+            return JSONResponse(
+                {
+                    "type": "https://confide.dev/problems/not-ready",
+                    "title": "Service not ready",
+                    "status": 503,
+                    "detail": "a dependency is unreachable: "
+                    + ", ".join(k for k, ok in checks.items() if not ok),
+                    **body,
+                },
+                status_code=503,
+                media_type="application/problem+json",
+            )
+
+        @router.get("/asyncapi.json", summary="AsyncAPI document of the events in and out")
+        async def asyncapi() -> Any:
+            spec = AsyncAPI(self.broker, title=f"{title} events", version="1.0.0")
+            return spec.to_specification().to_jsonable()
+
+        return router
+
+    async def _database_ok(self) -> bool:
+        try:
+            async with asyncio.timeout(2):
+                async with self.engine.connect() as conn:
+                    await conn.execute(text("SELECT 1"))
+            return True
+        except Exception:
+            return False
+
+    async def _kafka_ok(self) -> bool:
+        try:
+            return bool(await self.broker.ping(timeout=2))
+        except Exception:
+            return False
+
+
+def _record_handler(consumer: InboxConsumer) -> Callable[[KafkaMessage], Awaitable[None]]:
+    async def on_record(message: KafkaMessage) -> None:
+        await consumer.consume(message.raw_message)
+        # Only now, with the effect or the dead letter durable, may the offset move on.
+        await message.ack()
+
+    return on_record
+
+
+def _raw_body(message: Any) -> Any:
+    # The inbox decodes the CloudEvents envelope itself, so that a record it cannot read goes
+    # to the dead-letter topic instead of failing inside the framework.
+    return message.body
+
+
+def run(app: FastAPI, settings: ServiceSettings) -> None:
+    """Serve the app until SIGTERM/SIGINT, then shut down gracefully."""
+    uvicorn.run(
+        app,
+        host=settings.http_host,
+        port=settings.http_port,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=int(settings.graceful_shutdown_seconds),
+    )

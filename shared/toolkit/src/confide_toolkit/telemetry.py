@@ -1,0 +1,171 @@
+"""OpenTelemetry tracing: one trace from the HTTP request into the outbox row, the Kafka record
+and every consumer's span (DESIGN rule 10).
+
+The producer writes `current_traceparent()` into the outbox row (it becomes the envelope's
+`traceparent`); the consumer runs its handler inside `consumer_span(name, envelope.traceparent)`.
+Only the W3C `traceparent` crosses service boundaries: baggage is never propagated, since it is
+free-form and could carry personal data.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any, Final, Literal
+
+from fastapi import FastAPI
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import (
+    BatchSpanProcessor,
+    ConsoleSpanExporter,
+    SimpleSpanProcessor,
+)
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from opentelemetry.util.types import AttributeValue
+
+logger = logging.getLogger(__name__)
+
+TRACEPARENT_HEADER: Final = "traceparent"
+
+Exporter = Literal["none", "console", "otlp"]
+
+_PROPAGATOR = TraceContextTextMapPropagator()
+_configure_lock = threading.Lock()
+_provider: TracerProvider | None = None
+
+REDACTED: Final = "[redacted]"
+
+# Client addresses and user agents identify people (DESIGN rule 5: IP addresses are personal
+# data); the HTTP instrumentation records them by default.
+_PERSONAL_ATTRIBUTES: Final = frozenset(
+    {
+        "client.address",
+        "client.port",
+        "net.peer.ip",
+        "net.peer.port",
+        "net.peer.name",
+        "net.sock.peer.addr",
+        "net.sock.peer.port",
+        "network.peer.address",
+        "network.peer.port",
+        "http.client_ip",
+        "http.user_agent",
+        "user_agent.original",
+        "url.query",
+    }
+)
+# A query string may carry anything a client put there: keep the path only.
+_URL_ATTRIBUTES: Final = frozenset({"http.url", "url.full", "http.target"})
+
+
+def _scrub_server_span(span: trace.Span, scope: Mapping[str, Any]) -> None:
+    """Overwrite the attributes that can identify a person; runs as the FastAPI
+    instrumentation's request hook, after it recorded them and before any exporter sees them."""
+    attributes: Mapping[str, AttributeValue] = getattr(span, "attributes", None) or {}
+    for name, value in list(attributes.items()):
+        if name in _PERSONAL_ATTRIBUTES:
+            span.set_attribute(name, REDACTED)
+        elif name in _URL_ATTRIBUTES and isinstance(value, str) and "?" in value:
+            span.set_attribute(name, value.split("?", 1)[0])
+
+
+def configure_telemetry(service_name: str, exporter: Exporter) -> TracerProvider:
+    """Install the process's tracer provider (once; later calls return the same provider).
+
+    `exporter`: "none" still creates spans and trace ids (they flow into events and logs) but
+    ships nothing; "console" prints spans; "otlp" sends them over HTTP to the collector named
+    by the standard `OTEL_EXPORTER_OTLP_ENDPOINT` / `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`.
+    """
+    global _provider
+    with _configure_lock:
+        if _provider is not None:
+            return _provider
+        provider = TracerProvider(resource=Resource.create({SERVICE_NAME: service_name}))
+        if exporter == "console":
+            provider.add_span_processor(SimpleSpanProcessor(ConsoleSpanExporter()))
+        elif exporter == "otlp":
+            # Imported here: only processes that export need the OTLP machinery loaded.
+            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+            provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+        elif exporter != "none":
+            raise ValueError(f"unknown exporter {exporter!r}")
+        trace.set_tracer_provider(provider)
+        _provider = provider
+        return provider
+
+
+def instrument_fastapi(app: FastAPI, tracer_provider: TracerProvider | None = None) -> None:
+    """Give every request to `app` a server span (health probes excluded), continuing the
+    caller's `traceparent` when one is sent. Client addresses, user agents and query strings
+    are kept off the spans (DESIGN rule 5 counts IP addresses as personal data)."""
+    FastAPIInstrumentor.instrument_app(
+        app,
+        tracer_provider=tracer_provider or _provider,
+        excluded_urls="/healthz,/readyz",
+        server_request_hook=_scrub_server_span,
+        # One span per request; the per-message ASGI send/receive spans are noise.
+        exclude_spans=["receive", "send"],
+    )
+
+
+def current_traceparent() -> str | None:
+    """The W3C `traceparent` of the current span, for the outbox row / envelope; None outside
+    any span."""
+    carrier: dict[str, str] = {}
+    _PROPAGATOR.inject(carrier)
+    return carrier.get(TRACEPARENT_HEADER)
+
+
+def context_from_traceparent(traceparent: str | None) -> Context:
+    """A context whose parent is the span a `traceparent` names, for a span that continues the
+    producer's trace. None or a malformed value gives an empty context: a new trace."""
+    if not traceparent:
+        return Context()
+    return _PROPAGATOR.extract({TRACEPARENT_HEADER: traceparent}, context=Context())
+
+
+@contextmanager
+def consumer_span(
+    name: str,
+    traceparent: str | None,
+    attributes: Mapping[str, AttributeValue] | None = None,
+) -> Iterator[trace.Span]:
+    """A CONSUMER span, current while the block runs, in the producer's trace.
+
+    `with consumer_span("consent.ConsentGranted", envelope.traceparent, {"event.id": ...}):`.
+    Attributes must be pseudonymous ids only.
+    """
+    tracer = trace.get_tracer("confide_toolkit.telemetry")
+    with tracer.start_as_current_span(
+        name,
+        context=context_from_traceparent(traceparent),
+        kind=trace.SpanKind.CONSUMER,
+        attributes=attributes,
+    ) as span:
+        yield span
+
+
+def kafka_trace_headers(traceparent: str | None) -> list[tuple[str, bytes]]:
+    """Kafka record headers carrying a `traceparent` (a copy of the envelope's, for tooling
+    that reads headers); empty when there is none."""
+    if not traceparent:
+        return []
+    return [(TRACEPARENT_HEADER, traceparent.encode("ascii"))]
+
+
+def traceparent_from_kafka_headers(headers: Iterable[tuple[str, bytes | None]]) -> str | None:
+    """The `traceparent` among Kafka record headers, if any."""
+    for name, value in headers:
+        if name.lower() == TRACEPARENT_HEADER and value:
+            try:
+                return value.decode("ascii")
+            except UnicodeDecodeError:
+                return None
+    return None

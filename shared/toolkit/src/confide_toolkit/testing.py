@@ -1,0 +1,222 @@
+"""Pytest fixtures for tests against the real Kafka broker and PostgreSQL.
+
+The servers come from the environment when set (`make test` sets them from the native stack):
+CONFIDE_TEST_KAFKA_BOOTSTRAP and CONFIDE_TEST_POSTGRES_URL (a superuser URL). Otherwise they are
+started with testcontainers when a Docker engine is reachable. Otherwise the tests fail with a
+message saying how to provide them: they are never skipped silently."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+import httpx
+import psycopg
+import pytest
+from asgi_lifespan import LifespanManager
+from confide_events import CLOUDEVENTS_JSON, CONTENT_TYPE_HEADER, encode_envelope, to_envelope
+from confide_events.identity import PublicSigningKey, SigningKeyPublished
+from confide_events.topics import IDENTITY_EVENTS
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from fastapi import FastAPI
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from confide_toolkit.auth import Role, load_signing_keys, public_jwk, sign_access_token
+from confide_toolkit.clock import SystemClock
+from confide_toolkit.database import create_engine, libpq_url, toolkit_metadata
+from confide_toolkit.ids import uuid7
+from confide_toolkit.relay import idempotent_producer
+from confide_toolkit.topics import ensure_topics, suite_topics
+
+HOW_TO_PROVIDE = (
+    "Confide's integration tests need a real Kafka broker and PostgreSQL. Run `make test` "
+    "(it starts the native stack), or export CONFIDE_TEST_KAFKA_BOOTSTRAP=host:port and "
+    "CONFIDE_TEST_POSTGRES_URL=postgresql+psycopg://superuser:password@host:port/postgres, "
+    "or make a Docker engine reachable for testcontainers."
+)
+
+
+@dataclass(frozen=True)
+class Infrastructure:
+    kafka_bootstrap: str
+    postgres_admin_url: str
+
+
+def _docker_reachable() -> bool:
+    try:
+        import docker  # type: ignore[import-untyped]
+
+        docker.from_env().ping()
+        return True
+    except Exception:
+        return False
+
+
+@pytest.fixture(scope="session")
+def infrastructure() -> Iterator[Infrastructure]:
+    kafka = os.environ.get("CONFIDE_TEST_KAFKA_BOOTSTRAP")
+    postgres = os.environ.get("CONFIDE_TEST_POSTGRES_URL")
+    if kafka and postgres:
+        yield Infrastructure(kafka, postgres)
+        return
+    if not _docker_reachable():
+        pytest.fail(HOW_TO_PROVIDE, pytrace=False)
+    from testcontainers.kafka import KafkaContainer
+    from testcontainers.postgres import PostgresContainer
+
+    with (
+        KafkaContainer("apache/kafka:4.1.1").with_kraft() as kafka_container,
+        PostgresContainer("postgres:15", driver="psycopg") as pg_container,
+    ):
+        yield Infrastructure(
+            kafka_container.get_bootstrap_server(), pg_container.get_connection_url()
+        )
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(infrastructure: Infrastructure) -> str:
+    """The broker, with the suite's own topics created (as `make up` does)."""
+    asyncio.run(ensure_topics(infrastructure.kafka_bootstrap, suite_topics()))
+    return infrastructure.kafka_bootstrap
+
+
+def _create_database(admin_url: str) -> tuple[str, str]:
+    name = f"t_{uuid.uuid4().hex[:16]}"
+    with psycopg.connect(libpq_url(admin_url), autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    base, _, _ = admin_url.rpartition("/")
+    return name, f"{base}/{name}"
+
+
+def _drop_database(admin_url: str, name: str) -> None:
+    with psycopg.connect(libpq_url(admin_url), autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def database_url(infrastructure: Infrastructure) -> Iterator[str]:
+    """A fresh, empty database for one test, dropped afterwards."""
+    name, url = _create_database(infrastructure.postgres_admin_url)
+    try:
+        yield url
+    finally:
+        _drop_database(infrastructure.postgres_admin_url, name)
+
+
+@pytest.fixture
+async def toolkit_engine(database_url: str) -> AsyncIterator[AsyncEngine]:
+    """An engine on a fresh database holding the toolkit's tables."""
+    engine = create_engine(database_url, pool_size=5)
+    async with engine.begin() as conn:
+        await conn.run_sync(toolkit_metadata.create_all)
+    try:
+        yield engine
+    finally:
+        await engine.dispose()
+
+
+TopicFactory = Callable[..., Awaitable[str]]
+
+
+@pytest.fixture
+def new_topic(kafka_bootstrap: str) -> TopicFactory:
+    """Creates a topic with a unique name (and its .dlq twin) for one test."""
+
+    async def create(prefix: str = "test", partitions: int = 3) -> str:
+        name = f"{prefix}.{uuid.uuid4().hex[:12]}.events"
+        await ensure_topics(kafka_bootstrap, [name, f"{name}.dlq"], partitions)
+        return name
+
+    return create
+
+
+# --- running a service in-process against the real stack --------------------------------
+
+
+@contextlib.asynccontextmanager
+async def serving(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    """Start the app's lifespan (migrations, consumers, relay) and give an HTTP client to it."""
+    async with LifespanManager(app, startup_timeout=60, shutdown_timeout=60):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+            yield client
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 30) -> None:
+    """Wait until an asynchronous check holds (events cross Kafka asynchronously)."""
+    async with asyncio.timeout(timeout):
+        while not await check():
+            await asyncio.sleep(0.05)
+
+
+@dataclass
+class TokenMinter:
+    """Stands in for identity's token issuing in other services' tests: it publishes its
+    public key as a real SigningKeyPublished event on identity.events and signs tokens."""
+
+    kafka_bootstrap: str
+    kid: str = field(default_factory=lambda: f"test-{uuid.uuid4().hex[:12]}")
+    private_key: Ed25519PrivateKey = field(default_factory=Ed25519PrivateKey.generate)
+
+    async def publish_key(self) -> None:
+        now = datetime.now(UTC)
+        event = SigningKeyPublished(
+            kid=self.kid,
+            public_jwk=PublicSigningKey.model_validate(public_jwk(self.private_key, self.kid)),
+            published_at=now,
+        )
+        envelope = to_envelope(event, event_id=uuid7(), time=now, correlation_id=str(uuid.uuid4()))
+        producer = idempotent_producer(self.kafka_bootstrap)
+        await producer.start()
+        try:
+            await producer.send_and_wait(
+                IDENTITY_EVENTS,
+                value=encode_envelope(envelope),
+                key=envelope.subject.encode(),
+                headers=[(CONTENT_TYPE_HEADER, CLOUDEVENTS_JSON.encode())],
+            )
+        finally:
+            await producer.stop()
+
+    async def wait_until_known(self, engine: AsyncEngine) -> None:
+        """Wait until the service under test has consumed the key."""
+
+        async def known() -> bool:
+            async with engine.connect() as conn:
+                return self.kid in await load_signing_keys(conn)
+
+        await eventually(known)
+
+    def token(
+        self,
+        subject_id: uuid.UUID,
+        role: Role = "client",
+        ttl: timedelta = timedelta(minutes=5),
+        auth_time: datetime | None = None,
+    ) -> str:
+        now = datetime.now(UTC)
+        return sign_access_token(
+            self.private_key,
+            self.kid,
+            subject_id,
+            role,
+            ttl,
+            SystemClock(),
+            auth_time or now,
+            token_id=uuid.uuid4().hex,
+        )
+
+    def headers(self, subject_id: uuid.UUID, role: Role = "client") -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token(subject_id, role)}"}
+
+
+@pytest.fixture
+async def token_minter(kafka_bootstrap: str) -> TokenMinter:
+    minter = TokenMinter(kafka_bootstrap)
+    await minter.publish_key()
+    return minter

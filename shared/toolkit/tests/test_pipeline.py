@@ -1,0 +1,390 @@
+"""The event pipeline against the real broker and database: outbox -> relay -> Kafka ->
+idempotent consumer, including the failure paths."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections import defaultdict
+from collections.abc import AsyncIterator, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from confide_events import decode_envelope
+from confide_events.identity import AccountClosed, UserRegistered
+from confide_toolkit.clock import SystemClock
+from confide_toolkit.database import libpq_url
+from confide_toolkit.inbox import EventContext, InboxConsumer, Outcome, RetryPolicy
+from confide_toolkit.outbox import Outbox, outbox
+from confide_toolkit.relay import OutboxRelay, idempotent_producer
+from confide_toolkit.testing import TopicFactory
+from sqlalchemy import Column, Integer, MetaData, Table, func, select, text
+from sqlalchemy.dialects.postgresql import UUID as PG_UUID
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+pytestmark = pytest.mark.integration
+
+# The "effect" of the consumer in these tests: a counter per subject.
+effects_metadata = MetaData()
+effects = Table(
+    "effects",
+    effects_metadata,
+    Column("subject_id", PG_UUID(as_uuid=True), primary_key=True),
+    Column("applied", Integer, nullable=False),
+)
+
+
+def registered(subject_id: uuid.UUID | None = None) -> UserRegistered:
+    return UserRegistered(
+        subject_id=subject_id or uuid.uuid4(), role="client", registered_at=datetime.now(UTC)
+    )
+
+
+@pytest.fixture
+async def engine(toolkit_engine: AsyncEngine) -> AsyncEngine:
+    async with toolkit_engine.begin() as conn:
+        await conn.run_sync(effects_metadata.create_all)
+    return toolkit_engine
+
+
+@pytest.fixture
+async def producer(kafka_bootstrap: str) -> AsyncIterator[AIOKafkaProducer]:
+    p = idempotent_producer(kafka_bootstrap)
+    await p.start()
+    yield p
+    await p.stop()
+
+
+async def count_effect(event: UserRegistered, ctx: EventContext) -> None:
+    await ctx.conn.execute(
+        text(
+            "INSERT INTO effects (subject_id, applied) VALUES (:s, 1) "
+            "ON CONFLICT (subject_id) DO UPDATE SET applied = effects.applied + 1"
+        ),
+        {"s": event.subject_id},
+    )
+
+
+async def effect_count(engine: AsyncEngine, subject_id: uuid.UUID) -> int:
+    async with engine.connect() as conn:
+        value = await conn.scalar(
+            select(effects.c.applied).where(effects.c.subject_id == subject_id)
+        )
+    return int(value or 0)
+
+
+async def put_events(engine: AsyncEngine, box: Outbox, events: Sequence[Any]) -> None:
+    async with engine.begin() as conn:
+        for event in events:
+            await box.put(conn, event)
+
+
+async def read_topic(bootstrap: str, topic: str, expected: int, timeout: float = 20) -> list[Any]:
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        group_id=None,
+    )
+    await consumer.start()
+    records: list[Any] = []
+    try:
+        async with asyncio.timeout(timeout):
+            while len(records) < expected:
+                batch = await consumer.getmany(timeout_ms=500)
+                for partition_records in batch.values():
+                    records.extend(partition_records)
+    except TimeoutError:
+        pass
+    finally:
+        await consumer.stop()
+    return records
+
+
+@contextlib.asynccontextmanager
+async def running(relay: OutboxRelay) -> AsyncIterator[asyncio.Event]:
+    stop = asyncio.Event()
+    task = asyncio.create_task(relay.run(stop))
+    try:
+        yield stop
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 15)
+
+
+async def wait_until(predicate: Any, timeout: float = 20) -> None:
+    async with asyncio.timeout(timeout):
+        while not await predicate():
+            await asyncio.sleep(0.05)
+
+
+async def outbox_size(engine: AsyncEngine) -> int:
+    async with engine.connect() as conn:
+        return int(await conn.scalar(select(func.count()).select_from(outbox)) or 0)
+
+
+async def test_outbox_row_exists_only_if_the_state_change_commits(engine: AsyncEngine) -> None:
+    box = Outbox("identity", SystemClock(), topic="unused.events")
+    with pytest.raises(RuntimeError):
+        async with engine.begin() as conn:
+            await box.put(conn, registered())
+            raise RuntimeError("the state change failed")
+    assert await outbox_size(engine) == 0
+    await put_events(engine, box, [registered()])
+    assert await outbox_size(engine) == 1
+
+
+async def test_relay_publishes_in_order_per_subject_with_envelope_headers(
+    engine: AsyncEngine, database_url: str, kafka_bootstrap: str, new_topic: TopicFactory
+) -> None:
+    topic = await new_topic()
+    box = Outbox("identity", SystemClock(), topic=topic)
+    subjects = [uuid.uuid4() for _ in range(4)]
+    sent = []
+    for round_ in range(10):
+        for subject in subjects:
+            event = (
+                registered(subject)
+                if round_ % 2 == 0
+                else AccountClosed(subject_id=subject, closed_at=datetime.now(UTC))
+            )
+            sent.append(event)
+    # Many small transactions, as a service writes them.
+    for event in sent:
+        await put_events(engine, box, [event])
+
+    async with running(OutboxRelay(database_url, kafka_bootstrap, batch_size=7)):
+        records = await read_topic(kafka_bootstrap, topic, expected=len(sent))
+        await wait_until(lambda: _empty(engine))
+
+    assert len(records) == len(sent)
+    by_subject: dict[str, list[str]] = defaultdict(list)
+    for record in sorted(records, key=lambda r: (r.partition, r.offset)):
+        envelope = decode_envelope(record.value)
+        assert record.key == envelope.subject.encode()
+        assert dict(record.headers)["content-type"] == b"application/cloudevents+json"
+        by_subject[envelope.subject].append(envelope.type)
+    for subject in subjects:
+        expected = [type(e).event_type for e in sent if e.subject() == str(subject)]
+        assert by_subject[str(subject)] == expected
+
+
+async def _empty(engine: AsyncEngine) -> bool:
+    return await outbox_size(engine) == 0
+
+
+async def test_relay_wakes_on_commit_without_waiting_for_the_poll(
+    engine: AsyncEngine, database_url: str, kafka_bootstrap: str, new_topic: TopicFactory
+) -> None:
+    topic = await new_topic()
+    box = Outbox("identity", SystemClock(), topic=topic)
+    # The fallback poll is far beyond the test's patience: only NOTIFY can deliver in time.
+    relay = OutboxRelay(database_url, kafka_bootstrap, poll_interval=600)
+    async with running(relay):
+        await wait_until(lambda: _is_active(relay))
+        await asyncio.sleep(0.2)  # the relay is now parked in LISTEN
+        await put_events(engine, box, [registered()])
+        records = await read_topic(kafka_bootstrap, topic, expected=1, timeout=30)
+    assert len(records) == 1
+
+
+async def _is_active(relay: OutboxRelay) -> bool:
+    return relay.is_active
+
+
+async def test_only_one_relay_is_active_and_a_standby_takes_over(
+    engine: AsyncEngine, database_url: str, kafka_bootstrap: str, new_topic: TopicFactory
+) -> None:
+    topic = await new_topic()
+    box = Outbox("identity", SystemClock(), topic=topic)
+    first = OutboxRelay(database_url, kafka_bootstrap, standby_retry=0.2)
+    second = OutboxRelay(database_url, kafka_bootstrap, standby_retry=0.2)
+    async with running(first):
+        await wait_until(lambda: _is_active(first))
+        async with running(second):
+            await asyncio.sleep(1.0)
+            assert not second.is_active
+            await put_events(engine, box, [registered()])
+            await wait_until(lambda: _empty(engine))
+        # first is still the one relaying
+        assert first.published == 1
+    async with running(second):
+        await wait_until(lambda: _is_active(second))
+        await put_events(engine, box, [registered()])
+        await wait_until(lambda: _empty(engine))
+    assert second.published == 1
+    assert len(await read_topic(kafka_bootstrap, topic, expected=2)) == 2
+
+
+class RelayDyingBeforeMarking(OutboxRelay):
+    """A relay process that crashes after Kafka acknowledged a batch, before deleting it."""
+
+    async def mark_published(self, conn: psycopg.AsyncConnection[Any], ids: Sequence[int]) -> None:
+        raise SystemExit("relay killed between publish and mark")
+
+
+async def test_relay_dying_after_publish_duplicates_and_the_consumer_applies_once(
+    engine: AsyncEngine,
+    database_url: str,
+    kafka_bootstrap: str,
+    new_topic: TopicFactory,
+    producer: AIOKafkaProducer,
+) -> None:
+    topic = await new_topic()
+    box = Outbox("identity", SystemClock(), topic=topic)
+    subject = uuid.uuid4()
+    await put_events(engine, box, [registered(subject)])
+
+    dying = RelayDyingBeforeMarking(database_url, kafka_bootstrap)
+    with pytest.raises(SystemExit):
+        await dying.run(asyncio.Event())
+    assert await outbox_size(engine) == 1  # nothing was marked: it will be sent again
+    async with running(OutboxRelay(database_url, kafka_bootstrap)):
+        await wait_until(lambda: _empty(engine))
+
+    records = await read_topic(kafka_bootstrap, topic, expected=2)
+    assert len(records) == 2
+    assert records[0].value == records[1].value  # the same event, twice on the wire
+
+    consumer = InboxConsumer("test", engine, box, {UserRegistered: count_effect}, producer)
+    outcomes = [await consumer.consume(r) for r in records]
+    assert outcomes == [Outcome.APPLIED, Outcome.DUPLICATE]
+    assert await effect_count(engine, subject) == 1
+
+
+async def test_consumer_dying_before_offset_commit_gets_redelivery_and_applies_once(
+    engine: AsyncEngine,
+    kafka_bootstrap: str,
+    new_topic: TopicFactory,
+    producer: AIOKafkaProducer,
+) -> None:
+    topic = await new_topic(partitions=1)
+    box = Outbox("identity", SystemClock(), topic=topic)
+    subject = uuid.uuid4()
+    await put_events(engine, box, [registered(subject)])
+    async with engine.connect() as conn:
+        value, key = (await conn.execute(select(outbox.c.value, outbox.c.partition_key))).one()
+    await (await producer.send(topic, value=bytes(value), key=key.encode()))
+    consumer = InboxConsumer("test", engine, box, {UserRegistered: count_effect}, producer)
+    group = f"group-{uuid.uuid4().hex[:8]}"
+
+    async def consume_once(commit: bool) -> Outcome:
+        kafka = AIOKafkaConsumer(
+            topic,
+            bootstrap_servers=kafka_bootstrap,
+            group_id=group,
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
+        )
+        await kafka.start()
+        try:
+            record = await asyncio.wait_for(kafka.getone(), 30)
+            outcome = await consumer.consume(record)
+            if commit:
+                await kafka.commit()
+            return outcome
+        finally:
+            await kafka.stop()
+
+    # The first process applies the effect and dies before committing its offset.
+    assert await consume_once(commit=False) is Outcome.APPLIED
+    # Its successor in the group is given the same record again; the inbox absorbs it.
+    assert await consume_once(commit=True) is Outcome.DUPLICATE
+    assert await effect_count(engine, subject) == 1
+
+
+async def test_poison_record_goes_to_the_dead_letter_topic_and_the_partition_moves_on(
+    engine: AsyncEngine, kafka_bootstrap: str, new_topic: TopicFactory, producer: AIOKafkaProducer
+) -> None:
+    topic = await new_topic(partitions=1)
+    box = Outbox("identity", SystemClock(), topic=topic)
+    subject = uuid.uuid4()
+    await (await producer.send(topic, value=b"{not a cloudevent", key=b"k"))
+    await put_events(engine, box, [registered(subject)])
+    async with engine.connect() as conn:
+        value = (await conn.execute(select(outbox.c.value))).scalar_one()
+    await (await producer.send(topic, value=bytes(value), key=str(subject).encode()))
+
+    consumer = InboxConsumer("test", engine, box, {UserRegistered: count_effect}, producer)
+    records = await read_topic(kafka_bootstrap, topic, expected=2)
+    outcomes = [await consumer.consume(r) for r in records]
+    assert outcomes == [Outcome.DEAD_LETTERED, Outcome.APPLIED]
+    assert await effect_count(engine, subject) == 1
+
+    dead = await read_topic(kafka_bootstrap, f"{topic}.dlq", expected=1)
+    assert [d.value for d in dead] == [b"{not a cloudevent"]
+    headers = dict(dead[0].headers)
+    assert headers["dlq-error-type"] == b"MalformedEnvelope"
+    assert headers["dlq-original-topic"] == topic.encode()
+    assert headers["dlq-original-offset"] == b"0"
+
+
+async def test_event_failing_every_retry_is_dead_lettered_with_its_error(
+    engine: AsyncEngine, kafka_bootstrap: str, new_topic: TopicFactory, producer: AIOKafkaProducer
+) -> None:
+    topic = await new_topic(partitions=1)
+    box = Outbox("identity", SystemClock(), topic=topic)
+    attempts = 0
+
+    async def always_failing(event: UserRegistered, ctx: EventContext) -> None:
+        nonlocal attempts
+        attempts += 1
+        await count_effect(event, ctx)  # rolled back with the failure
+        raise LookupError(f"no projection row for {event.subject_id}")
+
+    subject = uuid.uuid4()
+    await put_events(engine, box, [registered(subject)])
+    async with engine.connect() as conn:
+        value = (await conn.execute(select(outbox.c.value))).scalar_one()
+    await (await producer.send(topic, value=bytes(value), key=str(subject).encode()))
+    records = await read_topic(kafka_bootstrap, topic, expected=1)
+
+    consumer = InboxConsumer(
+        "test",
+        engine,
+        box,
+        {UserRegistered: always_failing},
+        producer,
+        RetryPolicy(attempts=3, first_backoff=0.01),
+    )
+    assert await consumer.consume(records[0]) is Outcome.DEAD_LETTERED
+    assert attempts == 3
+    assert await effect_count(engine, subject) == 0  # no partial effect survived
+
+    dead = await read_topic(kafka_bootstrap, f"{topic}.dlq", expected=1)
+    headers = dict(dead[0].headers)
+    assert headers["dlq-error-type"] == b"LookupError"
+    assert headers["dlq-attempts"] == b"3"
+    assert str(subject).encode() in headers["dlq-error-message"]
+    # Not in the inbox: a fixed handler may replay it from the dead-letter topic.
+    async with engine.connect() as conn:
+        handled = await conn.scalar(text("SELECT count(*) FROM inbox"))
+    assert handled == 0
+
+
+async def test_events_this_consumer_does_not_handle_are_ignored(
+    engine: AsyncEngine, producer: AIOKafkaProducer
+) -> None:
+    box = Outbox("identity", SystemClock(), topic="unused.events")
+    await put_events(
+        engine, box, [AccountClosed(subject_id=uuid.uuid4(), closed_at=datetime.now(UTC))]
+    )
+    async with engine.connect() as conn:
+        value = (await conn.execute(select(outbox.c.value))).scalar_one()
+
+    class Record:
+        topic, partition, offset, key, headers = "unused.events", 0, 0, None, ()
+
+    record = Record()
+    record.value = bytes(value)  # type: ignore[attr-defined]
+    consumer = InboxConsumer("test", engine, box, {UserRegistered: count_effect}, producer)
+    assert await consumer.consume(record) is Outcome.IGNORED
+
+
+def test_libpq_url_strips_the_driver() -> None:
+    assert libpq_url("postgresql+psycopg://u:p@h:1/d") == "postgresql://u:p@h:1/d"

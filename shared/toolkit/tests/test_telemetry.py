@@ -1,0 +1,181 @@
+"""One trace from the HTTP request to every consumer, and no personal data on the spans."""
+
+from collections.abc import AsyncIterator, Iterator
+
+import httpx
+import pytest
+from confide_toolkit.problem import install_problem_handlers
+from confide_toolkit.telemetry import (
+    configure_telemetry,
+    consumer_span,
+    context_from_traceparent,
+    current_traceparent,
+    instrument_fastapi,
+    kafka_trace_headers,
+    traceparent_from_kafka_headers,
+)
+from fastapi import FastAPI
+from opentelemetry import trace
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind, StatusCode
+
+INCOMING = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+
+
+@pytest.fixture(scope="session")
+def provider_and_exporter() -> tuple[TracerProvider, InMemorySpanExporter]:
+    provider = configure_telemetry("confide-test", "none")
+    exporter = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    return provider, exporter
+
+
+@pytest.fixture
+def provider(provider_and_exporter: tuple[TracerProvider, InMemorySpanExporter]) -> TracerProvider:
+    return provider_and_exporter[0]
+
+
+@pytest.fixture
+def spans(
+    provider_and_exporter: tuple[TracerProvider, InMemorySpanExporter],
+) -> Iterator[InMemorySpanExporter]:
+    exporter = provider_and_exporter[1]
+    exporter.clear()
+    yield exporter
+    exporter.clear()
+
+
+def test_configuring_twice_keeps_the_first_provider(provider: TracerProvider) -> None:
+    assert configure_telemetry("another-name", "console") is provider
+
+
+def test_a_span_continuing_the_producers_traceparent_shares_its_trace(
+    provider: TracerProvider, spans: InMemorySpanExporter
+) -> None:
+    tracer = provider.get_tracer("test")
+    with tracer.start_as_current_span("handle request") as producer:
+        traceparent = current_traceparent()
+    producer_context = producer.get_span_context()
+    assert traceparent is not None
+    assert traceparent.startswith(
+        f"00-{producer_context.trace_id:032x}-{producer_context.span_id:016x}-"
+    )
+
+    with tracer.start_as_current_span(
+        "consume", context=context_from_traceparent(traceparent)
+    ) as consumer:
+        pass
+    consumer_context = consumer.get_span_context()
+    assert consumer_context.trace_id == producer_context.trace_id
+    [finished] = [span for span in spans.get_finished_spans() if span.name == "consume"]
+    assert finished.parent is not None and finished.parent.span_id == producer_context.span_id
+
+
+def test_consumer_span_continues_the_trace_as_a_consumer(
+    provider: TracerProvider, spans: InMemorySpanExporter
+) -> None:
+    with consumer_span("consent.ConsentGranted", INCOMING, {"event.id": "e-1"}) as span:
+        assert current_traceparent() is not None
+    assert span.get_span_context().trace_id == int(INCOMING.split("-")[1], 16)
+    [finished] = spans.get_finished_spans()
+    assert finished.kind is SpanKind.CONSUMER
+    assert finished.attributes is not None and finished.attributes["event.id"] == "e-1"
+
+
+def test_no_span_no_traceparent_and_a_missing_one_starts_a_new_trace(
+    provider: TracerProvider,
+) -> None:
+    assert current_traceparent() is None
+    for missing in (None, "", "not-a-traceparent"):
+        with provider.get_tracer("test").start_as_current_span(
+            "root", context=context_from_traceparent(missing)
+        ) as span:
+            assert span.get_span_context().is_valid
+            assert span.parent is None  # type: ignore[attr-defined]
+
+
+def test_kafka_headers_carry_the_traceparent() -> None:
+    headers = kafka_trace_headers(INCOMING)
+    assert headers == [("traceparent", INCOMING.encode())]
+    assert traceparent_from_kafka_headers([("content-type", b"x"), *headers]) == INCOMING
+    assert kafka_trace_headers(None) == []
+    assert traceparent_from_kafka_headers([]) is None
+
+
+@pytest.fixture
+async def client(provider: TracerProvider) -> AsyncIterator[httpx.AsyncClient]:
+    app = FastAPI()
+    install_problem_handlers(app)
+
+    @app.get("/v1/things/{thing_id}")
+    async def get_thing(thing_id: int) -> dict[str, int]:
+        return {"thing_id": thing_id}
+
+    @app.get("/v1/boom")
+    async def boom() -> None:
+        raise RuntimeError("alice@example.com")
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    instrument_fastapi(app, provider)
+    transport = httpx.ASGITransport(app, raise_app_exceptions=False, client=("203.0.113.9", 5555))
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        yield client
+
+
+def server_spans(spans: InMemorySpanExporter) -> list[ReadableSpan]:
+    return [span for span in spans.get_finished_spans() if span.kind is SpanKind.SERVER]
+
+
+async def test_requests_create_server_spans_that_continue_the_callers_trace(
+    client: httpx.AsyncClient, spans: InMemorySpanExporter
+) -> None:
+    response = await client.get("/v1/things/7", headers={"traceparent": INCOMING})
+    assert response.status_code == 200
+    [span] = server_spans(spans)
+    assert span.name == "GET /v1/things/{thing_id}"
+    assert span.context.trace_id == int(INCOMING.split("-")[1], 16)
+
+    await client.get("/v1/things/8")
+    assert len(server_spans(spans)) == 2
+
+
+async def test_server_spans_carry_no_client_address_nor_query(
+    client: httpx.AsyncClient, spans: InMemorySpanExporter
+) -> None:
+    await client.get(
+        "/v1/things/7?email=alice@example.com", headers={"user-agent": "Alice's phone"}
+    )
+    [span] = server_spans(spans)
+    attributes = dict(span.attributes or {})
+    text = repr(attributes)
+    assert "203.0.113.9" not in text
+    assert "alice" not in text.lower()
+    assert "phone" not in text
+
+
+async def test_failed_request_span_is_an_error_without_the_exception_text(
+    client: httpx.AsyncClient, spans: InMemorySpanExporter
+) -> None:
+    response = await client.get("/v1/boom")
+    assert response.status_code == 500
+    [span] = server_spans(spans)
+    assert span.status.status_code is StatusCode.ERROR
+    assert "alice" not in repr(span.to_json())
+    for span in spans.get_finished_spans():
+        assert "alice" not in span.to_json()
+
+
+async def test_health_probes_are_not_traced(
+    client: httpx.AsyncClient, spans: InMemorySpanExporter
+) -> None:
+    assert (await client.get("/healthz")).status_code == 200
+    assert server_spans(spans) == []
+
+
+def test_no_span_stays_current_after_the_tests_above() -> None:
+    assert not trace.get_current_span().get_span_context().is_valid
