@@ -1,0 +1,1 @@
+"""Confide consent service: the consent ledger, its receipts, and recipients."""
