@@ -21,7 +21,11 @@ from confide_toolkit.database import libpq_url
 from confide_toolkit.inbox import EventContext, InboxConsumer, Outcome, RetryPolicy
 from confide_toolkit.outbox import Outbox, outbox
 from confide_toolkit.relay import OutboxRelay, idempotent_producer
+from confide_toolkit.telemetry import configure_telemetry
 from confide_toolkit.testing import TopicFactory
+from opentelemetry import trace
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from sqlalchemy import Column, Integer, MetaData, Table, func, select, text
 from sqlalchemy.dialects.postgresql import UUID as PG_UUID
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -388,3 +392,43 @@ async def test_events_this_consumer_does_not_handle_are_ignored(
 
 def test_libpq_url_strips_the_driver() -> None:
     assert libpq_url("postgresql+psycopg://u:p@h:1/d") == "postgresql://u:p@h:1/d"
+
+
+@pytest.fixture(scope="session")
+def finished_spans() -> InMemorySpanExporter:
+    provider = configure_telemetry("confide-test", "none")
+    exporter = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    return exporter
+
+
+async def test_consumer_span_continues_the_trace_of_the_request_that_wrote_the_event(
+    engine: AsyncEngine,
+    database_url: str,
+    kafka_bootstrap: str,
+    new_topic: TopicFactory,
+    producer: AIOKafkaProducer,
+    finished_spans: InMemorySpanExporter,
+) -> None:
+    topic = await new_topic()
+    box = Outbox("identity", SystemClock(), topic=topic)
+    tracer = trace.get_tracer("test")
+    with tracer.start_as_current_span("POST /v1/accounts") as request_span:
+        await put_events(engine, box, [registered()])
+    trace_id = request_span.get_span_context().trace_id
+
+    async with running(OutboxRelay(database_url, kafka_bootstrap)):
+        records = await read_topic(kafka_bootstrap, topic, expected=1)
+    traceparent = dict(records[0].headers)["traceparent"].decode()
+    assert traceparent.split("-")[1] == format(trace_id, "032x")
+    assert decode_envelope(records[0].value).traceparent == traceparent
+
+    finished_spans.clear()
+    consumer = InboxConsumer("test", engine, box, {UserRegistered: count_effect}, producer)
+    assert await consumer.consume(records[0]) is Outcome.APPLIED
+    [consumer_span] = [
+        s for s in finished_spans.get_finished_spans() if s.kind is trace.SpanKind.CONSUMER
+    ]
+    assert consumer_span.context.trace_id == trace_id
+    assert consumer_span.parent is not None
+    assert consumer_span.parent.span_id == request_span.get_span_context().span_id

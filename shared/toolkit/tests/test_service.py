@@ -1,7 +1,6 @@
 """The service runtime as a whole, on the real broker and database: a minimal service built
 from the toolkit, as identity and consent are."""
 
-
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
@@ -46,13 +45,15 @@ class Probe:
         )
 
 
-def build_probe(database_url: str, kafka_bootstrap: str, topic: str, tmp_path: Path) -> Probe:
+def build_probe(
+    database_url: str, kafka_bootstrap: str, topic: str, tmp_path: Path, group: str | None = None
+) -> Probe:
     settings = ServiceSettings(
         service_name="probe",
         database_url=database_url,
         kafka_bootstrap=kafka_bootstrap,
         kek_file=tmp_path / "kek.json",
-        consumer_group=f"probe-{uuid.uuid4().hex[:8]}",
+        consumer_group=group or f"probe-{uuid.uuid4().hex[:8]}",
         graceful_shutdown_seconds=10,
     )
     service = Service(settings, MIGRATIONS)
@@ -91,13 +92,26 @@ async def producer(kafka_bootstrap: str) -> AsyncIterator[AIOKafkaProducer]:
 
 async def publish_registered(producer: AIOKafkaProducer, topic: str, subject: uuid.UUID) -> bytes:
     event = UserRegistered(subject_id=subject, role="client", registered_at=datetime.now(UTC))
-    envelope = to_envelope(event, event_id=uuid7(), time=datetime.now(UTC), correlation_id=str(uuid.uuid4()))
+    envelope = to_envelope(
+        event, event_id=uuid7(), time=datetime.now(UTC), correlation_id=str(uuid.uuid4())
+    )
     value = encode_envelope(envelope)
     await producer.send_and_wait(
-        topic, value=value, key=str(subject).encode(),
+        topic,
+        value=value,
+        key=str(subject).encode(),
         headers=[(CONTENT_TYPE_HEADER, CLOUDEVENTS_JSON.encode())],
     )
     return value
+
+
+def assigned_partitions(probe: Probe, topic: str) -> set[int]:
+    """The partitions of a topic the replica's consumer holds right now."""
+    for subscriber in probe.service.broker.subscribers:
+        consumer = getattr(subscriber, "consumer", None)
+        if consumer is not None and topic in subscriber.topic_names_for_subscribe:
+            return {tp.partition for tp in consumer.assignment() if tp.topic == topic}
+    return set()
 
 
 async def effects(probe: Probe, subject: uuid.UUID) -> int:
@@ -179,8 +193,10 @@ async def test_shutdown_finishes_the_event_in_flight_before_stopping(
         await asyncio.wait_for(probe.started.wait(), 30)
         # Leaving the block stops the service while the handler is still sleeping.
     engine_after = build_probe(
-        str(probe.service.settings.database_url), probe.service.settings.kafka_bootstrap,
-        probe.topic, Path(probe.service.settings.kek_file).parent,
+        str(probe.service.settings.database_url),
+        probe.service.settings.kafka_bootstrap,
+        probe.topic,
+        Path(probe.service.settings.kek_file).parent,
     ).service.engine
     async with engine_after.connect() as conn:
         applied = await conn.scalar(
@@ -197,3 +213,37 @@ async def test_bad_input_and_unknown_routes_answer_problem_json(probe: Probe) ->
         assert missing.headers["content-type"] == "application/problem+json"
         oversized = await client.post("/v1/whoami", content=b"x" * (200 * 1024))
         assert oversized.status_code == 413
+
+
+async def test_two_replicas_share_the_work_and_apply_each_event_once(
+    probe: Probe, producer: AIOKafkaProducer, tmp_path: Path
+) -> None:
+    settings = probe.service.settings
+    # The same database and consumer group: two replicas of one service.
+    twin = build_probe(
+        settings.database_url,
+        settings.kafka_bootstrap,
+        probe.topic,
+        tmp_path,
+        group=settings.consumer_group,
+    )
+    people = [uuid.uuid4() for _ in range(30)]
+    async with serving(probe.app), serving(twin.app):  # type: ignore[attr-defined]
+        for person in people:
+            await publish_registered(producer, probe.topic, person)
+
+        async def all_applied() -> bool:
+            async with probe.service.engine.connect() as conn:
+                count = await conn.scalar(text("SELECT count(*) FROM probe_effects"))
+            return bool(count == len(people))
+
+        await eventually(all_applied, timeout=60)
+        # The group split the topic's partitions between the replicas.
+        shares = [assigned_partitions(replica, probe.topic) for replica in (probe, twin)]
+        assert all(shares), shares
+        assert sorted(shares[0] | shares[1]) == [0, 1, 2]
+        assert not shares[0] & shares[1]
+        # Exactly one relay holds the outbox lock across the two replicas.
+        assert [probe.service.relay.is_active, twin.service.relay.is_active].count(True) == 1
+    for person in people:
+        assert await effects(probe, person) == 1

@@ -174,7 +174,10 @@ async def find_valid_consent(
     recipient) that covers every one of `categories` and was valid at `at`, or None.
 
     Valid means `granted_at <= at` and not revoked by then (`revoked_at` null or after `at`).
-    When several qualify, the most recently granted one is returned."""
+    When several qualify, the most recently granted one is returned. Raises `ValueError` for
+    no categories: a disclosure always says what it discloses."""
+    if not categories:
+        raise ValueError("name at least one data category")
     recipient = (
         consent_view.c.recipient_id.is_(None)
         if recipient_id is None

@@ -111,22 +111,23 @@ class EventStore:
         if not events:
             return []
         now = self._clock.now()
-        rows = []
-        for offset, event in enumerate(events, start=1):
-            name = type(event).__name__
-            if name not in self._types:
-                raise TypeError(f"{name} is not a registered domain event type")
-            rows.append(
-                {
-                    "stream_id": stream_id,
-                    "stream_type": type(event).stream_type or name,
-                    "version": expected_version + offset,
-                    "event_id": uuid7(),
-                    "event_type": name,
-                    "data": event.model_dump(mode="json"),
-                    "recorded_at": now,
-                }
-            )
+        for event in events:
+            if type(event).__name__ not in self._types:
+                raise TypeError(f"{type(event).__name__} is not a registered domain event type")
+        versions = [expected_version + offset for offset in range(1, len(events) + 1)]
+        event_ids = [uuid7() for _ in events]
+        rows = [
+            {
+                "stream_id": stream_id,
+                "stream_type": type(event).stream_type or type(event).__name__,
+                "version": version,
+                "event_id": event_id,
+                "event_type": type(event).__name__,
+                "data": event.model_dump(mode="json"),
+                "recorded_at": now,
+            }
+            for event, version, event_id in zip(events, versions, event_ids, strict=True)
+        ]
         if expected_version > 0:
             current = await self.current_version(conn, stream_id)
             if current != expected_version:
@@ -146,12 +147,14 @@ class EventStore:
             RecordedEvent(
                 position=position,
                 stream_id=stream_id,
-                version=row["version"],
-                event_id=row["event_id"],
+                version=version,
+                event_id=event_id,
                 recorded_at=now,
                 event=event,
             )
-            for position, row, event in zip(positions, rows, events, strict=True)
+            for position, version, event_id, event in zip(
+                positions, versions, event_ids, events, strict=True
+            )
         ]
         for record in recorded:
             for project in self._projections:
