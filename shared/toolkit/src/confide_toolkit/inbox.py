@@ -25,6 +25,7 @@ from confide_events import (
     from_envelope,
 )
 from confide_events.topics import dead_letter_topic
+from faststream.kafka import KafkaMessage
 from opentelemetry import trace
 from sqlalchemy import BigInteger, Column, DateTime, Integer, String, Table, func
 from sqlalchemy.dialects.postgresql import UUID as PG_UUID
@@ -238,3 +239,21 @@ class InboxConsumer:
             "attempt": attempt,
             "error": type(error).__name__,
         }
+
+
+def kafka_record_handler(consumer: InboxConsumer) -> Callable[[KafkaMessage], Awaitable[None]]:
+    """A FastStream subscriber body (with `AckPolicy.MANUAL`) that hands each record to the
+    inbox consumer and commits the offset only once the outcome is durable."""
+
+    async def on_record(message: KafkaMessage) -> None:
+        await consumer.consume(message.raw_message)
+        await message.ack()
+
+    return on_record
+
+
+def raw_body(message: Any) -> Any:
+    """A FastStream decoder that leaves the record value as bytes: the inbox decodes the
+    CloudEvents envelope itself, so a record it cannot read goes to the dead-letter topic
+    instead of failing inside the framework."""
+    return message.body

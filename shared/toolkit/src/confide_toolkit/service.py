@@ -21,7 +21,7 @@ from confide_events.identity import SigningKeyPublished
 from confide_events.topics import IDENTITY_EVENTS, TOPIC_BY_PRODUCER
 from fastapi import APIRouter, FastAPI
 from fastapi.responses import JSONResponse
-from faststream.kafka import KafkaBroker, KafkaMessage
+from faststream.kafka import KafkaBroker
 from faststream.middlewares import AckPolicy
 from faststream.specification import AsyncAPI
 from sqlalchemy import text
@@ -29,7 +29,14 @@ from sqlalchemy import text
 from confide_toolkit.auth import Caller, TokenVerifier, caller_dependency, record_signing_key
 from confide_toolkit.clock import Clock, SystemClock
 from confide_toolkit.database import create_engine
-from confide_toolkit.inbox import EventContext, EventHandler, InboxConsumer, RetryPolicy
+from confide_toolkit.inbox import (
+    EventContext,
+    EventHandler,
+    InboxConsumer,
+    RetryPolicy,
+    kafka_record_handler,
+    raw_body,
+)
 from confide_toolkit.kek import LocalKeyFile
 from confide_toolkit.keyring import Keyring
 from confide_toolkit.logs import configure_logging
@@ -131,10 +138,10 @@ class Service:
                 group_id=self.settings.consumer_group or self.name,
                 auto_offset_reset="earliest",
                 ack_policy=AckPolicy.MANUAL,
-                decoder=_raw_body,
+                decoder=raw_body,
                 title=f"{topic}:{self.name}",
                 description=f"Consumed idempotently by {self.name}: {names}",
-            )(_record_handler(consumer))
+            )(kafka_record_handler(consumer))
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -242,21 +249,6 @@ class Service:
             return bool(await self.broker.ping(timeout=2))
         except Exception:
             return False
-
-
-def _record_handler(consumer: InboxConsumer) -> Callable[[KafkaMessage], Awaitable[None]]:
-    async def on_record(message: KafkaMessage) -> None:
-        await consumer.consume(message.raw_message)
-        # Only now, with the effect or the dead letter durable, may the offset move on.
-        await message.ack()
-
-    return on_record
-
-
-def _raw_body(message: Any) -> Any:
-    # The inbox decodes the CloudEvents envelope itself, so that a record it cannot read goes
-    # to the dead-letter topic instead of failing inside the framework.
-    return message.body
 
 
 def run(app: FastAPI, settings: ServiceSettings) -> None:
