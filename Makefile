@@ -48,6 +48,10 @@ format: install ## apply ruff's formatting and safe fixes
 schemas: install ## regenerate the committed JSON Schemas of the event contract
 	@$(UV) run --frozen python -m confide_events.schemas write
 
+bench: install ## benchmarks beside their raw baselines on the native stack; writes docs/benchmarks.md
+	@deploy/stack.sh infra-up
+	@source $(STACK_DIR)/stack.env && $(UV) run --frozen python -m bench $(BENCH_ARGS)
+
 compose-up: ## the same suite on Docker (needs a Docker engine)
 	docker compose -f deploy/compose.yaml up --build -d
 
