@@ -1,5 +1,6 @@
 """Access tokens verified locally against the signing keys recorded from identity's events."""
 
+import asyncio
 import base64
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -250,7 +251,7 @@ async def test_key_published_later_is_picked_up_on_rotation(
 ) -> None:
     await keys.publish("k1")
     assert (await verifier.verify(keys.token("k1"))).role == "client"
-    clock.advance(timedelta(seconds=2))
+    await asyncio.sleep(1.1)  # reloads are paced by real time, at most one a second
     await keys.publish("k2")
     assert (await verifier.verify(keys.token("k2"))).role == "client"
     assert (await verifier.verify(keys.token("k1"))).role == "client"
@@ -277,7 +278,7 @@ async def test_unknown_kids_reload_the_keys_at_most_once_per_second(
             )
             await assert_refused(verifier, forged)
         assert len([q for q in queries if "signing_keys" in q]) == 1
-        clock.advance(timedelta(seconds=1))
+        await asyncio.sleep(1.1)
         await assert_refused(verifier, forged)
         assert len([q for q in queries if "signing_keys" in q]) == 2
     finally:

@@ -16,6 +16,7 @@ A token is a JWT with header `{"alg": "EdDSA", "typ": "at+jwt", "kid": ...}` and
 import asyncio
 import base64
 import binascii
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -256,7 +257,7 @@ class TokenVerifier:
     An unknown `kid` reloads the cache (a key published since the last load, i.e. a rotation),
     but at most once per `min_refresh_interval`, so tokens with made-up kids cannot hammer the
     database. The cache is also reloaded after `max_cache_age`, so a key retired with
-    `not_after` stops working everywhere within that time. Time comes from `clock`.
+    `not_after` stops working everywhere within that time. Token times come from `clock`.
     """
 
     def __init__(
@@ -276,15 +277,17 @@ class TokenVerifier:
         self._min_refresh_interval = min_refresh_interval
         self._max_cache_age = max_cache_age
         self._keys: dict[str, _KnownKey] = {}
-        self._loaded_at: datetime | None = None
+        # Reload pacing runs on the process's monotonic time, not the injected clock: a test's
+        # frozen clock must not stop the verifier from ever learning a new key.
+        self._loaded_at: float | None = None
         self._lock = asyncio.Lock()
 
     async def _refresh(self, *, force: bool) -> None:
         async with self._lock:
-            now = self._clock.now()
+            now = time.monotonic()
             # Another task may have reloaded while this one waited for the lock.
             if self._loaded_at is not None:
-                age = now - self._loaded_at
+                age = timedelta(seconds=now - self._loaded_at)
                 if age < self._min_refresh_interval or (not force and age < self._max_cache_age):
                     return
             async with self._engine.connect() as conn:

@@ -11,6 +11,10 @@ from alembic import command, context
 from alembic.config import Config
 from sqlalchemy import MetaData, create_engine, text
 
+# Every service runs on these, so their tables are always in `toolkit_metadata` when a
+# service's migrations run; a module's tables exist only once it is imported.
+from confide_toolkit import auth, event_store, inbox, keyring, outbox  # noqa: F401
+
 MIGRATION_LOCK_KEY = 0x6D6967726174  # "migrat"
 
 
@@ -36,7 +40,11 @@ def upgrade_database(database_url: str, script_location: Path) -> None:
 
 
 def run_migrations(target_metadata: Sequence[MetaData]) -> None:
-    """The body of a service's `migrations/env.py` (online mode, synchronous psycopg)."""
+    """The body of a service's `migrations/env.py` (online mode, synchronous psycopg).
+
+    The core toolkit tables (event store, outbox, inbox, keyring, signing keys) are always
+    registered; a service that uses an optional toolkit read model (consents) imports it
+    in its env.py."""
     url = context.config.get_main_option("sqlalchemy.url")
     if url is None:
         raise RuntimeError("no sqlalchemy.url: run migrations through upgrade_database()")

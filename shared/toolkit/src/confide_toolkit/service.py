@@ -92,6 +92,7 @@ class Service:
         )
         self._subscriptions: dict[str, dict[type[IntegrationEvent], EventHandler]] = {}
         self._consumers: dict[str, InboxConsumer] = {}
+        self._start_hooks: list[Callable[[], Awaitable[None]]] = []
         self._relay_stop = asyncio.Event()
         self._relay_task: asyncio.Task[None] | None = None
         # Every service verifies tokens from the keys identity publishes: never by calling it.
@@ -114,6 +115,16 @@ class Service:
             description=f"CloudEvents (structured JSON) published through the outbox: {names}",
             schema=Envelope,
         )
+
+    def check_token_revocation(self, is_revoked: Callable[[str], Awaitable[bool]]) -> None:
+        """Refuse access tokens whose id `is_revoked` (identity ends sessions this way; other
+        services see a revoked token expire within its short lifetime). Call before create_app."""
+        self.token_verifier = TokenVerifier(self.engine, self.clock, is_revoked=is_revoked)
+        self.current_caller = caller_dependency(self.token_verifier)
+
+    def after_start(self, hook: Callable[[], Awaitable[None]]) -> None:
+        """Run `hook` once the service has started (consumers and relay running)."""
+        self._start_hooks.append(hook)
 
     def consumer(self, topic: str) -> InboxConsumer:
         """The idempotent consumer of one topic (for tests and replay tools)."""
@@ -151,6 +162,8 @@ class Service:
         await self.broker.start()
         self._relay_stop.clear()
         self._relay_task = asyncio.create_task(self.relay.run(self._relay_stop), name="relay")
+        for hook in self._start_hooks:
+            await hook()
         logger.info("service started", extra={"service": self.name})
 
     async def stop(self) -> None:
@@ -251,10 +264,14 @@ class Service:
             return False
 
 
-def run(app: FastAPI, settings: ServiceSettings) -> None:
-    """Serve the app until SIGTERM/SIGINT, then shut down gracefully."""
+def run(create_app: Callable[[], FastAPI], settings: ServiceSettings) -> None:
+    """Serve the service until SIGTERM/SIGINT, then shut down gracefully.
+
+    The app is built by uvicorn inside its event loop (a factory): the Kafka clients a
+    `Service` creates need a running loop."""
     uvicorn.run(
-        app,
+        create_app,
+        factory=True,
         host=settings.http_host,
         port=settings.http_port,
         log_config=None,
