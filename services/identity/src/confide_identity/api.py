@@ -1,0 +1,226 @@
+"""Identity's HTTP API (the identity section of the handbook's API.md): parse, authorise,
+call one handler, answer."""
+
+import unicodedata
+from typing import Annotated, Literal
+from uuid import UUID
+
+from confide_toolkit.auth import Caller, CallerDependency, load_jwks
+from confide_toolkit.keyring import Erased
+from fastapi import APIRouter, Depends, Request, Response, status
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+
+from confide_identity import handlers
+from confide_identity.handlers import Dependencies
+
+
+def _printable(value: str) -> str:
+    # Control characters (newlines, NUL, bidi overrides) have no place in a name or address
+    # and would corrupt whatever renders them. The message never quotes the value.
+    if any(unicodedata.category(ch) in {"Cc", "Cf"} for ch in value):
+        raise ValueError("must not contain control or formatting characters")
+    return value
+
+
+DisplayName = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=100),
+    AfterValidator(_printable),
+]
+Phone = Annotated[str, StringConstraints(strip_whitespace=True, pattern=r"^\+?[0-9 ()./-]{6,24}$")]
+Address = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=500),
+    AfterValidator(lambda v: _printable(v.replace("\n", " "))),
+]
+Email = Annotated[str, StringConstraints(min_length=3, max_length=320)]
+# Long enough for any passphrase, short enough that nobody hashes megabytes with Argon2id.
+Password = Annotated[str, StringConstraints(min_length=1, max_length=1024)]
+TotpCode = Annotated[str, StringConstraints(pattern=r"^[0-9]{6}$")]
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Registration(_Body):
+    email: Email
+    password: Password
+    display_name: DisplayName
+    role: Literal["client", "therapist"]
+
+
+class AccountCreated(BaseModel):
+    user_id: UUID
+
+
+class Credentials(_Body):
+    email: Email
+    password: Password
+    totp_code: TotpCode | None = None
+
+
+class RefreshRequest(_Body):
+    refresh_token: Annotated[str, StringConstraints(min_length=1, max_length=256)]
+
+
+class TokenResponse(BaseModel):
+    access_token: str
+    refresh_token: str
+    token_type: Literal["Bearer"] = "Bearer"  # noqa: S105 (a scheme name)
+    expires_in: int
+
+
+class AccountResponse(BaseModel):
+    user_id: UUID
+    email: str | None = Field(description="null once the profile is erased")
+    display_name: str | None
+    role: str
+    phone: str | None = None
+    address: str | None = None
+    mfa_enabled: bool
+    password_age_days: int = Field(
+        description="days since the password was set; no rotation is forced (NIST 800-63B)"
+    )
+    profile_erased: bool = False
+
+
+class ProfileChanges(_Body):
+    display_name: DisplayName | None = None
+    phone: Phone | None = None
+    address: Address | None = None
+
+
+class PasswordChange(_Body):
+    current_password: Password
+    new_password: Password
+
+
+class TotpEnrolmentResponse(BaseModel):
+    secret: str
+    otpauth_uri: str
+
+
+class TotpConfirmation(_Body):
+    code: TotpCode
+
+
+def _tokens(pair: handlers.TokenPair, response: Response) -> TokenResponse:
+    # RFC 6749 §5.1: token responses must not be cached.
+    response.headers["Cache-Control"] = "no-store"
+    response.headers["Pragma"] = "no-cache"
+    return TokenResponse(
+        access_token=pair.access_token, refresh_token=pair.refresh_token, expires_in=pair.expires_in
+    )
+
+
+def _shown(value: str | Erased | None) -> str | None:
+    return None if isinstance(value, Erased) else value
+
+
+def _account(view: handlers.AccountView) -> AccountResponse:
+    profile = view.profile
+    return AccountResponse(
+        user_id=view.user_id,
+        email=_shown(profile.email),
+        display_name=_shown(profile.display_name),
+        role=view.role,
+        phone=_shown(profile.phone),
+        address=_shown(profile.address),
+        mfa_enabled=view.mfa_enabled,
+        password_age_days=view.password_age_days,
+        profile_erased=isinstance(profile.email, Erased),
+    )
+
+
+def router(deps: Dependencies, current_caller: CallerDependency) -> APIRouter:
+    """The routes of identity's API, bound to its dependencies and its token check."""
+    api = APIRouter()
+    SignedIn = Annotated[Caller, Depends(current_caller)]
+
+    @api.post(
+        "/v1/accounts",
+        status_code=status.HTTP_201_CREATED,
+        tags=["accounts"],
+        summary="Register a client or therapist",
+    )
+    async def register(body: Registration) -> AccountCreated:
+        user_id = await handlers.register_account(
+            deps, body.email, body.password, body.display_name, body.role
+        )
+        return AccountCreated(user_id=user_id)
+
+    @api.post("/v1/sessions", tags=["sessions"], summary="Sign in")
+    async def sign_in(body: Credentials, request: Request, response: Response) -> TokenResponse:
+        address = request.client.host if request.client else None
+        pair = await handlers.sign_in(deps, body.email, body.password, body.totp_code, address)
+        return _tokens(pair, response)
+
+    @api.post("/v1/sessions/refresh", tags=["sessions"], summary="Rotate a refresh token")
+    async def refresh(body: RefreshRequest, response: Response) -> TokenResponse:
+        return _tokens(await handlers.refresh_session(deps, body.refresh_token), response)
+
+    @api.delete(
+        "/v1/sessions/current",
+        status_code=status.HTTP_204_NO_CONTENT,
+        tags=["sessions"],
+        summary="Sign out",
+    )
+    async def sign_out(caller: SignedIn) -> None:
+        await handlers.sign_out(deps, caller)
+
+    @api.get("/v1/accounts/me", tags=["accounts"], summary="The signed-in person's account")
+    async def me(caller: SignedIn) -> AccountResponse:
+        return _account(await handlers.read_account(deps, caller.subject_id))
+
+    @api.patch("/v1/accounts/me", tags=["accounts"], summary="Change profile fields")
+    async def patch_me(body: ProfileChanges, caller: SignedIn) -> AccountResponse:
+        changes = body.model_dump(exclude_unset=True)
+        if changes.get("display_name", "") is None:
+            raise handlers.invalid_field(
+                "body.display_name", "The display name cannot be removed.", "missing"
+            )
+        return _account(await handlers.update_profile(deps, caller.subject_id, changes))
+
+    @api.post(
+        "/v1/accounts/me/password",
+        status_code=status.HTTP_204_NO_CONTENT,
+        tags=["accounts"],
+        summary="Change the password",
+    )
+    async def change_password(body: PasswordChange, caller: SignedIn) -> None:
+        await handlers.change_password(deps, caller, body.current_password, body.new_password)
+
+    @api.post("/v1/accounts/me/mfa/totp", tags=["mfa"], summary="Start a TOTP enrolment")
+    async def start_totp(caller: SignedIn, response: Response) -> TotpEnrolmentResponse:
+        enrolment = await handlers.start_totp_enrolment(deps, caller.subject_id)
+        response.headers["Cache-Control"] = "no-store"
+        return TotpEnrolmentResponse(secret=enrolment.secret, otpauth_uri=enrolment.otpauth_uri)
+
+    @api.post(
+        "/v1/accounts/me/mfa/totp/confirm",
+        status_code=status.HTTP_204_NO_CONTENT,
+        tags=["mfa"],
+        summary="Turn TOTP on with a first code",
+    )
+    async def confirm_totp(body: TotpConfirmation, caller: SignedIn) -> None:
+        await handlers.confirm_totp(deps, caller.subject_id, body.code)
+
+    @api.post(
+        "/v1/accounts/me/close",
+        status_code=status.HTTP_202_ACCEPTED,
+        tags=["accounts"],
+        summary="Close the account",
+    )
+    async def close(caller: SignedIn) -> dict[str, str]:
+        await handlers.close_account(deps, caller.subject_id)
+        return {"status": "closed"}
+
+    @api.get("/.well-known/jwks.json", tags=["keys"], summary="Public keys of access tokens")
+    async def jwks(response: Response) -> dict[str, list[dict[str, object]]]:
+        async with deps.engine.connect() as conn:
+            document = await load_jwks(conn, valid_at=deps.clock.now())
+        response.headers["Cache-Control"] = "public, max-age=300"
+        return document
+
+    return api

@@ -1,0 +1,117 @@
+"""The account aggregate and the password policy, without I/O."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from confide_identity import domain
+from confide_identity.passwords import check_password
+
+NOW = datetime(2026, 3, 1, tzinfo=UTC)
+
+
+def new_account() -> domain.Account:
+    events = domain.register(uuid.uuid4(), "client", "index", "cHJvZmlsZQ==", "aGFzaA==", NOW)
+    return domain.Account.from_events(events)
+
+
+def kinds(password: str, email: str | None = "ada.lovelace@example.org") -> set[str]:
+    return {v.kind for v in check_password(password, email)}
+
+
+def test_emails_written_differently_normalise_to_one_address() -> None:
+    assert domain.normalise_email("  Ada.Lovelace@Example.ORG ") == "ada.lovelace@example.org"
+
+
+@pytest.mark.parametrize(
+    "raw", ["", "no-at-sign", "two@@example.org", "space in@example.org", "a@nodot", "a@-x.org"]
+)
+def test_malformed_emails_are_refused(raw: str) -> None:
+    with pytest.raises(domain.InvalidEmail):
+        domain.normalise_email(raw)
+
+
+def test_a_long_uncommon_passphrase_is_accepted() -> None:
+    assert check_password("violet-harbour-lantern-92", "ada.lovelace@example.org") == []
+
+
+def test_passwords_shorter_than_twelve_characters_are_refused() -> None:
+    assert "password_too_short" in kinds("Xk9#mPq2$vL")
+
+
+@pytest.mark.parametrize(
+    "password", ["password1234", "Password2031!", "qwertyuiop123", "P@ssw0rd2024!!", "123456789012"]
+)
+def test_common_and_breached_passwords_are_refused_with_their_usual_decorations(
+    password: str,
+) -> None:
+    assert "password_common" in kinds(password)
+
+
+def test_a_password_containing_the_email_is_refused() -> None:
+    assert "password_has_email" in kinds("ADA.LOVELACE-secret-77")
+
+
+def test_a_password_of_few_distinct_characters_is_refused() -> None:
+    assert "password_repetitive" in kinds("abababababababab")
+
+
+def test_policy_messages_never_quote_the_password() -> None:
+    password = "Password2031!"
+    assert all(password not in v.message for v in check_password(password, None))
+
+
+def test_a_closed_account_refuses_changes() -> None:
+    account = new_account()
+    for event in account.close(NOW):
+        account.apply(event)
+    with pytest.raises(domain.AccountNotActive):
+        account.update_profile("eA==", NOW)
+    with pytest.raises(domain.AccountNotActive):
+        account.change_password("eA==", NOW)
+
+
+def test_totp_is_enforced_only_after_confirmation() -> None:
+    account = new_account()
+    with pytest.raises(domain.NoTotpEnrolment):
+        account.confirm_totp(NOW)
+    for event in account.start_totp_enrolment("c2VjcmV0", NOW):
+        account.apply(event)
+    assert not account.mfa_enabled
+    for event in account.confirm_totp(NOW):
+        account.apply(event)
+    assert account.mfa_enabled
+    with pytest.raises(domain.TotpAlreadyEnabled):
+        account.start_totp_enrolment("b3RoZXI=", NOW)
+
+
+def test_shredding_twice_records_one_erasure() -> None:
+    account = new_account()
+    key_id = uuid.uuid4()
+    for event in account.shred(key_id, NOW):
+        account.apply(event)
+    assert account.status == "erased" and account.email_index is None
+    assert account.shred(key_id, NOW) == []
+
+
+def test_password_age_counts_from_the_last_change_not_a_rehash() -> None:
+    account = new_account()
+    for event in account.change_password("bmV3", NOW + timedelta(days=10)):
+        account.apply(event)
+    for event in account.rehash_password("c3Ryb25nZXI="):
+        account.apply(event)
+    assert account.password_age_days(NOW + timedelta(days=100)) == 90
+
+
+def test_a_stream_rebuilds_to_the_same_state_as_the_decisions_left_it() -> None:
+    history = domain.register(uuid.uuid4(), "therapist", "ix", "cA==", "aA==", NOW)
+    account = domain.Account.from_events(history)
+    for decision in (account.update_profile("cDI=", NOW), account.close(NOW)):
+        for event in decision:
+            account.apply(event)
+        history += decision
+    rebuilt = domain.Account.from_events(history)
+    assert rebuilt == account
+    assert rebuilt.version == 3

@@ -1,0 +1,153 @@
+"""Personal data stays encrypted everywhere identity writes, and crypto-shredding erases it."""
+
+import uuid
+from datetime import UTC, datetime
+
+import pytest
+from confide_events.retention import RetentionExpired
+from confide_events.topics import IDENTITY_EVENTS, RETENTION_EVENTS
+from confide_identity import handlers
+from confide_toolkit.clock import FrozenClock
+from confide_toolkit.keyring import ERASED
+from confide_toolkit.testing import eventually
+from sqlalchemy import text
+
+from .conftest import (
+    RunningIdentity,
+    SettingsFactory,
+    bearer,
+    events_about,
+    publish,
+    read_topic,
+    registration,
+    running_identity,
+)
+
+pytestmark = pytest.mark.integration
+
+
+def _forms(value: str) -> list[bytes]:
+    # As text, and as PostgreSQL prints bytea (hex), so plaintext in a binary column shows too.
+    encoded = value.encode()
+    return [encoded, encoded.hex().encode(), value.lower().encode()]
+
+
+async def test_no_email_name_or_password_in_the_database_the_topic_or_the_logs(
+    make_settings: SettingsFactory,
+    clock: FrozenClock,
+    kafka_bootstrap: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    body = registration(
+        email=f"Linnea.Quist.{uuid.uuid4().hex[:6]}@Example.org",
+        display_name=f"Linnea Quist {uuid.uuid4().hex[:6]}",
+        password=f"tidal-ember-orchard-{uuid.uuid4().hex[:6]}",
+    )
+    async with running_identity(make_settings(log_level="DEBUG"), clock) as identity:
+        user_id, _ = await identity.register(**body)
+        tokens = await identity.tokens(body)
+        await identity.client.patch(
+            "/v1/accounts/me",
+            json={"phone": "+46 70 123 45 67", "address": "Storgatan 1, Lund"},
+            headers=bearer(tokens),
+        )
+        await identity.sign_in({**body, "password": "a-wrong-password-1"})
+
+        async def published() -> bool:
+            events = await events_about(kafka_bootstrap, IDENTITY_EVENTS, str(user_id))
+            return any(e.type == "confide.identity.UserRegistered" for e in events)
+
+        await eventually(published)
+        database = await _dump(identity)
+    topic = b"".join(
+        r.value + b"".join(v for _, v in r.headers)
+        for r in await read_topic(kafka_bootstrap, IDENTITY_EVENTS)
+    )
+    logs = capsys.readouterr()
+    log_text = (logs.out + logs.err).encode()
+
+    secrets = [body["email"], body["display_name"], body["password"], "Storgatan", "123 45 67"]
+    for value in secrets:
+        for form in _forms(value):
+            assert form not in database, f"{value!r} in the database"
+            assert form not in topic, f"{value!r} in identity.events"
+            assert form not in log_text, f"{value!r} in the logs"
+    # The scans did read something: the records and the service's own log lines.
+    assert b"UserRegistered" in topic
+    assert b'"service": "identity"' in log_text
+
+
+async def _dump(identity: RunningIdentity) -> bytes:
+    """Every row of every table in the database, as PostgreSQL prints it."""
+    async with identity.deps.engine.connect() as conn:
+        tables = (
+            await conn.execute(text("SELECT tablename FROM pg_tables WHERE schemaname = 'public'"))
+        ).scalars()
+        dump = []
+        for table in list(tables):
+            rows = await conn.execute(text(f'SELECT t::text FROM "{table}" t'))
+            dump += [row[0] for row in rows]
+    return "\n".join(dump).encode()
+
+
+async def test_retention_expiry_shreds_the_profile_and_the_account_can_no_longer_sign_in(
+    identity: RunningIdentity, kafka_bootstrap: str
+) -> None:
+    user_id, body = await identity.register()
+    tokens = await identity.tokens(body)
+    await identity.client.post("/v1/accounts/me/close", headers=bearer(tokens))
+
+    await publish(
+        kafka_bootstrap,
+        RETENTION_EVENTS,
+        RetentionExpired(
+            subject_id=user_id,
+            category="identity.profile",
+            policy="identity.profile.closed_account",
+            due_at=datetime.now(UTC),
+        ),
+    )
+
+    async def shredded() -> bool:
+        events = await events_about(kafka_bootstrap, IDENTITY_EVENTS, str(user_id))
+        return any(e.type == "confide.identity.SubjectDataShredded" for e in events)
+
+    await eventually(shredded)
+    [announcement] = [
+        e
+        for e in await events_about(kafka_bootstrap, IDENTITY_EVENTS, str(user_id))
+        if e.type == "confide.identity.SubjectDataShredded"
+    ]
+    assert announcement.data["category"] == "identity.profile"
+    view = await handlers.read_account(identity.deps, user_id)
+    assert view.status == "erased"
+    assert view.profile.email is ERASED and view.profile.display_name is ERASED
+    assert (await identity.sign_in(body)).status_code == 401
+    # The email is free again: nothing links it to the erased account any more.
+    assert (await identity.client.post("/v1/accounts", json=body)).status_code == 201
+
+
+async def test_an_open_account_whose_profile_is_shredded_cannot_sign_in_or_use_its_tokens(
+    identity: RunningIdentity, kafka_bootstrap: str
+) -> None:
+    user_id, body = await identity.register()
+    tokens = await identity.tokens(body)
+
+    await publish(
+        kafka_bootstrap,
+        RETENTION_EVENTS,
+        RetentionExpired(
+            subject_id=user_id,
+            category="identity.profile",
+            policy="identity.profile.erasure_request",
+            due_at=datetime.now(UTC),
+            erasure_case_id=uuid.uuid4(),
+        ),
+    )
+
+    async def erased() -> bool:
+        return (await handlers.read_account(identity.deps, user_id)).status == "erased"
+
+    await eventually(erased)
+    assert (await identity.sign_in(body)).status_code == 401
+    assert (await identity.client.get("/v1/accounts/me", headers=bearer(tokens))).status_code == 401
