@@ -1,0 +1,68 @@
+"""Wiring of the consent service: settings, the toolkit runtime, handlers' dependencies,
+consumers and routes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from confide_events.consent import ConsentGranted, ConsentRevoked
+from confide_toolkit.clock import Clock
+from confide_toolkit.event_store import ConcurrencyConflict
+from confide_toolkit.service import Service, run
+from fastapi import FastAPI
+
+from confide_consent import api, consumers
+from confide_consent.domain import ConsentError
+from confide_consent.handlers import Dependencies
+from confide_consent.receipts import ReceiptIssuer
+from confide_consent.settings import ConsentSettings
+from confide_consent.store import Ledgers, ReceiptKeys
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+DESCRIPTION = """The consent ledger: what each person agreed to share, with whom, and when.
+
+Every grant answers a consent receipt signed with the service's Ed25519 key (verify it with
+`GET /v1/receipt-keys`); withdrawal is one `DELETE` and takes effect at once. Other services
+never call this API: they keep their own read model from the `ConsentGranted` and
+`ConsentRevoked` events on `consent.events` (`confide_toolkit.consents`).
+
+Recipients are registered third parties (organisations): two are seeded by the first
+migration, and compliance staff register more with `POST /v1/recipients`."""
+
+
+def create_app(settings: ConsentSettings | None = None, clock: Clock | None = None) -> FastAPI:
+    """The consent service's application; `app.state.service` and `app.state.deps` expose its
+    runtime to tests and tools."""
+    settings = settings or ConsentSettings()  # from the environment
+    service = Service(settings, migrations=MIGRATIONS, clock=clock)
+    deps = Dependencies(
+        engine=service.engine,
+        ledgers=Ledgers(service.clock),
+        receipt_keys=ReceiptKeys(service.keyring, service.clock),
+        outbox=service.outbox,
+        clock=service.clock,
+        issuer=ReceiptIssuer(
+            controller=settings.receipt_controller,
+            contact=settings.receipt_contact,
+            jurisdiction=settings.receipt_jurisdiction,
+        ),
+    )
+    consumers.subscribe(service, deps)
+    service.document_publications([ConsentGranted, ConsentRevoked])
+    app = service.create_app(
+        title="Confide consent",
+        description=DESCRIPTION,
+        routers=[api.router(service, deps)],
+        domain_errors={ConcurrencyConflict: (409, "Concurrent change")},
+    )
+    app.add_exception_handler(ConsentError, api.answer_consent_error)
+    app.state.service = service
+    app.state.deps = deps
+    return app
+
+
+def main() -> None:
+    """Serve the consent service (`python -m confide_consent`)."""
+    settings = ConsentSettings()  # from the environment
+    run(lambda: create_app(settings), settings)

@@ -1,0 +1,424 @@
+"""The consent ledger: one aggregate per person, rebuilt from the stream of its events.
+
+A person's ledger holds every consent they ever gave, each valid from `granted_at` until it is
+revoked (by the person, or when their account closes). Consents are never edited: granting
+again is a new consent, and a revoked consent stays in the ledger as history. The invariants
+live here, with no I/O: a purpose that is never allowed, a policy text the person did not see,
+a recipient the purpose does not take, categories the purpose does not cover, and any grant
+after the account closed are refused before anything is recorded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Literal
+from uuid import UUID
+
+from confide_events.consent import CollectionMethod, RevocationReason
+from confide_events.vocabulary import DataCategory
+from confide_toolkit.event_store import DomainEvent
+
+from confide_consent.purposes import NEVER_ALLOWED, PURPOSES, Purpose
+
+STREAM_TYPE = "consent_ledger"
+
+# --- errors: each names the request field it is about, so the API can point at it -----------
+
+
+class ConsentError(Exception):
+    """A command the ledger refuses. Messages carry codes and pseudonymous ids only."""
+
+    field: str | None = None
+
+
+class PurposeNeverAllowed(ConsentError):
+    field = "purpose"
+
+    def __init__(self, code: str, reason: str) -> None:
+        super().__init__(f"The purpose {code!r} is never allowed: {reason}")
+        self.code = code
+
+
+class UnknownPurpose(ConsentError):
+    field = "purpose"
+
+    def __init__(self, code: str) -> None:
+        super().__init__(f"There is no purpose {code!r}; GET /v1/purposes lists them.")
+        self.code = code
+
+
+class RecipientRequired(ConsentError):
+    field = "recipient_id"
+
+    def __init__(self, purpose: str) -> None:
+        super().__init__(f"The purpose {purpose!r} needs a recipient_id.")
+
+
+class RecipientNotApplicable(ConsentError):
+    field = "recipient_id"
+
+    def __init__(self, purpose: str) -> None:
+        super().__init__(f"The purpose {purpose!r} does not take a recipient.")
+
+
+class UnknownRecipient(ConsentError):
+    field = "recipient_id"
+
+    def __init__(self, recipient_id: UUID) -> None:
+        super().__init__(f"There is no registered recipient {recipient_id}.")
+
+
+class RecipientNotRegisteredForPurpose(ConsentError):
+    field = "recipient_id"
+
+    def __init__(self, recipient_id: UUID, purpose: str) -> None:
+        super().__init__(f"The recipient {recipient_id} is not registered for {purpose!r}.")
+
+
+class CategoriesNotCovered(ConsentError):
+    field = "data_categories"
+
+    def __init__(self, purpose: str, categories: Sequence[str]) -> None:
+        super().__init__(
+            f"The purpose {purpose!r} does not cover the categories {', '.join(categories)}."
+        )
+
+
+class UnknownPolicyVersion(ConsentError):
+    field = "policy_version"
+
+    def __init__(self, purpose: str, version: str) -> None:
+        super().__init__(f"The purpose {purpose!r} never had a policy version {version!r}.")
+
+
+class StalePolicyVersion(ConsentError):
+    """The person saw an older policy text than the one in force: they must read the new one."""
+
+    field = "policy_version"
+
+    def __init__(self, purpose: str, version: str, current: str) -> None:
+        super().__init__(
+            f"Policy version {version!r} of {purpose!r} is no longer current; "
+            f"the current version is {current!r}."
+        )
+        self.current_version = current
+
+
+class PolicyHashMismatch(ConsentError):
+    field = "policy_hash"
+
+    def __init__(self, purpose: str, version: str) -> None:
+        super().__init__(
+            f"The policy_hash is not the hash of the text of {purpose!r} version {version!r}."
+        )
+
+
+class ConsentNotFound(ConsentError):
+    def __init__(self, consent_id: UUID) -> None:
+        super().__init__(f"There is no consent {consent_id}.")
+
+
+class AccountIsClosed(ConsentError):
+    def __init__(self, subject_id: UUID) -> None:
+        super().__init__(f"The account of {subject_id} is closed: no new consent is recorded.")
+
+
+class RecipientAlreadyRegistered(ConsentError):
+    field = "name"
+
+    def __init__(self) -> None:
+        super().__init__("A recipient with this name is already registered.")
+
+
+class PurposeTakesNoRecipient(ConsentError):
+    field = "purposes"
+
+    def __init__(self, codes: Sequence[str]) -> None:
+        super().__init__(
+            f"Recipients can be registered only for purposes that name one; not {', '.join(codes)}."
+        )
+
+
+# --- the ledger's events ---------------------------------------------------------------------
+
+
+class ConsentGranted(DomainEvent):
+    """The person consented; valid from `granted_at`."""
+
+    stream_type = STREAM_TYPE
+    consent_id: UUID
+    purpose: str
+    recipient_id: UUID | None
+    data_categories: tuple[DataCategory, ...]
+    policy_version: str
+    policy_hash: str
+    method: CollectionMethod
+    granted_at: datetime
+
+
+class ReceiptIssued(DomainEvent):
+    """The signed receipt of a grant (a compact JWS), kept with the ledger so it is replayable."""
+
+    stream_type = STREAM_TYPE
+    consent_id: UUID
+    receipt_id: UUID
+    kid: str
+    jws: str
+    issued_at: datetime
+
+
+class ConsentRevoked(DomainEvent):
+    """The consent ends at `revoked_at`: nothing may rely on it from then on."""
+
+    stream_type = STREAM_TYPE
+    consent_id: UUID
+    revoked_at: datetime
+    reason: RevocationReason
+
+
+class LedgerClosed(DomainEvent):
+    """The person's account closed: every consent was withdrawn, and no new one is recorded."""
+
+    stream_type = STREAM_TYPE
+    closed_at: datetime
+
+
+LEDGER_EVENTS: tuple[type[DomainEvent], ...] = (
+    ConsentGranted,
+    ReceiptIssued,
+    ConsentRevoked,
+    LedgerClosed,
+)
+
+
+# --- the aggregate ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Recipient:
+    """A registered third party that may receive data, for the purposes it is registered for."""
+
+    recipient_id: UUID
+    name: str
+    kind: str
+    purposes: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Receipt:
+    receipt_id: UUID
+    kid: str
+    jws: str
+    issued_at: datetime
+
+
+@dataclass
+class Consent:
+    """One consent as the ledger knows it now."""
+
+    consent_id: UUID
+    subject_id: UUID
+    purpose: str
+    recipient_id: UUID | None
+    data_categories: tuple[DataCategory, ...]
+    policy_version: str
+    policy_hash: str
+    method: CollectionMethod
+    granted_at: datetime
+    revoked_at: datetime | None = None
+    revoke_reason: RevocationReason | None = None
+    receipt: Receipt | None = None
+
+    @property
+    def status(self) -> Literal["active", "revoked"]:
+        return "active" if self.revoked_at is None else "revoked"
+
+    def valid_at(self, at: datetime) -> bool:
+        """Whether the consent was in force at `at`: granted by then and not yet revoked."""
+        return self.granted_at <= at and (self.revoked_at is None or at < self.revoked_at)
+
+
+RecipientKind = Literal["healthcare_provider", "research_institution"]
+
+
+def new_recipient(
+    recipient_id: UUID, name: str, kind: RecipientKind, purposes: Sequence[str]
+) -> Recipient:
+    """A third party to register: only for purposes that send data to a named recipient (and
+    never for a purpose that is never allowed)."""
+    codes = tuple(dict.fromkeys(purposes))
+    refused = [
+        code for code in codes if code not in PURPOSES or not PURPOSES[code].requires_recipient
+    ]
+    if not codes or refused:
+        raise PurposeTakesNoRecipient(refused)
+    return Recipient(recipient_id, name, kind, codes)
+
+
+def resolve_purpose(code: str) -> Purpose:
+    """The purpose named `code`; refuses the purposes that are never allowed, by name."""
+    reason = NEVER_ALLOWED.get(code)
+    if reason is not None:
+        raise PurposeNeverAllowed(code, reason)
+    purpose = PURPOSES.get(code)
+    if purpose is None:
+        raise UnknownPurpose(code)
+    return purpose
+
+
+@dataclass
+class ConsentLedger:
+    """A person's consents. Commands check the invariants, then record and apply new events;
+    `pending` holds what is to be appended after `version`."""
+
+    subject_id: UUID
+    version: int = 0
+    consents: dict[UUID, Consent] = field(default_factory=dict)
+    closed_at: datetime | None = None
+    pending: list[DomainEvent] = field(default_factory=list)
+
+    @classmethod
+    def replay(cls, subject_id: UUID, events: Iterable[DomainEvent], version: int) -> ConsentLedger:
+        """The ledger as its recorded events left it, at stream `version`."""
+        ledger = cls(subject_id, version)
+        for event in events:
+            ledger._apply(event)
+        return ledger
+
+    # -- commands ---------------------------------------------------------------------------
+
+    def grant(
+        self,
+        *,
+        consent_id: UUID,
+        purpose: Purpose,
+        recipient_id: UUID | None,
+        recipient: Recipient | None,
+        data_categories: Sequence[DataCategory],
+        policy_version: str,
+        policy_hash: str | None,
+        method: CollectionMethod,
+        now: datetime,
+    ) -> Consent:
+        """Record a new consent. `recipient` is the registered record of `recipient_id` (None
+        when there is none); `policy_hash`, when given, must be the hash of the text shown."""
+        if self.closed_at is not None:
+            raise AccountIsClosed(self.subject_id)
+        if purpose.requires_recipient and recipient_id is None:
+            raise RecipientRequired(purpose.code)
+        if not purpose.requires_recipient and recipient_id is not None:
+            raise RecipientNotApplicable(purpose.code)
+        if recipient_id is not None:
+            if recipient is None:
+                raise UnknownRecipient(recipient_id)
+            if purpose.code not in recipient.purposes:
+                raise RecipientNotRegisteredForPurpose(recipient_id, purpose.code)
+        categories = tuple(dict.fromkeys(data_categories))
+        uncovered = [c for c in categories if c not in purpose.data_categories]
+        if not categories or uncovered:
+            raise CategoriesNotCovered(purpose.code, uncovered)
+        policy = purpose.policy(policy_version)
+        if policy is None:
+            raise UnknownPolicyVersion(purpose.code, policy_version)
+        if policy != purpose.current_policy:
+            raise StalePolicyVersion(purpose.code, policy_version, purpose.current_policy.version)
+        if policy_hash is not None and policy_hash != policy.hash:
+            raise PolicyHashMismatch(purpose.code, policy_version)
+        self._record(
+            ConsentGranted(
+                consent_id=consent_id,
+                purpose=purpose.code,
+                recipient_id=recipient_id,
+                data_categories=categories,
+                policy_version=policy.version,
+                policy_hash=policy.hash,
+                method=method,
+                granted_at=now,
+            )
+        )
+        return self.consents[consent_id]
+
+    def issue_receipt(self, consent_id: UUID, receipt: Receipt) -> None:
+        """Attach the signed receipt of a grant (once: a receipt is never replaced)."""
+        consent = self.consent(consent_id)
+        if consent.receipt is not None:
+            raise ValueError(f"consent {consent_id} already has a receipt")
+        self._record(
+            ReceiptIssued(
+                consent_id=consent_id,
+                receipt_id=receipt.receipt_id,
+                kid=receipt.kid,
+                jws=receipt.jws,
+                issued_at=receipt.issued_at,
+            )
+        )
+
+    def revoke(self, consent_id: UUID, now: datetime) -> bool:
+        """The person withdraws a consent, effective `now`. False (and nothing recorded) when
+        it was already revoked: withdrawing twice is not an error."""
+        consent = self.consent(consent_id)
+        if consent.revoked_at is not None:
+            return False
+        self._record(
+            ConsentRevoked(consent_id=consent_id, revoked_at=now, reason="subject_withdrew")
+        )
+        return True
+
+    def close(self, closed_at: datetime) -> list[Consent]:
+        """The account closed: withdraw every active consent (reason `account_closed`) and
+        refuse new ones. Returns the consents withdrawn; closing again withdraws nothing."""
+        if self.closed_at is not None:
+            return []
+        withdrawn = [c for c in self.consents.values() if c.revoked_at is None]
+        for consent in withdrawn:
+            # A grant that raced the closing ends the moment it began: never valid, and its
+            # interval still well-formed.
+            revoked_at = max(closed_at, consent.granted_at)
+            self._record(
+                ConsentRevoked(
+                    consent_id=consent.consent_id, revoked_at=revoked_at, reason="account_closed"
+                )
+            )
+        self._record(LedgerClosed(closed_at=closed_at))
+        return withdrawn
+
+    # -- queries ----------------------------------------------------------------------------
+
+    def consent(self, consent_id: UUID) -> Consent:
+        try:
+            return self.consents[consent_id]
+        except KeyError:
+            raise ConsentNotFound(consent_id) from None
+
+    # -- applying events --------------------------------------------------------------------
+
+    def _record(self, event: DomainEvent) -> None:
+        self._apply(event)
+        self.pending.append(event)
+
+    def _apply(self, event: DomainEvent) -> None:
+        if isinstance(event, ConsentGranted):
+            self.consents[event.consent_id] = Consent(
+                consent_id=event.consent_id,
+                subject_id=self.subject_id,
+                purpose=event.purpose,
+                recipient_id=event.recipient_id,
+                data_categories=event.data_categories,
+                policy_version=event.policy_version,
+                policy_hash=event.policy_hash,
+                method=event.method,
+                granted_at=event.granted_at,
+            )
+        elif isinstance(event, ReceiptIssued):
+            self.consents[event.consent_id].receipt = Receipt(
+                event.receipt_id, event.kid, event.jws, event.issued_at
+            )
+        elif isinstance(event, ConsentRevoked):
+            consent = self.consents[event.consent_id]
+            consent.revoked_at, consent.revoke_reason = event.revoked_at, event.reason
+        elif isinstance(event, LedgerClosed):
+            self.closed_at = event.closed_at
+        else:
+            raise TypeError(f"{type(event).__name__} is not a consent ledger event")

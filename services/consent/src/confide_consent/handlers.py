@@ -1,0 +1,194 @@
+"""The consent service's commands and consumed events, one function each.
+
+Each command loads the person's ledger, lets the domain decide, and in one transaction appends
+the ledger's new events (the `consents` projection follows in the same transaction) and puts
+the integration events in the outbox. A refused command raises before anything is written.
+Two writers on the same ledger at once are settled by the event store's optimistic
+concurrency: the loser reloads and decides again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+from uuid import UUID
+
+from confide_events import IntegrationEvent
+from confide_events import consent as published
+from confide_events.consent import CollectionMethod
+from confide_events.identity import AccountClosed
+from confide_events.vocabulary import DataCategory
+from confide_toolkit.clock import Clock
+from confide_toolkit.event_store import ConcurrencyConflict
+from confide_toolkit.ids import uuid7
+from confide_toolkit.outbox import Outbox
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from confide_consent import store
+from confide_consent.domain import (
+    Consent,
+    ConsentLedger,
+    Receipt,
+    RecipientAlreadyRegistered,
+    RecipientKind,
+    new_recipient,
+    resolve_purpose,
+)
+from confide_consent.domain import Recipient as RecipientRecord
+from confide_consent.receipts import ReceiptIssuer, receipt_claims, sign_receipt
+from confide_consent.store import Ledgers, ReceiptKeys
+
+T = TypeVar("T")
+
+Publish = Callable[[IntegrationEvent], Awaitable[Any]]
+"""Puts an integration event in the outbox, in the transaction at hand."""
+
+CONFLICT_ATTEMPTS = 5
+
+
+@dataclass(frozen=True)
+class Dependencies:
+    """What the handlers are wired with (built once, in app.py)."""
+
+    engine: AsyncEngine
+    ledgers: Ledgers
+    receipt_keys: ReceiptKeys
+    outbox: Outbox
+    clock: Clock
+    issuer: ReceiptIssuer
+
+
+@dataclass(frozen=True)
+class GrantConsent:
+    subject_id: UUID
+    purpose: str
+    recipient_id: UUID | None
+    data_categories: Sequence[DataCategory]
+    policy_version: str
+    policy_hash: str | None
+    method: CollectionMethod
+
+
+@dataclass(frozen=True)
+class RegisterRecipient:
+    name: str
+    kind: RecipientKind
+    purposes: Sequence[str]
+    registered_by: UUID
+
+
+async def _in_transaction(deps: Dependencies, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+    """Run `work` in a transaction, again from the start if another writer moved the ledger."""
+    for attempt in range(1, CONFLICT_ATTEMPTS + 1):
+        try:
+            async with deps.engine.begin() as conn:
+                return await work(conn)
+        except ConcurrencyConflict:
+            if attempt == CONFLICT_ATTEMPTS:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _granted(consent: Consent) -> published.ConsentGranted:
+    return published.ConsentGranted(
+        consent_id=consent.consent_id,
+        subject_id=consent.subject_id,
+        purpose=consent.purpose,
+        recipient_id=consent.recipient_id,
+        data_categories=consent.data_categories,
+        policy_version=consent.policy_version,
+        policy_hash=consent.policy_hash,
+        method=consent.method,
+        granted_at=consent.granted_at,
+    )
+
+
+def _revoked(consent: Consent) -> published.ConsentRevoked:
+    assert consent.revoked_at is not None and consent.revoke_reason is not None
+    return published.ConsentRevoked(
+        consent_id=consent.consent_id,
+        subject_id=consent.subject_id,
+        revoked_at=consent.revoked_at,
+        reason=consent.revoke_reason,
+    )
+
+
+async def grant_consent(deps: Dependencies, command: GrantConsent) -> Consent:
+    """Record a consent with its signed receipt and publish `ConsentGranted`."""
+    purpose = resolve_purpose(command.purpose)
+
+    async def work(conn: AsyncConnection) -> Consent:
+        recipient = (
+            await store.find_recipient(conn, command.recipient_id)
+            if command.recipient_id is not None
+            else None
+        )
+        ledger = await deps.ledgers.load_for_change(conn, command.subject_id)
+        consent = ledger.grant(
+            consent_id=uuid7(),
+            purpose=purpose,
+            recipient_id=command.recipient_id,
+            recipient=recipient,
+            data_categories=command.data_categories,
+            policy_version=command.policy_version,
+            policy_hash=command.policy_hash,
+            method=command.method,
+            now=deps.clock.now(),
+        )
+        key = await deps.receipt_keys.current(conn)
+        receipt_id = uuid7()
+        jws = sign_receipt(
+            receipt_claims(consent, receipt_id, recipient, deps.issuer), key.private_key, key.kid
+        )
+        ledger.issue_receipt(
+            consent.consent_id, Receipt(receipt_id, key.kid, jws, consent.granted_at)
+        )
+        await deps.ledgers.save(conn, ledger)
+        await deps.outbox.put(conn, _granted(consent))
+        return consent
+
+    return await _in_transaction(deps, work)
+
+
+async def revoke_consent(deps: Dependencies, subject_id: UUID, consent_id: UUID) -> Consent:
+    """The person withdraws one of their consents, effective now; publishes `ConsentRevoked`.
+
+    Raises `ConsentNotFound` for a consent that is not theirs. Revoking an already revoked
+    consent changes nothing and publishes nothing."""
+
+    async def work(conn: AsyncConnection) -> Consent:
+        ledger = await deps.ledgers.load_for_change(conn, subject_id)
+        if ledger.revoke(consent_id, deps.clock.now()):
+            await deps.ledgers.save(conn, ledger)
+            await deps.outbox.put(conn, _revoked(ledger.consent(consent_id)))
+        return ledger.consent(consent_id)
+
+    return await _in_transaction(deps, work)
+
+
+async def withdraw_all_on_account_closed(
+    deps: Dependencies, conn: AsyncConnection, event: AccountClosed, publish: Publish
+) -> list[Consent]:
+    """A closed account's consents all end at the closing time, with reason `account_closed`;
+    one `ConsentRevoked` each. A redelivered `AccountClosed` withdraws nothing more."""
+    ledger: ConsentLedger = await deps.ledgers.load_for_change(conn, event.subject_id)
+    withdrawn = ledger.close(event.closed_at)
+    if ledger.pending:
+        await deps.ledgers.save(conn, ledger)
+    for consent in withdrawn:
+        await publish(_revoked(consent))
+    return withdrawn
+
+
+async def register_recipient(deps: Dependencies, command: RegisterRecipient) -> RecipientRecord:
+    """Register a third party that consents may name (compliance staff only)."""
+    recipient = new_recipient(uuid7(), command.name, command.kind, command.purposes)
+
+    async def work(conn: AsyncConnection) -> RecipientRecord:
+        if await store.recipient_name_taken(conn, recipient.name):
+            raise RecipientAlreadyRegistered()
+        await store.add_recipient(conn, recipient, deps.clock.now(), command.registered_by)
+        return recipient
+
+    return await _in_transaction(deps, work)

@@ -1,0 +1,370 @@
+"""The consent service's tables, repositories and projections.
+
+- The ledger streams live in the toolkit's event store (`stored_events`), one per person.
+- `consents` is the projection of those streams: one row per consent with its validity interval
+  [granted_at, revoked_at) and its receipt. Open intervals are the current state; the intervals
+  themselves are the history ("was consent X valid at T", "what did S allow at T"). It is
+  written in the transaction of each append and can be rebuilt from the streams at any time.
+- `recipients` are the registered third parties, reference data kept here (not event-sourced).
+- The receipt signing keys are kept encrypted by the service's keyring (see `ReceiptKeys`).
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Final, Literal, cast
+
+from confide_toolkit.auth import public_jwk
+from confide_toolkit.clock import Clock
+from confide_toolkit.database import NAMING_CONVENTION
+from confide_toolkit.event_store import EventStore, RecordedEvent
+from confide_toolkit.keyring import Erased, Keyring
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
+from sqlalchemy import (
+    Column,
+    DateTime,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    Uuid,
+    delete,
+    func,
+    insert,
+    literal,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from confide_consent.domain import (
+    LEDGER_EVENTS,
+    Consent,
+    ConsentGranted,
+    ConsentLedger,
+    ConsentRevoked,
+    Receipt,
+    ReceiptIssued,
+    Recipient,
+)
+
+metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+consents = Table(
+    "consents",
+    metadata,
+    Column("consent_id", Uuid, primary_key=True),
+    Column("subject_id", Uuid, nullable=False, index=True),
+    Column("purpose", String(64), nullable=False),
+    Column("recipient_id", Uuid, nullable=True),
+    Column("data_categories", ARRAY(Text), nullable=False),
+    Column("policy_version", String(32), nullable=False),
+    Column("policy_hash", String(64), nullable=False),
+    Column("method", String(32), nullable=False),
+    Column("granted_at", DateTime(timezone=True), nullable=False),
+    Column("revoked_at", DateTime(timezone=True), nullable=True),
+    Column("revoke_reason", String(32), nullable=True),
+    Column("receipt_id", Uuid, nullable=True, unique=True),
+    Column("receipt_kid", String(64), nullable=True),
+    Column("receipt_jws", Text, nullable=True),
+    Column("receipt_issued_at", DateTime(timezone=True), nullable=True),
+)
+"""Projection of the ledgers: each consent's validity interval and receipt."""
+
+recipients = Table(
+    "recipients",
+    metadata,
+    Column("recipient_id", Uuid, primary_key=True),
+    Column("name", String(200), nullable=False, unique=True),
+    Column("kind", String(64), nullable=False),
+    Column("purposes", ARRAY(Text), nullable=False),
+    Column("registered_at", DateTime(timezone=True), nullable=False),
+    Column("registered_by", Uuid, nullable=True),
+)
+"""Registered third parties (organisations, never people) that consents may name."""
+
+receipt_signing_keys = Table(
+    "receipt_signing_keys",
+    metadata,
+    Column("kid", String(64), primary_key=True),
+    Column("public_jwk", JSONB, nullable=False),
+    Column("sealed_private_key", LargeBinary, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("retired_at", DateTime(timezone=True), nullable=True),
+)
+"""The Ed25519 keys receipts are signed with; the private half sealed by the keyring."""
+
+
+_LEDGER_LOCK: Final = "confide.consent.ledger"
+
+# --- the ledger ------------------------------------------------------------------------------
+
+
+class Ledgers:
+    """Loads and saves consent ledgers through the event store (projections included)."""
+
+    def __init__(self, clock: Clock) -> None:
+        self.events = EventStore(LEDGER_EVENTS, clock, projections=[project_consents])
+
+    async def load_for_change(self, conn: AsyncConnection, subject_id: uuid.UUID) -> ConsentLedger:
+        """The ledger, locked until the transaction ends: commands on one person's ledger
+        queue up instead of racing (optimistic concurrency still guards the append)."""
+        await conn.execute(
+            select(
+                func.pg_advisory_xact_lock(func.hashtextextended(f"{_LEDGER_LOCK}:{subject_id}", 0))
+            )
+        )
+        return await self.load(conn, subject_id)
+
+    async def load(self, conn: AsyncConnection, subject_id: uuid.UUID) -> ConsentLedger:
+        """The ledger as its stream stands (for reading)."""
+        recorded = await self.events.load(conn, subject_id)
+        version = recorded[-1].version if recorded else 0
+        return ConsentLedger.replay(subject_id, (r.event for r in recorded), version)
+
+    async def save(self, conn: AsyncConnection, ledger: ConsentLedger) -> list[RecordedEvent]:
+        """Append the ledger's pending events; raises `ConcurrencyConflict` if it moved on."""
+        recorded = await self.events.append(conn, ledger.subject_id, ledger.version, ledger.pending)
+        ledger.version += len(recorded)
+        ledger.pending.clear()
+        return recorded
+
+    async def rebuild_projection(self, conn: AsyncConnection) -> int:
+        """Rebuild `consents` from every ledger stream; returns the number of events replayed."""
+        await conn.execute(delete(consents))
+        return await self.events.rebuild(conn, project_consents)
+
+
+async def project_consents(conn: AsyncConnection, record: RecordedEvent) -> None:
+    """Keep `consents` in step with one ledger event (in the transaction of the append)."""
+    event = record.event
+    if isinstance(event, ConsentGranted):
+        await conn.execute(
+            insert(consents).values(
+                consent_id=event.consent_id,
+                subject_id=record.stream_id,
+                purpose=event.purpose,
+                recipient_id=event.recipient_id,
+                data_categories=list(event.data_categories),
+                policy_version=event.policy_version,
+                policy_hash=event.policy_hash,
+                method=event.method,
+                granted_at=event.granted_at,
+            )
+        )
+    elif isinstance(event, ReceiptIssued):
+        await conn.execute(
+            update(consents)
+            .where(consents.c.consent_id == event.consent_id)
+            .values(
+                receipt_id=event.receipt_id,
+                receipt_kid=event.kid,
+                receipt_jws=event.jws,
+                receipt_issued_at=event.issued_at,
+            )
+        )
+    elif isinstance(event, ConsentRevoked):
+        await conn.execute(
+            update(consents)
+            .where(consents.c.consent_id == event.consent_id)
+            .values(revoked_at=event.revoked_at, revoke_reason=event.reason)
+        )
+
+
+# --- reading the projection ------------------------------------------------------------------
+
+
+def _consent(row: Any) -> Consent:
+    receipt = (
+        Receipt(row.receipt_id, row.receipt_kid, row.receipt_jws, row.receipt_issued_at)
+        if row.receipt_id is not None
+        else None
+    )
+    return Consent(
+        consent_id=row.consent_id,
+        subject_id=row.subject_id,
+        purpose=row.purpose,
+        recipient_id=row.recipient_id,
+        data_categories=tuple(row.data_categories),
+        policy_version=row.policy_version,
+        policy_hash=row.policy_hash,
+        method=row.method,
+        granted_at=row.granted_at,
+        revoked_at=row.revoked_at,
+        revoke_reason=row.revoke_reason,
+        receipt=receipt,
+    )
+
+
+async def find_consent(conn: AsyncConnection, consent_id: uuid.UUID) -> Consent | None:
+    """One consent from the projection, or None."""
+    row = (await conn.execute(select(consents).where(consents.c.consent_id == consent_id))).first()
+    return None if row is None else _consent(row)
+
+
+async def list_consents(
+    conn: AsyncConnection,
+    subject_id: uuid.UUID,
+    *,
+    limit: int,
+    after: uuid.UUID | None = None,
+    valid_at: datetime | None = None,
+    status: Literal["active", "revoked"] | None = None,
+) -> list[Consent]:
+    """A person's consents, newest first (consent ids are UUIDv7, so they sort by time), after
+    the cursor `after`; with `valid_at`, only those in force at that moment; with `status`,
+    only those active (not revoked) or revoked now."""
+    statement = select(consents).where(consents.c.subject_id == subject_id)
+    if after is not None:
+        statement = statement.where(consents.c.consent_id < after)
+    if status is not None:
+        revoked = consents.c.revoked_at.is_not(None)
+        statement = statement.where(revoked if status == "revoked" else ~revoked)
+    if valid_at is not None:
+        statement = statement.where(
+            consents.c.granted_at <= valid_at,
+            or_(consents.c.revoked_at.is_(None), consents.c.revoked_at > valid_at),
+        )
+    rows = await conn.execute(statement.order_by(consents.c.consent_id.desc()).limit(limit))
+    return [_consent(row) for row in rows]
+
+
+# --- recipients ------------------------------------------------------------------------------
+
+
+def _recipient(row: Any) -> Recipient:
+    return Recipient(row.recipient_id, row.name, row.kind, tuple(row.purposes))
+
+
+async def find_recipient(conn: AsyncConnection, recipient_id: uuid.UUID) -> Recipient | None:
+    row = (
+        await conn.execute(select(recipients).where(recipients.c.recipient_id == recipient_id))
+    ).first()
+    return None if row is None else _recipient(row)
+
+
+async def list_recipients(
+    conn: AsyncConnection, *, limit: int, after: uuid.UUID | None = None
+) -> list[Recipient]:
+    statement = select(recipients)
+    if after is not None:
+        statement = statement.where(recipients.c.recipient_id > after)
+    rows = await conn.execute(statement.order_by(recipients.c.recipient_id).limit(limit))
+    return [_recipient(row) for row in rows]
+
+
+async def recipient_name_taken(conn: AsyncConnection, name: str) -> bool:
+    found = await conn.scalar(select(literal(True)).where(recipients.c.name == name))
+    return bool(found)
+
+
+async def add_recipient(
+    conn: AsyncConnection, recipient: Recipient, registered_at: datetime, registered_by: uuid.UUID
+) -> None:
+    await conn.execute(
+        insert(recipients).values(
+            recipient_id=recipient.recipient_id,
+            name=recipient.name,
+            kind=recipient.kind,
+            purposes=list(recipient.purposes),
+            registered_at=registered_at,
+            registered_by=registered_by,
+        )
+    )
+
+
+# --- receipt signing keys --------------------------------------------------------------------
+
+# The keyring seals the private keys under a data key of this pseudo-subject: sealed bytes are
+# bound to the key's kid, and KEK rotation (`Keyring.rewrap_all`) covers them with every other
+# data key, so no key material is ever stored in plaintext nor left behind by a rotation.
+RECEIPT_KEYS_SUBJECT: Final = uuid.uuid5(
+    uuid.NAMESPACE_URL, "https://confide.dev/consent/receipt-keys"
+)
+RECEIPT_KEYS_CATEGORY: Final = "consent.receipt_signing_key"
+_CREATE_KEY_LOCK: Final = "confide.consent.receipt-signing-key"
+
+
+@dataclass(frozen=True)
+class SigningKey:
+    kid: str
+    private_key: Ed25519PrivateKey
+
+
+class ReceiptKeys:
+    """The service's receipt signing keys: created on first use, sealed at rest, and the
+    unsealed private key cached per process (it never changes for a kid)."""
+
+    def __init__(self, keyring: Keyring, clock: Clock) -> None:
+        self._keyring = keyring
+        self._clock = clock
+        self._unsealed: dict[str, Ed25519PrivateKey] = {}
+
+    async def current(self, conn: AsyncConnection) -> SigningKey:
+        """The key new receipts are signed with, creating it if there is none yet."""
+        row = await self._current_row(conn)
+        if row is None:
+            # Replicas starting together must not each create a key: serialise creation.
+            await conn.execute(
+                select(func.pg_advisory_xact_lock(func.hashtextextended(_CREATE_KEY_LOCK, 0)))
+            )
+            row = await self._current_row(conn)
+        if row is None:
+            return await self._create(conn)
+        private_key = self._unsealed.get(row.kid)
+        if private_key is None:
+            plaintext = await self._keyring.decrypt(
+                conn,
+                RECEIPT_KEYS_SUBJECT,
+                RECEIPT_KEYS_CATEGORY,
+                row.kid,
+                bytes(row.sealed_private_key),
+            )
+            if isinstance(plaintext, Erased):
+                raise RuntimeError("the receipt signing keys were shredded")
+            private_key = Ed25519PrivateKey.from_private_bytes(plaintext)
+            self._unsealed[row.kid] = private_key
+        return SigningKey(row.kid, private_key)
+
+    async def jwks(self, conn: AsyncConnection) -> dict[str, list[dict[str, Any]]]:
+        """Every public key receipts were ever signed with (old receipts must stay verifiable),
+        as a JWKS document; creates the first key if there is none yet."""
+        await self.current(conn)
+        rows = await conn.execute(
+            select(receipt_signing_keys.c.public_jwk).order_by(receipt_signing_keys.c.created_at)
+        )
+        return {"keys": [dict(row.public_jwk) for row in rows]}
+
+    async def _current_row(self, conn: AsyncConnection) -> Any:
+        return (
+            await conn.execute(
+                select(receipt_signing_keys)
+                .where(receipt_signing_keys.c.retired_at.is_(None))
+                .order_by(receipt_signing_keys.c.created_at.desc())
+                .limit(1)
+            )
+        ).first()
+
+    async def _create(self, conn: AsyncConnection) -> SigningKey:
+        private_key = Ed25519PrivateKey.generate()
+        kid = f"consent-receipts-{uuid.uuid4().hex[:12]}"
+        raw = private_key.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
+        sealed = await self._keyring.encrypt(
+            conn, RECEIPT_KEYS_SUBJECT, RECEIPT_KEYS_CATEGORY, kid, raw
+        )
+        await conn.execute(
+            insert(receipt_signing_keys).values(
+                kid=kid,
+                public_jwk=cast(dict[str, Any], public_jwk(private_key, kid)),
+                sealed_private_key=sealed,
+                created_at=self._clock.now(),
+            )
+        )
+        self._unsealed[kid] = private_key
+        return SigningKey(kid, private_key)

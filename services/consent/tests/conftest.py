@@ -1,0 +1,130 @@
+"""Fixtures for the consent service's tests: the service running in-process against the real
+Kafka broker and PostgreSQL, signed-in callers, and valid request payloads."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+from confide_consent.app import create_app
+from confide_consent.handlers import Dependencies
+from confide_consent.settings import ConsentSettings
+from confide_toolkit.database import libpq_url
+from confide_toolkit.service import Service
+from confide_toolkit.testing import Infrastructure, TokenMinter, serving
+from fastapi import FastAPI
+
+NORTHSIDE_CLINIC = uuid.UUID("01950000-0000-7000-8000-000000000001")
+"""A recipient seeded by the initial migration."""
+RIVERSIDE_HOSPITAL = uuid.UUID("01950000-0000-7000-8000-000000000002")
+
+
+def share_with_provider(**overrides: Any) -> dict[str, Any]:
+    """A valid grant of share_with_provider to a seeded clinic."""
+    return {
+        "purpose": "share_with_provider",
+        "recipient_id": str(NORTHSIDE_CLINIC),
+        "data_categories": ["messaging.session_notes"],
+        "policy_version": "2026-01",
+        "method": "web_form",
+        **overrides,
+    }
+
+
+def research(**overrides: Any) -> dict[str, Any]:
+    """A valid grant of research (no recipient)."""
+    return {
+        "purpose": "research",
+        "data_categories": ["messaging.messages"],
+        "policy_version": "2026-01",
+        **overrides,
+    }
+
+
+class Payloads:
+    """Valid request bodies, with overrides (tests ask for the `payloads` fixture)."""
+
+    northside_clinic = NORTHSIDE_CLINIC
+    riverside_hospital = RIVERSIDE_HOSPITAL
+    share_with_provider = staticmethod(share_with_provider)
+    research = staticmethod(research)
+
+
+@pytest.fixture
+def payloads() -> type[Payloads]:
+    return Payloads
+
+
+@dataclass
+class ConsentService:
+    """The consent service under test, with a client and a way to sign in as anyone."""
+
+    app: FastAPI
+    http: httpx.AsyncClient
+    minter: TokenMinter
+    settings: ConsentSettings
+    client_id: uuid.UUID = field(default_factory=uuid.uuid4)
+
+    @property
+    def service(self) -> Service:
+        service: Service = self.app.state.service
+        return service
+
+    @property
+    def deps(self) -> Dependencies:
+        deps: Dependencies = self.app.state.deps
+        return deps
+
+    def as_client(self, subject_id: uuid.UUID | None = None) -> dict[str, str]:
+        return self.minter.headers(subject_id or self.client_id, "client")
+
+    def as_compliance(self) -> dict[str, str]:
+        return self.minter.headers(uuid.uuid4(), "compliance")
+
+    async def grant(self, payload: dict[str, Any], subject_id: uuid.UUID | None = None) -> Any:
+        response = await self.http.post(
+            "/v1/consents", json=payload, headers=self.as_client(subject_id)
+        )
+        assert response.status_code == 201, response.text
+        return response.json()
+
+
+@pytest.fixture
+def consent_settings(database_url: str, kafka_bootstrap: str, tmp_path: Path) -> ConsentSettings:
+    return ConsentSettings(
+        database_url=database_url,
+        kafka_bootstrap=kafka_bootstrap,
+        kek_file=tmp_path / "kek.json",
+        consumer_group=f"consent-test-{uuid.uuid4().hex[:8]}",
+        relay_poll_interval=0.2,
+    )
+
+
+@pytest.fixture
+async def consent(
+    consent_settings: ConsentSettings, token_minter: TokenMinter
+) -> AsyncIterator[ConsentService]:
+    app = create_app(consent_settings)
+    async with serving(app) as http:
+        await token_minter.wait_until_known(app.state.service.engine)
+        yield ConsentService(app, http, token_minter, consent_settings)
+
+
+@pytest.fixture
+def second_database_url(infrastructure: Infrastructure) -> Iterator[str]:
+    """Another fresh database: the one a consuming service (say, messaging) owns."""
+    name = f"t_{uuid.uuid4().hex[:16]}"
+    admin = libpq_url(infrastructure.postgres_admin_url)
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"{infrastructure.postgres_admin_url.rpartition('/')[0]}/{name}"
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
