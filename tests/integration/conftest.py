@@ -21,8 +21,6 @@ import pytest
 from confide_toolkit.database import libpq_url
 from confide_toolkit.testing import Infrastructure
 
-PORTS = {"identity": 8001, "consent": 8004}
-
 
 @dataclass
 class ServiceProcess:
