@@ -1,0 +1,151 @@
+"""`python -m bench`: run the scenarios, print the table, write docs/benchmarks.md."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import shlex
+import signal
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from bench.decryption import DecryptionConfig, run_decryption
+from bench.figures import ScenarioResult, text_table
+from bench.http_load import HttpConfig, run_http
+from bench.memory import run_memory
+from bench.pipeline import PipelineConfig, run_pipeline
+from bench.report import write_report
+from bench.shredding import ShreddingConfig, run_shredding
+from bench.stack import ROOT, machine_facts, remove_leftovers, stack_from_environment
+
+SCENARIOS = ("pipeline", "http", "shred", "decrypt", "memory")
+
+logger = logging.getLogger("bench")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="small sizes: a one-minute smoke run")
+    parser.add_argument(
+        "--only",
+        default=",".join(SCENARIOS),
+        help=f"comma-separated scenarios among {', '.join(SCENARIOS)} (default: all)",
+    )
+    parser.add_argument(
+        "--output",
+        type=Path,
+        default=None,
+        help="where to write the report (default: docs/benchmarks.md; "
+        "--quick runs write nothing unless this is given)",
+    )
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="profile the pipeline's two service processes with pyinstrument into DIR",
+    )
+    parser.add_argument("--events", type=int, default=None, help="pipeline events (throughput)")
+    parser.add_argument("--writers", type=int, default=None, help="pipeline writer concurrency")
+    parser.add_argument(
+        "--per-transaction", type=int, default=None, help="pipeline events per transaction"
+    )
+    parser.add_argument(
+        "--consumer",
+        choices=("toolkit", "deferred-commit", "batch"),
+        default="toolkit",
+        help="pipeline consumer: the toolkit's (default) or a prototype from bench/prototypes.py",
+    )
+    parser.add_argument(
+        "--clean",
+        action="store_true",
+        help="only remove what an interrupted run left (bench_* databases, bench.* topics)",
+    )
+    args = parser.parse_args(argv)
+    chosen = [s.strip() for s in args.only.split(",") if s.strip()]
+    unknown = sorted(set(chosen) - set(SCENARIOS))
+    if unknown:
+        parser.error(f"unknown scenario(s): {', '.join(unknown)}")
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    for noisy in ("aiokafka", "faststream", "confide_toolkit", "bench.consumer.broker"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+    stack = stack_from_environment()
+    if args.clean:
+        databases, topics = asyncio.run(remove_leftovers(stack))
+        print(f"dropped {len(databases)} database(s), deleted {len(topics)} topic(s)")
+        return 0
+    # A SIGTERM unwinds like Ctrl-C, so each scenario still removes its database and topics.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    pipeline = (
+        PipelineConfig()
+        if not args.quick
+        else PipelineConfig(events=5_000, light_seconds=5.0, write_seconds=20.0)
+    )
+    pipeline = PipelineConfig(
+        **{
+            **pipeline.__dict__,
+            "events": args.events or pipeline.events,
+            "writers": args.writers or pipeline.writers,
+            "events_per_transaction": args.per_transaction or pipeline.events_per_transaction,
+            "profile_dir": str(args.profile) if args.profile else None,
+            "consumer": args.consumer,
+        }
+    )
+    shredding = ShreddingConfig.quick() if args.quick else ShreddingConfig()
+    decryption = DecryptionConfig.quick() if args.quick else DecryptionConfig()
+    http = HttpConfig.quick() if args.quick else HttpConfig()
+
+    runners: dict[str, Callable[[], Awaitable[ScenarioResult]]] = {
+        "pipeline": lambda: run_pipeline(stack, pipeline),
+        "http": lambda: run_http(stack, http),
+        "shred": lambda: run_shredding(stack, shredding),
+        "decrypt": lambda: run_decryption(stack, decryption),
+        "memory": lambda: run_memory(stack),
+    }
+    started = time.monotonic()
+    results: list[ScenarioResult] = []
+    # Cheap scenarios first, so that a failure of the long one leaves their figures printed.
+    for name in ("decrypt", "shred", "http", "memory", "pipeline"):
+        if name not in chosen:
+            continue
+        logger.info("scenario %s: running", name)
+        began = time.monotonic()
+        result = asyncio.run(runners[name]())
+        logger.info("scenario %s: done in %.0f s", name, time.monotonic() - began)
+        results.append(result)
+    elapsed = time.monotonic() - started
+
+    figures = [f for r in sorted(results, key=lambda r: SCENARIOS.index(r.name)) for f in r.figures]
+    print()
+    print(text_table(figures))
+    print(f"\n{len(figures)} figures in {elapsed:.0f} s")
+
+    output = args.output or (None if args.quick else ROOT / "docs" / "benchmarks.md")
+    if output is not None:
+        write_report(
+            output,
+            results,
+            command=_command(argv),
+            facts=machine_facts(stack),
+            elapsed=elapsed,
+            quick=args.quick,
+        )
+        print(f"wrote {output}")
+    return 0
+
+
+def _command(argv: list[str] | None) -> str:
+    words = ["python", "-m", "bench", *(sys.argv[1:] if argv is None else argv)]
+    if os.environ.get("UV"):
+        words = ["uv", "run", *words]
+    return shlex.join(words)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,867 @@
+"""Scenario 1, the event pipeline: integration events from a service's outbox through the relay,
+Kafka and an idempotent consumer with its inbox, beside raw aiokafka on the same broker.
+
+Each side runs as two processes, as in production, where the producing service and the
+consuming service are separate processes:
+
+- the *producing service* commits service-like transactions (a state-change row and its
+  `UserRegistered` event through `Outbox.put`, inside a server span so that the envelope carries a
+  `traceparent` as it does behind an HTTP request) and runs `OutboxRelay` as `Service` runs it
+  (batch 500, LISTEN/NOTIFY, fallback poll 1 s), against its own database;
+- the *consuming service* subscribes through FastStream exactly as `Service._register_subscribers`
+  does (`AckPolicy.MANUAL`, `raw_body`, `kafka_record_handler(InboxConsumer)`), against its own
+  database; its handler's effect is one projection row per event.
+
+Latency is commit-to-consumed: from the client's clock right after COMMIT returned to right after
+`InboxConsumer.consume` returned APPLIED (the inbox transaction committed). Both processes read
+CLOCK_MONOTONIC, which is system-wide on Linux. Every event has its own subject, so the subject
+id (the record key) identifies it on both sides.
+
+The raw baseline sends the same payload bytes (the same envelope, headers and key) with
+`relay.idempotent_producer` (acks=all) from one process and reads them in a consumer group (auto
+commit) in another: latency from the call to `send` to the record in hand."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import multiprocessing
+import os
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from multiprocessing.connection import Connection
+from multiprocessing.sharedctypes import Synchronized
+from pathlib import Path
+from typing import Any
+
+from bench.figures import Figure, ScenarioResult, percentile
+from bench.stack import Stack, scratch_database, scratch_topics
+
+logger = logging.getLogger(__name__)
+
+SPAWN = multiprocessing.get_context("spawn")
+WARM_UP_EVENTS = 20
+"""Events each side sends before measuring (connections, metadata, plans); not counted."""
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    events: int = 100_000
+    """Events of the throughput phase."""
+    writers: int = 8
+    """Concurrent writer tasks in the producing service (as concurrent requests would be)."""
+    events_per_transaction: int = 1
+    """Events committed per transaction in the throughput phase (one request, one event)."""
+    light_rate: float = 100.0
+    """Events per second of the light-load phase (one event per transaction, one writer)."""
+    light_seconds: float = 15.0
+    partitions: int = 3
+    relay_batch_size: int = 500
+    relay_poll_interval: float = 1.0
+    write_seconds: float = 150.0
+    """Time budget of the throughput phase's writes: it ends after `events` or this, whichever
+    comes first, so that a slow pipeline still finishes in minutes (the count is reported)."""
+    max_in_flight: int = 2_000
+    """Writers pause while this many committed events are not yet consumed: at most a bounded
+    backlog is left to drain when the budget runs out (and latency under overload stays
+    readable)."""
+    phase_timeout: float = 420.0
+    consumer: str = "toolkit"
+    """`toolkit` (as services subscribe), or a prototype of `bench.prototypes`:
+    `deferred-commit` or `batch`."""
+    profile_dir: str | None = None
+    """When set, pyinstrument profiles both service processes during the throughput phase and
+    writes `<role>.txt` and `<role>.html` here."""
+
+
+# -- the producing service -----------------------------------------------------------------
+
+
+def _producing_service(
+    database_url: str,
+    bootstrap: str,
+    topic: str,
+    config: PipelineConfig,
+    applied_count: Synchronized,  # type: ignore[type-arg]
+    pipe: Connection,
+) -> None:
+    _quiet_logs()
+    asyncio.run(_produce(database_url, bootstrap, topic, config, applied_count, pipe))
+
+
+async def _produce(
+    database_url: str,
+    bootstrap: str,
+    topic: str,
+    config: PipelineConfig,
+    applied_count: Synchronized,  # type: ignore[type-arg]
+    pipe: Connection,
+) -> None:
+    from confide_events.identity import UserRegistered
+    from confide_toolkit.clock import SystemClock
+    from confide_toolkit.database import create_engine
+    from confide_toolkit.outbox import Outbox
+    from confide_toolkit.relay import OutboxRelay
+    from confide_toolkit.telemetry import configure_telemetry
+    from opentelemetry import trace
+    from sqlalchemy import text
+
+    configure_telemetry("bench-producer", "none")
+    tracer = trace.get_tracer("bench")
+    clock = SystemClock()
+    engine = create_engine(database_url)
+    outbox = Outbox("identity", clock, topic=topic)
+    relay = OutboxRelay(
+        database_url,
+        bootstrap,
+        batch_size=config.relay_batch_size,
+        poll_interval=config.relay_poll_interval,
+    )
+    stop = asyncio.Event()
+    relay_task = asyncio.create_task(relay.run(stop))
+    committed: dict[bytes, float] = {}
+    sizes: list[int] = []
+
+    async def commit(count: int) -> None:
+        """One service-like transaction: `count` state changes, each with its event."""
+        subjects = [uuid.uuid4() for _ in range(count)]
+        with tracer.start_as_current_span("POST /accounts", kind=trace.SpanKind.SERVER):
+            async with engine.begin() as conn:
+                for subject in subjects:
+                    now = clock.now()
+                    await conn.execute(
+                        text("INSERT INTO accounts (subject_id, registered_at) VALUES (:s, :t)"),
+                        {"s": subject, "t": now},
+                    )
+                    await outbox.put(
+                        conn, UserRegistered(subject_id=subject, role="client", registered_at=now)
+                    )
+        done = time.monotonic()
+        for subject in subjects:
+            committed[subject.bytes] = done
+
+    try:
+        async with asyncio.timeout(30):
+            while not relay.is_active:
+                await asyncio.sleep(0.05)
+        await _warm_up(engine, commit)
+        committed.clear()
+        pipe.send(("ready",))
+        while True:
+            command = await asyncio.to_thread(pipe.recv)
+            if command[0] == "throughput":
+                profiler = _start_profiler(config)
+                cpu = time.process_time()
+                before = len(committed)
+                applied_before = applied_count.value
+                remaining = [config.events]
+                deadline = time.monotonic() + config.write_seconds
+
+                async def writer(
+                    before: int, applied_before: int, remaining: list[int], deadline: float
+                ) -> None:
+                    while remaining[0] > 0 and time.monotonic() < deadline:
+                        in_flight = len(committed) - before - (applied_count.value - applied_before)
+                        if in_flight >= config.max_in_flight:
+                            await asyncio.sleep(0.005)
+                            continue
+                        count = min(config.events_per_transaction, remaining[0])
+                        remaining[0] -= count
+                        await commit(count)
+
+                await asyncio.gather(
+                    *(
+                        writer(before, applied_before, remaining, deadline)
+                        for _ in range(config.writers)
+                    )
+                )
+                pipe.send(("written", len(committed) - before))
+                # The relay keeps publishing after the last commit: the profile and CPU time
+                # stop when the parent says the consumer applied everything.
+                await asyncio.to_thread(pipe.poll, None)
+                _stop_profiler(profiler, config, "producing-service")
+                pipe.send(("cpu", time.process_time() - cpu))
+            elif command[0] == "light":
+                before = len(committed)
+                started = time.monotonic()
+                total = round(config.light_rate * config.light_seconds)
+                for i in range(total):
+                    delay = started + i / config.light_rate - time.monotonic()
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+                    await commit(1)
+                pipe.send(("written", len(committed) - before))
+            elif command[0] == "continue":
+                pass
+            elif command[0] == "stop":
+                break
+        sizes = await _envelope_sizes(bootstrap, topic)
+        pipe.send(("result", committed, sizes, relay.published))
+    finally:
+        stop.set()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(relay_task, 20)
+        await engine.dispose()
+
+
+async def _warm_up(engine: Any, commit: Callable[[int], Any]) -> None:
+    """Open the pool's connections and prepare the statements' plans before measuring; the
+    warm-up events flow through the pipeline too (and are counted out of the figures)."""
+    from sqlalchemy import text
+
+    async with engine.begin() as conn:
+        await conn.execute(
+            text(
+                "CREATE TABLE IF NOT EXISTS accounts ("
+                " subject_id uuid PRIMARY KEY, registered_at timestamptz NOT NULL)"
+            )
+        )
+    await asyncio.gather(*(commit(1) for _ in range(WARM_UP_EVENTS)))
+
+
+async def _envelope_sizes(bootstrap: str, topic: str) -> list[int]:
+    """The sizes of a sample of the record values on the topic, as published."""
+    from aiokafka import AIOKafkaConsumer
+
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None
+    )
+    await consumer.start()
+    try:
+        batches = await consumer.getmany(timeout_ms=3000, max_records=200)
+        return [len(r.value) for records in batches.values() for r in records]
+    finally:
+        await consumer.stop()
+
+
+# -- the consuming service -----------------------------------------------------------------
+
+
+def _consuming_service(
+    database_url: str,
+    bootstrap: str,
+    topic: str,
+    group: str,
+    config: PipelineConfig,
+    applied_count: Synchronized,  # type: ignore[type-arg]
+    pipe: Connection,
+) -> None:
+    _quiet_logs()
+    asyncio.run(_consume(database_url, bootstrap, topic, group, config, applied_count, pipe))
+
+
+async def _consume(
+    database_url: str,
+    bootstrap: str,
+    topic: str,
+    group: str,
+    config: PipelineConfig,
+    applied_count: Synchronized,  # type: ignore[type-arg]
+    pipe: Connection,
+) -> None:
+    from confide_events.identity import UserRegistered
+    from confide_toolkit.clock import SystemClock
+    from confide_toolkit.database import create_engine, toolkit_metadata
+    from confide_toolkit.inbox import EventContext, Outcome, kafka_record_handler, raw_body
+    from confide_toolkit.outbox import Outbox
+    from confide_toolkit.relay import idempotent_producer
+    from confide_toolkit.telemetry import configure_telemetry
+    from faststream.kafka import KafkaBroker
+    from faststream.middlewares import AckPolicy
+    from sqlalchemy import text
+
+    from bench.prototypes import BatchInboxConsumer, batch_handler, deferred_commit_handler
+
+    configure_telemetry("bench-consumer", "none")
+    engine = create_engine(database_url)
+    async with engine.begin() as conn:
+        await conn.run_sync(toolkit_metadata.create_all)
+        await conn.execute(
+            text(
+                "CREATE TABLE registrations ("
+                " subject_id uuid PRIMARY KEY, role text NOT NULL,"
+                " registered_at timestamptz NOT NULL)"
+            )
+        )
+    applied: list[tuple[bytes, float]] = []
+
+    async def project_registration(event: UserRegistered, ctx: EventContext) -> None:
+        await ctx.conn.execute(
+            text(
+                "INSERT INTO registrations (subject_id, role, registered_at) "
+                "VALUES (:s, :r, :t) ON CONFLICT DO NOTHING"
+            ),
+            {"s": event.subject_id, "r": event.role, "t": event.registered_at},
+        )
+        handled.append(event.subject_id.bytes)
+
+    # Subjects whose handler ran in the transaction under way; stamped once it committed.
+    handled: list[bytes] = []
+
+    def stamp() -> None:
+        now = time.monotonic()
+        applied.extend((subject, now) for subject in handled)
+        with applied_count.get_lock():
+            applied_count.value += len(handled)
+        handled.clear()
+
+    class TimedInboxConsumer(BatchInboxConsumer):
+        """The toolkit's consumer (plus the batch prototype), noting when each event's inbox
+        transaction committed: right after `consume` returned APPLIED."""
+
+        async def consume(self, raw: Any) -> Outcome:
+            handled.clear()
+            outcome = await super().consume(raw)
+            if outcome is Outcome.APPLIED:
+                stamp()
+            handled.clear()
+            return outcome
+
+        async def consume_batch(self, records: Any) -> list[Outcome]:
+            handled.clear()
+            outcomes = await super().consume_batch(records)
+            stamp()
+            return outcomes
+
+    dead_letters = idempotent_producer(bootstrap)
+    broker = KafkaBroker(
+        bootstrap,
+        graceful_timeout=15.0,
+        logger=logging.getLogger("bench.consumer.broker"),
+        log_level=logging.DEBUG,
+    )
+    consumer = TimedInboxConsumer(
+        name="bench-consumer",
+        engine=engine,
+        outbox=Outbox("consent", SystemClock(), topic=f"{topic}.unused"),
+        handlers={UserRegistered: project_registration},
+        dead_letters=dead_letters,
+    )
+    # Exactly as `Service._register_subscribers` subscribes, unless a prototype is asked for.
+    if config.consumer == "batch":
+        subscriber = broker.subscriber(
+            topic,
+            group_id=group,
+            auto_offset_reset="earliest",
+            ack_policy=AckPolicy.MANUAL,
+            decoder=raw_body,
+            batch=True,
+            max_records=500,
+        )
+        subscriber(batch_handler(consumer))
+    else:
+        subscriber = broker.subscriber(
+            topic,
+            group_id=group,
+            auto_offset_reset="earliest",
+            ack_policy=AckPolicy.MANUAL,
+            decoder=raw_body,
+        )
+        if config.consumer == "deferred-commit":
+            subscriber(deferred_commit_handler(consumer))
+        else:
+            subscriber(kafka_record_handler(consumer))
+    await dead_letters.start()
+    await broker.start()
+    try:
+        async with asyncio.timeout(60):
+            while not (subscriber.consumer and subscriber.consumer.assignment()):
+                await asyncio.sleep(0.05)
+        pipe.send(("ready",))
+        await _measurement_commands(pipe, config, "consuming-service")
+        pipe.send(("result", applied))
+    finally:
+        await broker.stop()
+        await dead_letters.stop()
+        await engine.dispose()
+
+
+# -- the raw baseline ----------------------------------------------------------------------
+
+
+def _raw_producer(
+    bootstrap: str,
+    topic: str,
+    config: PipelineConfig,
+    applied_count: Synchronized,  # type: ignore[type-arg]
+    pipe: Connection,
+) -> None:
+    del applied_count  # raw Kafka keeps up; no flow control needed
+    _quiet_logs()
+    asyncio.run(_raw_produce(bootstrap, topic, config, pipe))
+
+
+def _payload(subject: uuid.UUID) -> tuple[bytes, list[tuple[str, bytes]]]:
+    """The exact bytes the outbox would write for this event: envelope, headers."""
+    from confide_events import CLOUDEVENTS_JSON, CONTENT_TYPE_HEADER, encode_envelope, to_envelope
+    from confide_events.identity import UserRegistered
+    from confide_toolkit.ids import uuid7
+
+    event_id = uuid7()
+    traceparent = f"00-{uuid.uuid4().hex}-{uuid.uuid4().hex[:16]}-01"
+    envelope = to_envelope(
+        UserRegistered(subject_id=subject, role="client", registered_at=datetime.now(UTC)),
+        event_id=event_id,
+        time=datetime.now(UTC),
+        correlation_id=str(event_id),
+        traceparent=traceparent,
+    )
+    headers = [
+        (CONTENT_TYPE_HEADER, CLOUDEVENTS_JSON.encode()),
+        ("traceparent", traceparent.encode()),
+    ]
+    return encode_envelope(envelope), headers
+
+
+async def _raw_produce(
+    bootstrap: str, topic: str, config: PipelineConfig, pipe: Connection
+) -> None:
+    from confide_toolkit.relay import idempotent_producer
+
+    producer = idempotent_producer(bootstrap)
+    await producer.start()
+    sent: dict[bytes, float] = {}
+    try:
+        # Warm-up: metadata, producer id, connections.
+        for _ in range(WARM_UP_EVENTS):
+            subject = uuid.uuid4()
+            value, headers = _payload(subject)
+            await (
+                await producer.send(topic, value=value, key=str(subject).encode(), headers=headers)
+            )
+        pipe.send(("ready",))
+        while True:
+            command = await asyncio.to_thread(pipe.recv)
+            if command[0] == "throughput":
+                subjects = [uuid.uuid4() for _ in range(config.events)]
+                payloads = [_payload(s) for s in subjects]
+                cpu = time.process_time()
+                window: list[Any] = []
+                for subject, (value, headers) in zip(subjects, payloads, strict=True):
+                    sent[subject.bytes] = time.monotonic()
+                    window.append(
+                        await producer.send(
+                            topic, value=value, key=str(subject).encode(), headers=headers
+                        )
+                    )
+                    if len(window) >= 1000:
+                        await asyncio.gather(*window)
+                        window.clear()
+                await asyncio.gather(*window)
+                pipe.send(("written", config.events))
+                await asyncio.to_thread(pipe.poll, None)
+                pipe.send(("cpu", time.process_time() - cpu))
+            elif command[0] == "light":
+                total = round(config.light_rate * config.light_seconds)
+                subjects = [uuid.uuid4() for _ in range(total)]
+                payloads = [_payload(s) for s in subjects]
+                started = time.monotonic()
+                for i, (subject, (value, headers)) in enumerate(
+                    zip(subjects, payloads, strict=True)
+                ):
+                    delay = started + i / config.light_rate - time.monotonic()
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+                    sent[subject.bytes] = time.monotonic()
+                    await (
+                        await producer.send(
+                            topic, value=value, key=str(subject).encode(), headers=headers
+                        )
+                    )
+                pipe.send(("written", total))
+            elif command[0] == "continue":
+                pass
+            elif command[0] == "stop":
+                break
+        pipe.send(("result", sent, [], 0))
+    finally:
+        await producer.stop()
+
+
+def _raw_consumer(
+    bootstrap: str,
+    topic: str,
+    group: str,
+    config: PipelineConfig,
+    applied_count: Synchronized,  # type: ignore[type-arg]
+    pipe: Connection,
+) -> None:
+    _quiet_logs()
+    asyncio.run(_raw_consume(bootstrap, topic, group, config, applied_count, pipe))
+
+
+async def _raw_consume(
+    bootstrap: str,
+    topic: str,
+    group: str,
+    config: PipelineConfig,
+    applied_count: Synchronized,  # type: ignore[type-arg]
+    pipe: Connection,
+) -> None:
+    from aiokafka import AIOKafkaConsumer
+
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        group_id=group,
+        auto_offset_reset="earliest",
+        enable_auto_commit=True,
+    )
+    await consumer.start()
+    received: list[tuple[bytes, float]] = []
+    stopping = asyncio.Event()
+
+    async def loop() -> None:
+        while not stopping.is_set():
+            batches = await consumer.getmany(timeout_ms=100)
+            now = time.monotonic()
+            for records in batches.values():
+                for record in records:
+                    received.append((uuid.UUID(record.key.decode()).bytes, now))
+            if batches:
+                count = sum(len(r) for r in batches.values())
+                with applied_count.get_lock():
+                    applied_count.value += count
+
+    task = asyncio.create_task(loop())
+    try:
+        async with asyncio.timeout(60):
+            while not consumer.assignment():
+                await asyncio.sleep(0.05)
+        pipe.send(("ready",))
+        await _measurement_commands(pipe, config, None)
+        stopping.set()
+        await task
+        pipe.send(("result", received))
+    finally:
+        stopping.set()
+        await consumer.stop()
+
+
+async def _measurement_commands(pipe: Connection, config: PipelineConfig, role: str | None) -> None:
+    """A consumer process's CPU time (and profile) over the window the parent marks, until
+    "stop"."""
+    profiler, cpu = None, 0.0
+    while True:
+        command = (await asyncio.to_thread(pipe.recv))[0]
+        if command == "measure":
+            profiler = _start_profiler(config) if role else None
+            cpu = time.process_time()
+        elif command == "measured":
+            if role:
+                _stop_profiler(profiler, config, role)
+            pipe.send(("cpu", time.process_time() - cpu))
+        elif command == "stop":
+            return
+
+
+# -- orchestration -------------------------------------------------------------------------
+
+
+@dataclass
+class PhaseTimes:
+    """Per event: when it was committed (or sent) and when it was applied (or received)."""
+
+    committed: dict[bytes, float]
+    applied: dict[bytes, float]
+
+    def latencies_ms(self, subjects: list[bytes]) -> list[float]:
+        return [(self.applied[s] - self.committed[s]) * 1000 for s in subjects if s in self.applied]
+
+    def rate(self, subjects: list[bytes]) -> float:
+        first = min(self.committed[s] for s in subjects)
+        last = max(self.applied[s] for s in subjects)
+        return len(subjects) / (last - first)
+
+
+@dataclass
+class SideResult:
+    events: int
+    rate: float
+    throughput_latency_ms: list[float]
+    light_latency_ms: list[float]
+    light_events: int
+    producer_cpu: float | None
+    consumer_cpu: float | None
+    envelope_sizes: list[int]
+
+
+async def _run_side(
+    name: str,
+    producer_target: Callable[..., None],
+    producer_args: tuple[Any, ...],
+    consumer_target: Callable[..., None],
+    consumer_args: tuple[Any, ...],
+    config: PipelineConfig,
+) -> SideResult:
+    applied_count = SPAWN.Value("q", 0)
+    consumer_pipe, consumer_end = SPAWN.Pipe()
+    producer_pipe, producer_end = SPAWN.Pipe()
+    consumer = SPAWN.Process(
+        target=consumer_target,
+        args=(*consumer_args, config, applied_count, consumer_end),
+        name=f"{name}-consumer",
+    )
+    producer = SPAWN.Process(
+        target=producer_target,
+        args=(*producer_args, config, applied_count, producer_end),
+        name=f"{name}-producer",
+    )
+    consumer.start()
+    producer.start()
+    try:
+        await _expect(consumer_pipe, "ready", 90)
+        await _expect(producer_pipe, "ready", 90)
+        await _wait_applied(
+            applied_count, WARM_UP_EVENTS, config.phase_timeout
+        )  # the warm-up events
+
+        producer_pipe.send(("light",))
+        light = (await _expect(producer_pipe, "written", config.phase_timeout))[1]
+        await _wait_applied(applied_count, WARM_UP_EVENTS + light, config.phase_timeout)
+        logger.info("%s: light-load phase done (%d events)", name, light)
+
+        consumer_pipe.send(("measure",))
+        producer_pipe.send(("throughput",))
+        written = (await _expect(producer_pipe, "written", config.phase_timeout))[1]
+        await _wait_applied(applied_count, WARM_UP_EVENTS + light + written, config.phase_timeout)
+        producer_pipe.send(("continue",))
+        consumer_pipe.send(("measured",))
+        producer_cpu = (await _expect(producer_pipe, "cpu", 60))[1]
+        consumer_cpu = (await _expect(consumer_pipe, "cpu", 60))[1]
+        logger.info("%s: throughput phase done (%d events)", name, written)
+
+        producer_pipe.send(("stop",))
+        _, committed, sizes, _published = await _expect(producer_pipe, "result", 120)
+        consumer_pipe.send(("stop",))
+        _, applied_pairs = await _expect(consumer_pipe, "result", 120)
+    finally:
+        for process in (producer, consumer):
+            process.join(timeout=30)
+            if process.is_alive():
+                process.terminate()
+                process.join(timeout=5)
+
+    times = PhaseTimes(committed, dict(applied_pairs))
+    # `committed` keeps insertion order: the light phase first, then the throughput phase.
+    order = list(committed)
+    light_subjects = order[:light]
+    throughput_subjects = order[light : light + written]
+    missing = [s for s in order if s not in times.applied]
+    if missing:
+        raise RuntimeError(f"{name}: {len(missing)} events committed but never applied")
+    return SideResult(
+        events=written,
+        rate=times.rate(throughput_subjects),
+        throughput_latency_ms=times.latencies_ms(throughput_subjects),
+        light_latency_ms=times.latencies_ms(light_subjects),
+        light_events=light,
+        producer_cpu=producer_cpu,
+        consumer_cpu=consumer_cpu,
+        envelope_sizes=sizes,
+    )
+
+
+async def _expect(pipe: Connection, kind: str, timeout: float) -> tuple[Any, ...]:
+    ready = await asyncio.to_thread(pipe.poll, timeout)
+    if not ready:
+        raise TimeoutError(f"no {kind!r} from a benchmark process within {timeout:.0f} s")
+    message = pipe.recv()
+    if message[0] != kind:
+        raise RuntimeError(f"expected {kind!r}, got {message[0]!r}")
+    return tuple(message)
+
+
+async def _wait_applied(counter: Synchronized, target: int, timeout: float) -> None:  # type: ignore[type-arg]
+    deadline = time.monotonic() + timeout
+    while counter.value < target:
+        if time.monotonic() > deadline:
+            raise TimeoutError(
+                f"only {counter.value} of {target} events arrived in {timeout:.0f} s"
+            )
+        await asyncio.sleep(0.01)
+
+
+async def run_pipeline(stack: Stack, config: PipelineConfig) -> ScenarioResult:
+    async with scratch_topics(stack, ["raw", "pipeline"], config.partitions) as (raw_topic, topic):
+        run = uuid.uuid4().hex[:8]
+        raw = await _run_side(
+            "raw",
+            _raw_producer,
+            (stack.kafka_bootstrap, raw_topic),
+            _raw_consumer,
+            (stack.kafka_bootstrap, raw_topic, f"bench-raw-{run}"),
+            config,
+        )
+        with (
+            scratch_database(stack, "producer") as producer_db,
+            scratch_database(stack, "consumer") as consumer_db,
+        ):
+            await _prepare_producer_database(producer_db)
+            pipeline = await _run_side(
+                "pipeline",
+                _producing_service,
+                (producer_db, stack.kafka_bootstrap, topic),
+                _consuming_service,
+                (consumer_db, stack.kafka_bootstrap, topic, f"bench-pipeline-{run}"),
+                config,
+            )
+    return _pipeline_result(config, raw, pipeline)
+
+
+async def _prepare_producer_database(url: str) -> None:
+    from confide_toolkit import inbox, keyring, outbox
+    from confide_toolkit.database import create_engine, toolkit_metadata
+
+    del inbox, keyring, outbox  # imported for their tables in `toolkit_metadata`
+    engine = create_engine(url, pool_size=1)
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(toolkit_metadata.create_all)
+    finally:
+        await engine.dispose()
+
+
+def _pipeline_result(
+    config: PipelineConfig, raw: SideResult, pipeline: SideResult
+) -> ScenarioResult:
+    def p(values: list[float], q: float) -> float:
+        return percentile(values, q)
+
+    def per_k(side: SideResult, cpu: float | None) -> float | None:
+        return None if cpu is None else cpu / side.events * 1000
+
+    size = sum(pipeline.envelope_sizes) / max(1, len(pipeline.envelope_sizes))
+    light_p99 = p(pipeline.light_latency_ms, 99)
+    figures = [
+        Figure(
+            "1 pipeline",
+            f"throughput, {pipeline.events:,} events",
+            pipeline.rate,
+            "events/s",
+            raw.rate,
+            "raw aiokafka",
+            "≥ 0.5x raw",
+            pipeline.rate >= 0.5 * raw.rate,
+        ),
+        Figure(
+            "1 pipeline",
+            "commit→consumed p50 at full load",
+            p(pipeline.throughput_latency_ms, 50),
+            "ms",
+            p(raw.throughput_latency_ms, 50),
+            "send→received",
+        ),
+        Figure(
+            "1 pipeline",
+            "commit→consumed p99 at full load",
+            p(pipeline.throughput_latency_ms, 99),
+            "ms",
+            p(raw.throughput_latency_ms, 99),
+            "send→received",
+        ),
+        Figure(
+            "1 pipeline",
+            f"commit→consumed p50 at {config.light_rate:.0f} events/s",
+            p(pipeline.light_latency_ms, 50),
+            "ms",
+            p(raw.light_latency_ms, 50),
+            "send→received",
+        ),
+        Figure(
+            "1 pipeline",
+            f"commit→consumed p99 at {config.light_rate:.0f} events/s",
+            light_p99,
+            "ms",
+            p(raw.light_latency_ms, 99),
+            "send→received",
+            "< 100 ms",
+            light_p99 < 100,
+        ),
+        Figure(
+            "1 pipeline",
+            "CPU of the producing side per 1,000 events",
+            per_k(pipeline, pipeline.producer_cpu),
+            "s",
+            per_k(raw, raw.producer_cpu),
+            "raw producer",
+        ),
+        Figure(
+            "1 pipeline",
+            "CPU of the consuming side per 1,000 events",
+            per_k(pipeline, pipeline.consumer_cpu),
+            "s",
+            per_k(raw, raw.consumer_cpu),
+            "raw consumer",
+        ),
+    ]
+    setup = [
+        f"Throughput phase: {pipeline.events:,} events through the pipeline (asked: "
+        f"{config.events:,}, or {config.write_seconds:.0f} s of writing, whichever first; "
+        f"writers pause at {config.max_in_flight:,} events in flight), {raw.events:,} raw. "
+        "`UserRegistered` events (CloudEvents envelope, structured mode, "
+        f"mean {size:.0f} bytes as published, with its `traceparent`), one subject each, "
+        f"on a {config.partitions}-partition topic.",
+        f"Producing service: {config.writers} concurrent writers, {config.events_per_transaction} "
+        "event(s) per transaction, each transaction one state-change row plus `Outbox.put` "
+        "inside a server span; the `OutboxRelay` in the same process "
+        f"(batch {config.relay_batch_size}, LISTEN/NOTIFY, fallback poll "
+        f"{config.relay_poll_interval:g} s).",
+        "Consuming service (another process, its own database): FastStream subscriber exactly "
+        "as `Service._register_subscribers` wires it, `InboxConsumer` whose effect is one "
+        "projection row per event.",
+        "Throughput = events ÷ (first commit → last inbox commit). Light load: "
+        f"{config.light_rate:.0f} events/s for {config.light_seconds:.0f} s "
+        f"({pipeline.light_events} events), one event per transaction, one writer.",
+        "Raw baseline: the same payloads, key and headers sent with `idempotent_producer` "
+        "(acks=all, linger 2 ms), 1,000 sends in flight, and read in a consumer group with "
+        "auto-commit, also in two processes.",
+    ]
+    return ScenarioResult(
+        name="pipeline",
+        figures=figures,
+        series={
+            "pipeline_light_ms": pipeline.light_latency_ms,
+            "raw_light_ms": raw.light_latency_ms,
+            "pipeline_throughput_ms": pipeline.throughput_latency_ms,
+            "raw_throughput_ms": raw.throughput_latency_ms,
+            "config": asdict(config),
+        },
+        setup=setup,
+    )
+
+
+# -- profiling -----------------------------------------------------------------------------
+
+
+def _start_profiler(config: PipelineConfig) -> Any:
+    if not config.profile_dir:
+        return None
+    from pyinstrument import Profiler
+
+    # Wall-clock stacks of the whole event loop: where the process spends its time, including
+    # the waits on PostgreSQL and Kafka.
+    profiler = Profiler(interval=0.001, async_mode="disabled")
+    profiler.start()
+    return profiler
+
+
+def _stop_profiler(profiler: Any, config: PipelineConfig, role: str) -> None:
+    if profiler is None or not config.profile_dir:
+        return
+    profiler.stop()
+    directory = Path(config.profile_dir)
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / f"{role}.txt").write_text(
+        profiler.output_text(unicode=True, color=False, show_all=False)
+    )
+    (directory / f"{role}.html").write_text(profiler.output_html())
+
+
+def _quiet_logs() -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(processName)s %(levelname)s %(message)s")
+    os.environ.setdefault("PYTHONWARNINGS", "ignore")
