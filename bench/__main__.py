@@ -56,9 +56,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--consumer",
-        choices=("toolkit", "deferred-commit", "batch"),
+        choices=("toolkit", "per-record", "deferred-commit"),
         default="toolkit",
-        help="pipeline consumer: the toolkit's (default) or a prototype from bench/prototypes.py",
+        help="pipeline consumer: the toolkit's batches (default), the earlier per-record "
+        "subscriber, or the deferred-commit prototype from bench/prototypes.py",
     )
     parser.add_argument(
         "--clean",
@@ -106,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         "http": lambda: run_http(stack, http),
         "shred": lambda: run_shredding(stack, shredding),
         "decrypt": lambda: run_decryption(stack, decryption),
-        "memory": lambda: run_memory(stack),
+        "memory": lambda: run_memory(stack, http),
     }
     started = time.monotonic()
     results: list[ScenarioResult] = []

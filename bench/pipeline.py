@@ -266,7 +266,14 @@ async def _consume(
     from confide_events.identity import UserRegistered
     from confide_toolkit.clock import SystemClock
     from confide_toolkit.database import create_engine, toolkit_metadata
-    from confide_toolkit.inbox import EventContext, Outcome, kafka_record_handler, raw_body
+    from confide_toolkit.inbox import (
+        EventContext,
+        InboxConsumer,
+        Outcome,
+        kafka_batch_handler,
+        kafka_record_handler,
+        raw_body,
+    )
     from confide_toolkit.outbox import Outbox
     from confide_toolkit.relay import idempotent_producer
     from confide_toolkit.telemetry import configure_telemetry
@@ -274,7 +281,7 @@ async def _consume(
     from faststream.middlewares import AckPolicy
     from sqlalchemy import text
 
-    from bench.prototypes import BatchInboxConsumer, batch_handler, deferred_commit_handler
+    from bench.prototypes import deferred_commit_handler
 
     configure_telemetry("bench-consumer", "none")
     engine = create_engine(database_url)
@@ -309,9 +316,9 @@ async def _consume(
             applied_count.value += len(handled)
         handled.clear()
 
-    class TimedInboxConsumer(BatchInboxConsumer):
-        """The toolkit's consumer (plus the batch prototype), noting when each event's inbox
-        transaction committed: right after `consume` returned APPLIED."""
+    class TimedInboxConsumer(InboxConsumer):
+        """The toolkit's consumer, noting when each event's inbox transaction committed:
+        right after `consume` returned APPLIED, or `consume_batch` returned."""
 
         async def consume(self, raw: Any) -> Outcome:
             handled.clear()
@@ -341,8 +348,9 @@ async def _consume(
         handlers={UserRegistered: project_registration},
         dead_letters=dead_letters,
     )
-    # Exactly as `Service._register_subscribers` subscribes, unless a prototype is asked for.
-    if config.consumer == "batch":
+    # Exactly as `Service._register_subscribers` subscribes (batches), unless the earlier
+    # per-record mode or a prototype is asked for.
+    if config.consumer == "toolkit":
         subscriber = broker.subscriber(
             topic,
             group_id=group,
@@ -351,8 +359,9 @@ async def _consume(
             decoder=raw_body,
             batch=True,
             max_records=500,
+            batch_timeout_ms=25,
         )
-        subscriber(batch_handler(consumer))
+        subscriber(kafka_batch_handler(consumer))
     else:
         subscriber = broker.subscriber(
             topic,

@@ -7,25 +7,20 @@ the toolkit as it is (`--consumer toolkit`, the default) unless the command says
   record. The record's effect is durable when `consume` returns; the offset (of records already
   applied, never beyond) is committed by a background flush at most `interval` later. A crash in
   between redelivers a few applied records, which the inbox already absorbs (DUPLICATE).
-- `batch`: a FastStream batch subscriber (`batch=True`, up to 500 records per poll) whose records
-  are applied in one database transaction — one multi-row inbox insert, each claimed event's
-  handler, one COMMIT — then one offset commit for the batch. A batch that fails is retried
-  record by record through the toolkit's own `InboxConsumer.consume` (retries, dead letters), so
-  a poison record still ends in the dead-letter topic and blocks nothing."""
+- (the `batch` prototype is now the toolkit's own: `InboxConsumer.consume_batch` with
+  `inbox.kafka_batch_handler`, as `Service` subscribes.)"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiokafka import TopicPartition
-from confide_events import decode_envelope, from_envelope
-from confide_toolkit.inbox import EventContext, InboxConsumer, Outcome, inbox
+from confide_toolkit.inbox import InboxConsumer
 from faststream.kafka import KafkaMessage
-from sqlalchemy.dialects.postgresql import insert
 
 logger = logging.getLogger(__name__)
 
@@ -55,74 +50,6 @@ def deferred_commit_handler(
             flushing.append(asyncio.create_task(flush(message.consumer)))
 
     return on_record
-
-
-class BatchInboxConsumer(InboxConsumer):
-    """`InboxConsumer` with `consume_batch`: many records, one transaction."""
-
-    on_applied: Callable[[Any], None] | None = None
-
-    async def consume_batch(self, records: Sequence[Any]) -> list[Outcome]:
-        try:
-            return await self._apply_batch(records)
-        except Exception:
-            logger.warning("batch failed; applying its records one by one", exc_info=True)
-            return [await self.consume(record) for record in records]
-
-    async def _apply_batch(self, records: Sequence[Any]) -> list[Outcome]:
-        decoded = []
-        for record in records:
-            envelope = decode_envelope(record.value)
-            decoded.append((record, envelope, from_envelope(envelope)))
-        outcomes: list[Outcome] = []
-        async with self._engine.begin() as conn:
-            claimed = (
-                set(
-                    (
-                        await conn.execute(
-                            insert(inbox)
-                            .values(
-                                [
-                                    {
-                                        "consumer": self.name,
-                                        "event_id": envelope.id,
-                                        "event_type": envelope.type,
-                                        "topic": record.topic,
-                                        "partition": record.partition,
-                                        "offset": record.offset,
-                                    }
-                                    for record, envelope, event in decoded
-                                    if type(event) in self._handlers
-                                ]
-                            )
-                            .on_conflict_do_nothing()
-                            .returning(inbox.c.event_id)
-                        )
-                    ).scalars()
-                )
-                if any(type(e) in self._handlers for _, _, e in decoded)
-                else set()
-            )
-            for _record, envelope, event in decoded:
-                handler = self._handlers.get(type(event))
-                if handler is None:
-                    outcomes.append(Outcome.IGNORED)
-                elif envelope.id not in claimed:
-                    outcomes.append(Outcome.DUPLICATE)
-                else:
-                    await handler(event, EventContext(conn, envelope, self._outbox))
-                    outcomes.append(Outcome.APPLIED)
-        return outcomes
-
-
-def batch_handler(consumer: BatchInboxConsumer) -> Callable[[Any], Awaitable[None]]:
-    """The FastStream batch subscriber body: apply the batch, then commit its offsets."""
-
-    async def on_batch(message: KafkaMessage) -> None:
-        await consumer.consume_batch(list(message.raw_message))
-        await message.ack()
-
-    return on_batch
 
 
 class KeyOpener:

@@ -432,3 +432,77 @@ async def test_consumer_span_continues_the_trace_of_the_request_that_wrote_the_e
     assert consumer_span.context.trace_id == trace_id
     assert consumer_span.parent is not None
     assert consumer_span.parent.span_id == request_span.get_span_context().span_id
+
+
+async def test_a_batch_applies_each_new_event_once_in_one_transaction(
+    engine: AsyncEngine, kafka_bootstrap: str, new_topic: TopicFactory, producer: AIOKafkaProducer
+) -> None:
+    topic = await new_topic(partitions=1)
+    box = Outbox("identity", SystemClock(), topic=topic)
+    first, second = uuid.uuid4(), uuid.uuid4()
+    await put_events(
+        engine,
+        box,
+        [
+            registered(first),
+            AccountClosed(subject_id=first, closed_at=datetime.now(UTC)),
+            registered(second),
+        ],
+    )
+    async with engine.connect() as conn:
+        values = (await conn.execute(select(outbox.c.value).order_by(outbox.c.id))).scalars().all()
+    # The first event twice (a relay retry), then the others.
+    for value in [values[0], values[0], values[1], values[2]]:
+        await producer.send_and_wait(topic, value=bytes(value), key=b"k")
+    records = await read_topic(kafka_bootstrap, topic, expected=4)
+
+    consumer = InboxConsumer("test", engine, box, {UserRegistered: count_effect}, producer)
+    outcomes = await consumer.consume_batch(records)
+    assert outcomes == [Outcome.APPLIED, Outcome.DUPLICATE, Outcome.IGNORED, Outcome.APPLIED]
+    assert await consumer.consume_batch(records) == [
+        Outcome.DUPLICATE,
+        Outcome.DUPLICATE,
+        Outcome.IGNORED,
+        Outcome.DUPLICATE,
+    ]
+    assert await effect_count(engine, first) == 1
+    assert await effect_count(engine, second) == 1
+
+
+async def test_a_failing_batch_falls_back_to_one_by_one_and_dead_letters_only_the_culprit(
+    engine: AsyncEngine, kafka_bootstrap: str, new_topic: TopicFactory, producer: AIOKafkaProducer
+) -> None:
+    topic = await new_topic(partitions=1)
+    box = Outbox("identity", SystemClock(), topic=topic)
+    good, bad = uuid.uuid4(), uuid.uuid4()
+
+    async def fails_for_bad(event: UserRegistered, ctx: EventContext) -> None:
+        await count_effect(event, ctx)
+        if event.subject_id == bad:
+            raise LookupError(f"cannot apply {event.subject_id}")
+
+    await put_events(engine, box, [registered(good), registered(bad)])
+    async with engine.connect() as conn:
+        values = (await conn.execute(select(outbox.c.value).order_by(outbox.c.id))).scalars().all()
+    await producer.send_and_wait(topic, value=b"{not a cloudevent", key=b"k")
+    for value in values:
+        await producer.send_and_wait(topic, value=bytes(value), key=b"k")
+    records = await read_topic(kafka_bootstrap, topic, expected=3)
+
+    consumer = InboxConsumer(
+        "test",
+        engine,
+        box,
+        {UserRegistered: fails_for_bad},
+        producer,
+        RetryPolicy(attempts=2, first_backoff=0.01),
+    )
+    outcomes = await consumer.consume_batch(records)
+    assert outcomes == [Outcome.DEAD_LETTERED, Outcome.APPLIED, Outcome.DEAD_LETTERED]
+    assert await effect_count(engine, good) == 1  # applied once, though its batch rolled back
+    assert await effect_count(engine, bad) == 0
+    dead = await read_topic(kafka_bootstrap, f"{topic}.dlq", expected=2)
+    assert [dict(d.headers)["dlq-error-type"] for d in dead] == [
+        b"MalformedEnvelope",
+        b"LookupError",
+    ]

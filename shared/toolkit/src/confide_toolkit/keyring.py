@@ -79,6 +79,7 @@ _KEY_ID_BYTES = 16
 _NONCE_BYTES = 12
 _TAG_BYTES = 16
 _HEADER_BYTES = 1 + _KEY_ID_BYTES
+_SEALED_AT = _HEADER_BYTES + _NONCE_BYTES
 _OVERHEAD = _HEADER_BYTES + _NONCE_BYTES + _TAG_BYTES
 
 data_keys = Table(
@@ -276,6 +277,70 @@ class _UnwrappedKeys:
         return len(self._entries)
 
 
+@final
+class KeyOpener:
+    """Opens the values of one query's rows that share one data key; see `Keyring.opener`.
+
+    Built once per key per query; `open` then does only the per-row work: compare the
+    ciphertext's header with the key's (bytes, no UUID), append the record id to the precomputed
+    associated data, and run AES-GCM with the key resolved once (lazily, on the first value that
+    names it, so a mismatching or malformed value never costs an unwrap). It answers exactly as
+    `Keyring.open` with the same arguments would, which is implemented on top of it."""
+
+    __slots__ = ("_aead", "_header", "_keyring", "_prefix", "_wrapped", "category", "subject_id")
+
+    def __init__(
+        self,
+        keyring: Keyring,
+        wrapped: WrappedDataKey | None,
+        subject_id: uuid.UUID,
+        category: str,
+    ) -> None:
+        self.subject_id: Final = subject_id
+        self.category: Final = category
+        self._keyring = keyring
+        self._wrapped = wrapped
+        self._aead: AESGCM | None = None
+        # None when the query found no key: no ciphertext header equals it, so every value takes
+        # the slow path of `open` and reads as ERASED.
+        self._header: bytes | None = None
+        self._prefix = b""
+        if wrapped is not None:
+            self._header = bytes([FORMAT_VERSION]) + wrapped.key_id.bytes
+            self._prefix = keyring._associated_prefix(self._header, subject_id, category)
+
+    @property
+    def key_id(self) -> uuid.UUID | None:
+        """The id of the key row this opener was built from; None when the query found none.
+
+        Compare it with a row's `<name>_id` column to tell whether the opener serves that row."""
+        return None if self._wrapped is None else self._wrapped.key_id
+
+    def open(self, record_id: str, ciphertext: bytes) -> bytes | Erased:
+        """The plaintext of `ciphertext`, stored in record `record_id` of this opener's subject
+        and category, or `ERASED` if the query found no key. Raises `CiphertextContextMismatch`
+        for a value encrypted under another key, moved from another record or altered, and
+        `MalformedCiphertext` for bytes that are not a keyring ciphertext."""
+        if ciphertext[:_HEADER_BYTES] != self._header or len(ciphertext) < _OVERHEAD:
+            _check_format(ciphertext)
+            if self._wrapped is None:
+                return ERASED
+            raise CiphertextContextMismatch(self.subject_id, self.category, record_id)
+        aead = self._aead
+        if aead is None:
+            assert self._wrapped is not None  # a header matched, so there is a key
+            aead = self._aead = self._keyring._aead(self._wrapped)
+        record = record_id.encode()
+        try:
+            return aead.decrypt(
+                ciphertext[_HEADER_BYTES:_SEALED_AT],
+                ciphertext[_SEALED_AT:],
+                self._prefix + len(record).to_bytes(4, "big") + record,
+            )
+        except InvalidTag:
+            raise CiphertextContextMismatch(self.subject_id, self.category, record_id) from None
+
+
 def _length_prefixed(*parts: bytes) -> bytes:
     # Length prefixes make the encoding unambiguous: ("a.b", "c") never equals ("a", "b.c").
     return b"".join(len(part).to_bytes(4, "big") + part for part in parts)
@@ -316,7 +381,9 @@ class Keyring:
         # A random 96-bit nonce is safe for up to 2^32 encryptions under one key, far beyond
         # what one person writes in one category.
         nonce = os.urandom(_NONCE_BYTES)
-        associated = self._associated_data(header, subject_id, category, record_id)
+        associated = self._associated_prefix(header, subject_id, category) + _length_prefixed(
+            record_id.encode()
+        )
         return header + nonce + self._aead(key).encrypt(nonce, plaintext, associated)
 
     async def decrypt(
@@ -377,20 +444,30 @@ class Keyring:
 
         `wrapped` is None when the query found no key, i.e. it was shredded: the answer is then
         `ERASED`. Pass only key columns from the query that read `ciphertext`, never a key kept
-        from an earlier query. Raises like `decrypt`."""
-        key_id = self._key_id_of(ciphertext)
-        if wrapped is None:
-            return ERASED
-        if wrapped.key_id != key_id:
-            raise CiphertextContextMismatch(subject_id, category, record_id)
-        header = ciphertext[:_HEADER_BYTES]
-        nonce = ciphertext[_HEADER_BYTES : _HEADER_BYTES + _NONCE_BYTES]
-        sealed = ciphertext[_HEADER_BYTES + _NONCE_BYTES :]
-        associated = self._associated_data(header, subject_id, category, record_id)
-        try:
-            return self._aead(wrapped).decrypt(nonce, sealed, associated)
-        except InvalidTag:
-            raise CiphertextContextMismatch(subject_id, category, record_id) from None
+        from an earlier query. Raises like `decrypt`. To open many rows under one key, take an
+        `opener` once per key and query instead: it does the per-key work only once."""
+        return self.opener(wrapped, subject_id, category).open(record_id, ciphertext)
+
+    def opener(
+        self, wrapped: WrappedDataKey | None, subject_id: uuid.UUID, category: str
+    ) -> KeyOpener:
+        """A `KeyOpener` for the values of (subject, category) under the key row `wrapped`.
+
+        `wrapped` must come from the query that reads the values, exactly as for `open` (None
+        when the query found no key: every value then opens as `ERASED`); the opener lives no
+        longer than that query's rows. It resolves once what is the same for every row (the
+        unwrapped key, from the cache or unwrapped on first use; the key id; the associated data
+        up to the record id), so opening a row costs little more than AES-GCM itself::
+
+            opener: KeyOpener | None = None
+            for row in await conn.execute(statement):  # built with join_data_keys
+                if opener is None or opener.key_id != row.data_key_id:
+                    opener = keyring.opener(
+                        WrappedDataKey.from_row(row), person, "messaging.messages"
+                    )
+                body = opener.open(str(row.message_id), row.body)
+        """
+        return KeyOpener(self, wrapped, subject_id, category)
 
     async def shred(
         self, conn: AsyncConnection, subject_id: uuid.UUID, category: str
@@ -576,25 +653,28 @@ class Keyring:
             self._unwrapped.put(key.key_id, aead)
         return aead
 
-    def _associated_data(
-        self, header: bytes, subject_id: uuid.UUID, category: str, record_id: str
-    ) -> bytes:
+    def _associated_prefix(self, header: bytes, subject_id: uuid.UUID, category: str) -> bytes:
+        # The associated data is this prefix followed by the length-prefixed record id: the only
+        # part that changes from row to row under one key.
         return _length_prefixed(
             b"confide.keyring",
             header,
             self.service.encode(),
             category.encode(),
             subject_id.bytes,
-            record_id.encode(),
         )
 
     @staticmethod
     def _key_id_of(ciphertext: bytes) -> uuid.UUID:
-        if len(ciphertext) < _OVERHEAD:
-            raise MalformedCiphertext("too short to be a keyring ciphertext")
-        if ciphertext[0] != FORMAT_VERSION:
-            raise MalformedCiphertext(f"unknown ciphertext format version {ciphertext[0]}")
+        _check_format(ciphertext)
         return uuid.UUID(bytes=bytes(ciphertext[1:_HEADER_BYTES]))
+
+
+def _check_format(ciphertext: bytes) -> None:
+    if len(ciphertext) < _OVERHEAD:
+        raise MalformedCiphertext("too short to be a keyring ciphertext")
+    if ciphertext[0] != FORMAT_VERSION:
+        raise MalformedCiphertext(f"unknown ciphertext format version {ciphertext[0]}")
 
 
 def _tombstone(row: Row[Any]) -> Tombstone:

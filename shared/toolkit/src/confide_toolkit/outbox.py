@@ -20,7 +20,17 @@ from confide_events import (
     to_envelope,
 )
 from confide_events.topics import TOPIC_BY_PRODUCER
-from sqlalchemy import BigInteger, Column, DateTime, Identity, LargeBinary, String, Table, text
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    Identity,
+    LargeBinary,
+    String,
+    Table,
+    func,
+    select,
+)
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.dialects.postgresql import UUID as PG_UUID
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -85,17 +95,16 @@ class Outbox:
         headers: list[list[str]] = [[CONTENT_TYPE_HEADER, CLOUDEVENTS_JSON]]
         if traceparent:
             headers.append(["traceparent", traceparent])
-        await conn.execute(
-            outbox.insert().values(
-                event_id=event_id,
-                topic=self._topic,
-                partition_key=envelope.subject,
-                value=encode_envelope(envelope),
-                headers=headers,
-                created_at=self._clock.now(),
-            )
+        row = outbox.insert().values(
+            event_id=event_id,
+            topic=self._topic,
+            partition_key=envelope.subject,
+            value=encode_envelope(envelope),
+            headers=headers,
+            created_at=self._clock.now(),
         )
-        await conn.execute(text(f"NOTIFY {OUTBOX_CHANNEL}"))
+        # One round trip: the insert rides as a data-modifying CTE of the NOTIFY.
+        await conn.execute(select(func.pg_notify(OUTBOX_CHANNEL, "")).add_cte(row.cte("row")))
         return envelope
 
 

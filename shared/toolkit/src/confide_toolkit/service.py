@@ -34,7 +34,7 @@ from confide_toolkit.inbox import (
     EventHandler,
     InboxConsumer,
     RetryPolicy,
-    kafka_record_handler,
+    kafka_batch_handler,
     raw_body,
 )
 from confide_toolkit.kek import LocalKeyFile
@@ -150,9 +150,13 @@ class Service:
                 auto_offset_reset="earliest",
                 ack_policy=AckPolicy.MANUAL,
                 decoder=raw_body,
+                # A poll's records in one transaction; an idle poll waits at most ~2x this.
+                batch=True,
+                max_records=500,
+                batch_timeout_ms=25,
                 title=f"{topic}:{self.name}",
                 description=f"Consumed idempotently by {self.name}: {names}",
-            )(kafka_record_handler(consumer))
+            )(kafka_batch_handler(consumer))
 
     # -- lifecycle --------------------------------------------------------------------------
 
