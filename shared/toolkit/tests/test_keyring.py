@@ -17,6 +17,7 @@ from confide_toolkit.keyring import (
     CiphertextContextMismatch,
     DataKeyShredded,
     Erased,
+    KeyOpener,
     Keyring,
     MalformedCiphertext,
     Tombstone,
@@ -286,6 +287,165 @@ async def test_cache_never_lets_a_reader_decrypt_after_shred(
         is ERASED
     )
     assert (await _read_messages(messages_engine, another_replica))[sender] == [ERASED, ERASED]
+
+
+async def _read_messages_with_openers(
+    engine: AsyncEngine, keyring: Keyring
+) -> dict[uuid.UUID, list[object]]:
+    """`_read_messages` through one `KeyOpener` per key of the result, as a listing would."""
+    statement = join_data_keys(
+        select(messages.c.message_id, messages.c.sender_id, messages.c.body).order_by(
+            messages.c.message_id
+        ),
+        messages.c.sender_id,
+        MESSAGES,
+    )
+    bodies: dict[uuid.UUID, list[object]] = {}
+    openers: dict[uuid.UUID, KeyOpener] = {}
+    async with engine.connect() as conn:
+        for row in await conn.execute(statement):
+            opener = openers.get(row.sender_id)
+            if opener is None or opener.key_id != row.data_key_id:
+                opener = openers[row.sender_id] = keyring.opener(
+                    WrappedDataKey.from_row(row), row.sender_id, MESSAGES
+                )
+            body = opener.open(str(row.message_id), row.body)
+            bodies.setdefault(row.sender_id, []).append(body)
+    return bodies
+
+
+async def _key_row(engine: AsyncEngine, subject: uuid.UUID, category: str) -> WrappedDataKey:
+    async with engine.connect() as conn:
+        row = (
+            await conn.execute(
+                select(data_keys.c.key_id, data_keys.c.kek_version, data_keys.c.wrapped_key).where(
+                    data_keys.c.subject_id == subject, data_keys.c.category == category
+                )
+            )
+        ).one()
+    return WrappedDataKey(row.key_id, row.kek_version, bytes(row.wrapped_key))
+
+
+async def test_an_opener_round_trips_many_rows_with_one_unwrap(
+    messages_engine: AsyncEngine, keyring: Keyring, keks: CountingKeks, clock: FrozenClock
+) -> None:
+    sender, other = uuid7(), uuid7()
+    await _write_messages(messages_engine, keyring, sender, 200)
+    await _write_messages(messages_engine, keyring, other, 3)
+    reader = Keyring("messaging", keks, clock)  # a fresh process: nothing cached yet
+    keks.unwraps = 0
+
+    bodies = await _read_messages_with_openers(messages_engine, reader)
+
+    assert bodies[sender] == [b"body %d" % n for n in range(200)]
+    assert bodies[other] == [b"body 0", b"body 1", b"body 2"]
+    assert keks.unwraps == 2  # one per key
+    assert await _read_messages(messages_engine, reader) == bodies  # and `open` agrees
+
+
+async def test_an_opener_opens_what_encrypt_wrote(
+    toolkit_engine: AsyncEngine, keyring: Keyring, subject: uuid.UUID
+) -> None:
+    ciphertext = await _encrypt(toolkit_engine, keyring, subject, "m-1")
+    wrapped = await _key_row(toolkit_engine, subject, MESSAGES)
+
+    opener = keyring.opener(wrapped, subject, MESSAGES)
+
+    assert opener.key_id == wrapped.key_id
+    assert (opener.subject_id, opener.category) == (subject, MESSAGES)
+    assert opener.open("m-1", ciphertext) == BODY
+
+
+async def test_an_opener_reads_erased_when_the_query_found_no_key(
+    messages_engine: AsyncEngine, keyring: Keyring, another_replica: Keyring
+) -> None:
+    erased_sender, kept_sender = uuid7(), uuid7()
+    await _write_messages(messages_engine, keyring, erased_sender, 3)
+    await _write_messages(messages_engine, keyring, kept_sender, 2)
+    # The reader's cache holds both keys before the shredding, done by another process.
+    assert (await _read_messages_with_openers(messages_engine, another_replica))[erased_sender] == [
+        b"body 0",
+        b"body 1",
+        b"body 2",
+    ]
+
+    await _shred(messages_engine, keyring, erased_sender)
+
+    bodies = await _read_messages_with_openers(messages_engine, another_replica)
+    assert bodies[erased_sender] == [ERASED, ERASED, ERASED]
+    assert bodies[kept_sender] == [b"body 0", b"body 1"]
+    erased = another_replica.opener(None, erased_sender, MESSAGES)
+    assert erased.key_id is None
+    with pytest.raises(MalformedCiphertext):  # erasure is no excuse for accepting garbage
+        erased.open("m-1", b"\x01" * 40)
+
+
+async def test_an_opener_refuses_a_ciphertext_moved_from_another_record_or_subject(
+    toolkit_engine: AsyncEngine, keyring: Keyring, keks: CountingKeks, clock: FrozenClock
+) -> None:
+    subject, other_subject = uuid7(), uuid7()
+    ciphertext = await _encrypt(toolkit_engine, keyring, subject, "m-1")
+    wrapped = await _key_row(toolkit_engine, subject, MESSAGES)
+    # The same key row, claimed for another record, subject, category or service.
+    for opener, record in (
+        (keyring.opener(wrapped, subject, MESSAGES), "m-2"),
+        (keyring.opener(wrapped, other_subject, MESSAGES), "m-1"),
+        (keyring.opener(wrapped, subject, NOTES), "m-1"),
+        (Keyring("billing", keks, clock).opener(wrapped, subject, MESSAGES), "m-1"),
+    ):
+        with pytest.raises(CiphertextContextMismatch) as raised:
+            opener.open(record, ciphertext)
+        assert raised.value.record_id == record
+        assert BODY.decode() not in str(raised.value)
+    for position in (20, 30, len(ciphertext) - 1):  # nonce, body, tag
+        tampered = bytearray(ciphertext)
+        tampered[position] ^= 0x01
+        with pytest.raises(CiphertextContextMismatch):
+            keyring.opener(wrapped, subject, MESSAGES).open("m-1", bytes(tampered))
+
+
+async def test_an_opener_refuses_a_ciphertext_of_another_key_without_unwrapping(
+    toolkit_engine: AsyncEngine,
+    keyring: Keyring,
+    keks: CountingKeks,
+    clock: FrozenClock,
+    subject: uuid.UUID,
+) -> None:
+    other_subject = uuid7()
+    ciphertext = await _encrypt(toolkit_engine, keyring, subject, "m-1")
+    await _encrypt(toolkit_engine, keyring, other_subject, "m-9")
+    others_key = await _key_row(toolkit_engine, other_subject, MESSAGES)
+    reader = Keyring("messaging", keks, clock)  # nothing cached
+    keks.unwraps = 0
+
+    with pytest.raises(CiphertextContextMismatch):
+        reader.opener(others_key, subject, MESSAGES).open("m-1", ciphertext)
+    # A key row whose id differs from the ciphertext's, even one carrying the right key.
+    own_key = await _key_row(toolkit_engine, subject, MESSAGES)
+    relabelled = WrappedDataKey(uuid7(), own_key.kek_version, own_key.wrapped_key)
+    with pytest.raises(CiphertextContextMismatch):
+        reader.opener(relabelled, subject, MESSAGES).open("m-1", ciphertext)
+    with pytest.raises(CiphertextContextMismatch):
+        reader.open(relabelled, subject, MESSAGES, "m-1", ciphertext)
+    tampered = bytearray(ciphertext)
+    tampered[1] ^= 0x01  # the key id in the header
+    with pytest.raises(CiphertextContextMismatch):
+        reader.opener(own_key, subject, MESSAGES).open("m-1", bytes(tampered))
+    assert keks.unwraps == 0
+
+
+async def test_an_opener_rejects_malformed_ciphertext(
+    toolkit_engine: AsyncEngine, keyring: Keyring, subject: uuid.UUID
+) -> None:
+    ciphertext = await _encrypt(toolkit_engine, keyring, subject, "m-1")
+    opener = keyring.opener(await _key_row(toolkit_engine, subject, MESSAGES), subject, MESSAGES)
+
+    with pytest.raises(MalformedCiphertext, match="version 2"):
+        opener.open("m-1", b"\x02" + ciphertext[1:])
+    with pytest.raises(MalformedCiphertext, match="too short"):
+        opener.open("m-1", ciphertext[:40])  # the header is right, the rest is missing
+    with pytest.raises(MalformedCiphertext):
+        opener.open("m-1", b"")
 
 
 async def test_shredding_is_idempotent_and_records_a_tombstone_with_the_key_id(

@@ -12,7 +12,10 @@ the unwrap*. A service reads its rows with `join_data_keys` (one LEFT OUTER JOIN
 `data_keys`) and opens each value with `Keyring.open`; a shredded key is simply absent from the
 result, so no process can decrypt with it once the shredding committed, however warm its cache.
 Each key is unwrapped once per process (a bounded LRU cache, key id → data key), so reading a
-thousand messages costs one query and one unwrap.
+thousand messages costs one query and one unwrap. For a listing, take a `Keyring.opener` per key
+of the result instead of calling `open` per row: it does the per-key work (cache lookup, key id,
+associated data up to the record id) once, and `KeyOpener.open` then costs little more than
+AES-GCM. The key row still comes from the query being read, row by row.
 
 Ciphertext format (version 1), 45 bytes of overhead:
 
@@ -218,7 +221,8 @@ def join_data_keys(
     """`statement` with the data key of each row's subject LEFT OUTER JOINed onto it.
 
     Adds the columns `<name>_id`, `<name>_kek_version` and `<name>_wrapped`; read them back with
-    `WrappedDataKey.from_row(row, name)` and open each value with `Keyring.open`. The key is read
+    `WrappedDataKey.from_row(row, name)` and open each value with `Keyring.open` (or, for many
+    rows, with a `Keyring.opener` per key: see there). The key is read
     in the same query (the same snapshot) as the data, which is what guarantees that a key
     shredded before the query is never used. Give each category its own `name` to join several
     onto one query. The join goes onto the statement's leftmost FROM, which must therefore be
@@ -287,7 +291,16 @@ class KeyOpener:
     names it, so a mismatching or malformed value never costs an unwrap). It answers exactly as
     `Keyring.open` with the same arguments would, which is implemented on top of it."""
 
-    __slots__ = ("_aead", "_header", "_keyring", "_prefix", "_wrapped", "category", "subject_id")
+    __slots__ = (
+        "_aead",
+        "_header",
+        "_keyring",
+        "_prefix",
+        "_wrapped",
+        "category",
+        "key_id",
+        "subject_id",
+    )
 
     def __init__(
         self,
@@ -296,6 +309,9 @@ class KeyOpener:
         subject_id: uuid.UUID,
         category: str,
     ) -> None:
+        self.key_id: Final = None if wrapped is None else wrapped.key_id
+        """The id of the key row this opener was built from; None when the query found none.
+        Compare it with a row's `<name>_id` column to tell whether the opener serves that row."""
         self.subject_id: Final = subject_id
         self.category: Final = category
         self._keyring = keyring
@@ -308,13 +324,6 @@ class KeyOpener:
         if wrapped is not None:
             self._header = bytes([FORMAT_VERSION]) + wrapped.key_id.bytes
             self._prefix = keyring._associated_prefix(self._header, subject_id, category)
-
-    @property
-    def key_id(self) -> uuid.UUID | None:
-        """The id of the key row this opener was built from; None when the query found none.
-
-        Compare it with a row's `<name>_id` column to tell whether the opener serves that row."""
-        return None if self._wrapped is None else self._wrapped.key_id
 
     def open(self, record_id: str, ciphertext: bytes) -> bytes | Erased:
         """The plaintext of `ciphertext`, stored in record `record_id` of this opener's subject
