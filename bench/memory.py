@@ -1,14 +1,22 @@
-"""Scenario 5, memory — HOOK, waiting for the identity and consent services.
+"""Scenario 5, memory: the resident memory (RSS, with psutil) of each service process idle and
+under scenario 2's load.
 
-Resident memory (RSS, with psutil) of each running service process idle and under scenario 2's
-load. `resident_mib` is the measurement; `run_memory` will take the PIDs of the service processes
-that `bench.http_load` starts (idle: after start-up and one request each; loaded: the peak of
-samples every 0.5 s during the 30-second load)."""
+The processes are the ones scenario 2 (`bench.http_load`) starts: identity, consent and, for
+scale, the bare FastAPI endpoint. Idle: the median of four samples 0.5 s apart, a few seconds
+after the warm-up (start-up, one account per worker registered and signed in, one grant each).
+Under load: the peak of samples every 0.5 s over all of scenario 2's load phases. When scenario 2
+already ran in this process (`--only http,memory` or the full run), its samples are reported;
+otherwise scenario 2 runs here (its own figures are then not printed)."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from bench.figures import Figure, ScenarioResult
 from bench.stack import Stack
+
+if TYPE_CHECKING:
+    from bench.http_load import HttpConfig, HttpRun
 
 
 def resident_mib(pid: int) -> float:
@@ -22,15 +30,53 @@ def resident_mib(pid: int) -> float:
     return total / 1024 / 1024
 
 
-async def run_memory(stack: Stack) -> ScenarioResult:
-    """HOOK: the rows are reserved in the table until the services exist."""
-    del stack
-    pending = "pending: needs the identity and consent services (with scenario 2)"
+async def run_memory(stack: Stack, config: HttpConfig | None = None) -> ScenarioResult:
+    from bench.http_load import HttpConfig, last_run, measure_http
+
+    run = last_run()
+    if run is None:
+        run = await measure_http(stack, config or HttpConfig())
+    return memory_result(run)
+
+
+def memory_result(run: HttpRun) -> ScenarioResult:
+    labels = {"identity": "identity", "consent": "consent", "bare": "bare FastAPI endpoint"}
+    figures = []
+    for name, label in labels.items():
+        peaks = [p.memory_peak_mib[name] for p in run.phases.values() if name in p.memory_peak_mib]
+        figures.append(
+            Figure(
+                "5 memory",
+                f"{label} RSS, peak under load",
+                max(peaks) if peaks else None,
+                "MiB",
+                run.idle_mib.get(name),
+                "idle",
+            )
+        )
+    per_phase = "; ".join(
+        f"{phase}: "
+        + ", ".join(f"{name} {mib:.0f}" for name, mib in sorted(result.memory_peak_mib.items()))
+        for phase, result in run.phases.items()
+    )
+    setup = [
+        "RSS of each server process (psutil, including any child processes), the processes of "
+        "scenario 2: idle is the median of four samples 0.5 s apart, a few seconds after the "
+        "warm-up; under load is the peak of samples every 0.5 s over every load phase "
+        f"({run.config.clients} clients, {run.config.seconds:.0f} s each).",
+        f"Peak per phase, MiB: {per_phase}. Right after start-up (before any request), MiB: "
+        + ", ".join(f"{name} {mib:.0f}" for name, mib in sorted(run.fresh_mib.items()))
+        + ". The warm-up already ran Argon2id hashes in identity, so its idle figure holds their "
+        "memory if the allocator kept it.",
+        f"Identity runs at most {run.argon2.concurrency} Argon2id hashes at once, each holding "
+        f"{run.argon2.memory_kib // 1024} MiB while it runs.",
+    ]
     return ScenarioResult(
         name="memory",
-        figures=[
-            Figure("5 memory", f"{service} RSS idle / under load", None, "MiB", note=pending)
-            for service in ("identity", "consent")
-        ],
-        setup=[f"Not run yet ({pending}); see `bench/memory.py`."],
+        figures=figures,
+        series={
+            "idle_mib": run.idle_mib,
+            "peak_mib": {phase: r.memory_peak_mib for phase, r in run.phases.items()},
+        },
+        setup=setup,
     )
