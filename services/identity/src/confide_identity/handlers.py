@@ -44,6 +44,7 @@ from confide_identity import domain, store
 from confide_identity.passwords import PasswordHasher, check_password
 from confide_identity.tokens import (
     ServiceSecrets,
+    SigningKey,
     SigningKeys,
     access_token_id,
     b32_secret,
@@ -464,11 +465,14 @@ async def sign_in(
 
     if deps.hasher.needs_rehash(encoded):
         await _rehash(deps, row.account_id, password)
+    # The key first: waiting for it must not hold a pooled connection (at a cold start every
+    # waiting sign-in would hold two and exhaust the pool).
+    key = await deps.signing_keys.current()
     async with deps.engine.begin() as conn:
         await conn.execute(
             delete(store.sign_in_failures).where(store.sign_in_failures.c.throttle_key == email_key)
         )
-        return await _open_session(deps, conn, row.account_id, row.role, auth_time=now)
+        return await _open_session(deps, conn, key, row.account_id, row.role, auth_time=now)
 
 
 async def _rehash(deps: Dependencies, account_id: UUID, password: str) -> None:
@@ -486,7 +490,12 @@ async def _rehash(deps: Dependencies, account_id: UUID, password: str) -> None:
 
 
 async def _open_session(
-    deps: Dependencies, conn: AsyncConnection, account_id: UUID, role: Role, auth_time: datetime
+    deps: Dependencies,
+    conn: AsyncConnection,
+    key: SigningKey,
+    account_id: UUID,
+    role: Role,
+    auth_time: datetime,
 ) -> TokenPair:
     now = deps.clock.now()
     session_id = uuid7()
@@ -499,12 +508,13 @@ async def _open_session(
             expires_at=now + deps.session_ttl,
         )
     )
-    return await _issue(deps, conn, session_id, account_id, role, auth_time)
+    return await _issue(deps, conn, key, session_id, account_id, role, auth_time)
 
 
 async def _issue(
     deps: Dependencies,
     conn: AsyncConnection,
+    key: SigningKey,
     session_id: UUID,
     account_id: UUID,
     role: Role,
@@ -518,7 +528,6 @@ async def _issue(
             issued_at=deps.clock.now(),
         )
     )
-    key = await deps.signing_keys.current()
     access_token = sign_access_token(
         key.private_key,
         key.kid,
@@ -569,6 +578,7 @@ async def refresh_session(deps: Dependencies, refresh_token: str) -> TokenPair:
         raise InvalidRefreshToken()
     if row.revoked_at is not None or row.expires_at <= now or row.status != "active":
         raise InvalidRefreshToken()
+    key = await deps.signing_keys.current()  # before the transaction: see sign_in
     async with deps.engine.begin() as conn:
         spent = await conn.execute(
             update(tokens)
@@ -577,7 +587,9 @@ async def refresh_session(deps: Dependencies, refresh_token: str) -> TokenPair:
         )
         if not spent.rowcount:
             raise InvalidRefreshToken()
-        return await _issue(deps, conn, row.session_id, row.account_id, row.role, row.auth_time)
+        return await _issue(
+            deps, conn, key, row.session_id, row.account_id, row.role, row.auth_time
+        )
 
 
 async def sign_out(deps: Dependencies, caller: Caller) -> None:
