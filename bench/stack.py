@@ -17,7 +17,8 @@ from pathlib import Path
 
 import psycopg
 from aiokafka.admin import AIOKafkaAdminClient
-from confide_toolkit.database import libpq_url
+from confide_toolkit.database import create_scratch_database, libpq_url
+from confide_toolkit.database import drop_database as drop_scratch
 from confide_toolkit.topics import ensure_topics
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -61,16 +62,11 @@ def _read_env_file(path: Path) -> dict[str, str]:
 
 def create_database(stack: Stack, label: str) -> tuple[str, str]:
     """A new empty database; returns (name, URL)."""
-    name = f"bench_{label}_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(libpq_url(stack.postgres_admin_url), autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    base, _, _ = stack.postgres_admin_url.rpartition("/")
-    return name, f"{base}/{name}"
+    return create_scratch_database(stack.postgres_admin_url, f"bench_{label}")
 
 
 def drop_database(stack: Stack, name: str) -> None:
-    with psycopg.connect(libpq_url(stack.postgres_admin_url), autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    drop_scratch(stack.postgres_admin_url, name)
 
 
 @contextlib.contextmanager

@@ -16,9 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-import psycopg
 import pytest
-from confide_toolkit.database import libpq_url
+from confide_toolkit.database import create_scratch_database, drop_database
 from confide_toolkit.testing import Infrastructure
 
 
@@ -51,18 +50,6 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _create_database(admin_url: str, prefix: str) -> str:
-    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(libpq_url(admin_url), autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    return name
-
-
-def _drop_database(admin_url: str, name: str) -> None:
-    with psycopg.connect(libpq_url(admin_url), autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
 ServiceStarter = Callable[..., ServiceProcess]
 
 
@@ -75,9 +62,7 @@ def start_service(
     admin = infrastructure.postgres_admin_url
 
     def start(name: str, extra_env: dict[str, str] | None = None) -> ServiceProcess:
-        database = _create_database(admin, f"it_{name}")
-        base, _, _ = admin.rpartition("/")
-        database_url = f"{base}/{database}"
+        database, database_url = create_scratch_database(admin, f"it_{name}")
         port = _free_port()
         log_path = tmp_path / f"{name}-{port}.log"
         env = {
@@ -114,4 +99,4 @@ def start_service(
     yield start
     for service, database in started:
         service.stop()
-        _drop_database(admin, database)
+        drop_database(admin, database)

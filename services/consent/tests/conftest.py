@@ -10,14 +10,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import psycopg
 import pytest
 from confide_consent.app import create_app
 from confide_consent.handlers import Dependencies
 from confide_consent.settings import ConsentSettings
-from confide_toolkit.database import libpq_url
 from confide_toolkit.service import Service
-from confide_toolkit.testing import Infrastructure, TokenMinter, serving
+from confide_toolkit.testing import Infrastructure, TokenMinter, scratch_database, serving
 from fastapi import FastAPI
 
 NORTHSIDE_CLINIC = uuid.UUID("01950000-0000-7000-8000-000000000001")
@@ -119,12 +117,5 @@ async def consent(
 @pytest.fixture
 def second_database_url(infrastructure: Infrastructure) -> Iterator[str]:
     """Another fresh database: the one a consuming service (say, messaging) owns."""
-    name = f"t_{uuid.uuid4().hex[:16]}"
-    admin = libpq_url(infrastructure.postgres_admin_url)
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"{infrastructure.postgres_admin_url.rpartition('/')[0]}/{name}"
-    finally:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with scratch_database(infrastructure) as url:
+        yield url

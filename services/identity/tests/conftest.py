@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import psycopg
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
@@ -28,10 +27,9 @@ from confide_identity.app import create_app
 from confide_identity.handlers import Dependencies
 from confide_identity.settings import IdentitySettings
 from confide_toolkit.clock import FrozenClock
-from confide_toolkit.database import libpq_url
 from confide_toolkit.ids import uuid7
 from confide_toolkit.relay import idempotent_producer
-from confide_toolkit.testing import Infrastructure, serving
+from confide_toolkit.testing import Infrastructure, scratch_database, serving
 from confide_toolkit.topics import ensure_topics, suite_topics
 
 STRONG_PASSWORD = "violet-harbour-lantern-92"
@@ -129,16 +127,8 @@ async def identity(
 @pytest.fixture
 def other_database_url(infrastructure: Infrastructure) -> Iterator[str]:
     """A second fresh database, for a service other than identity."""
-    name = f"t_{uuid.uuid4().hex[:16]}"
-    admin = libpq_url(infrastructure.postgres_admin_url)
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    base, _, _ = infrastructure.postgres_admin_url.rpartition("/")
-    try:
-        yield f"{base}/{name}"
-    finally:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with scratch_database(infrastructure) as url:
+        yield url
 
 
 # --- Kafka -------------------------------------------------------------------------------------

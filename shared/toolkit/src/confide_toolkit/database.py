@@ -5,6 +5,9 @@ Every service owns exactly one database; the toolkit's tables live in it beside 
 
 from __future__ import annotations
 
+import uuid
+
+import psycopg
 from sqlalchemy import MetaData
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
@@ -33,3 +36,19 @@ def create_engine(url: str, *, pool_size: int = 10, echo: bool = False) -> Async
 def libpq_url(url: str) -> str:
     """The same URL without the SQLAlchemy driver suffix, for psycopg's own connections."""
     return url.replace("postgresql+psycopg://", "postgresql://", 1)
+
+
+def create_scratch_database(admin_url: str, prefix: str = "t") -> tuple[str, str]:
+    """A new empty database named `<prefix>_<random>` on the server of `admin_url` (a role
+    allowed to create databases), for tests and benchmarks; returns (name, URL)."""
+    name = f"{prefix}_{uuid.uuid4().hex[:16]}"
+    with psycopg.connect(libpq_url(admin_url), autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    base, _, _ = admin_url.rpartition("/")
+    return name, f"{base}/{name}"
+
+
+def drop_database(admin_url: str, name: str) -> None:
+    """Drop a database, ending the sessions still connected to it."""
+    with psycopg.connect(libpq_url(admin_url), autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

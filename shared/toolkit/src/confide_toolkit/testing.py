@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 import httpx
-import psycopg
 import pytest
 from asgi_lifespan import LifespanManager
 from confide_events import CLOUDEVENTS_JSON, CONTENT_TYPE_HEADER, encode_envelope, to_envelope
@@ -28,7 +27,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from confide_toolkit.auth import Role, load_signing_keys, public_jwk, sign_access_token
 from confide_toolkit.clock import SystemClock
-from confide_toolkit.database import create_engine, libpq_url, toolkit_metadata
+from confide_toolkit.database import (
+    create_engine,
+    create_scratch_database,
+    drop_database,
+    toolkit_metadata,
+)
 from confide_toolkit.ids import uuid7
 from confide_toolkit.relay import idempotent_producer
 from confide_toolkit.topics import ensure_topics, suite_topics
@@ -85,27 +89,21 @@ def kafka_bootstrap(infrastructure: Infrastructure) -> str:
     return infrastructure.kafka_bootstrap
 
 
-def _create_database(admin_url: str) -> tuple[str, str]:
-    name = f"t_{uuid.uuid4().hex[:16]}"
-    with psycopg.connect(libpq_url(admin_url), autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    base, _, _ = admin_url.rpartition("/")
-    return name, f"{base}/{name}"
-
-
-def _drop_database(admin_url: str, name: str) -> None:
-    with psycopg.connect(libpq_url(admin_url), autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+@contextlib.contextmanager
+def scratch_database(infrastructure: Infrastructure, prefix: str = "t") -> Iterator[str]:
+    """A fresh, empty database, dropped afterwards whatever happens."""
+    name, url = create_scratch_database(infrastructure.postgres_admin_url, prefix)
+    try:
+        yield url
+    finally:
+        drop_database(infrastructure.postgres_admin_url, name)
 
 
 @pytest.fixture
 def database_url(infrastructure: Infrastructure) -> Iterator[str]:
     """A fresh, empty database for one test, dropped afterwards."""
-    name, url = _create_database(infrastructure.postgres_admin_url)
-    try:
+    with scratch_database(infrastructure) as url:
         yield url
-    finally:
-        _drop_database(infrastructure.postgres_admin_url, name)
 
 
 @pytest.fixture
