@@ -11,6 +11,7 @@ from confide_toolkit.event_store import (
     DomainEvent,
     EventStore,
     RecordedEvent,
+    Snapshot,
 )
 from sqlalchemy import Column, Integer, MetaData, Table, select, text
 from sqlalchemy.dialects.postgresql import UUID as PG_UUID
@@ -145,3 +146,78 @@ async def test_read_model_rebuilds_from_the_store(engine: AsyncEngine, store: Ev
         totals = dict((await conn.execute(select(tab_totals.c.tab_id, tab_totals.c.total))).all())
     assert replayed == 6
     assert totals == {tab: i + 1 for i, tab in enumerate(tabs)}
+
+
+async def test_a_refused_append_takes_back_the_events_that_landed_past_the_collision(
+    engine: AsyncEngine, store: EventStore
+) -> None:
+    tab = uuid.uuid4()
+    async with engine.begin() as conn:
+        await store.append(conn, tab, 0, [TabOpened(tab_id=tab), ItemAdded(amount=1)])
+    # Loaded at version 1, appending two events: version 2 collides, version 3 would be new.
+    async with engine.begin() as conn:
+        with pytest.raises(ConcurrencyConflict):
+            await store.append(conn, tab, 1, [ItemAdded(amount=50), ItemAdded(amount=60)])
+        # The transaction is still usable and holds nothing of the refused append.
+        assert [r.version for r in await store.load(conn, tab)] == [1, 2]
+    async with engine.connect() as conn:
+        assert [r.event for r in await store.load(conn, tab)] == [
+            TabOpened(tab_id=tab),
+            ItemAdded(amount=1),
+        ]
+        total = await conn.scalar(select(tab_totals.c.total).where(tab_totals.c.tab_id == tab))
+    assert total == 1
+
+
+SNAPSHOT_SCHEMA = 1
+
+
+async def test_a_stream_loads_from_its_snapshot_and_the_events_after_it(
+    engine: AsyncEngine, store: EventStore
+) -> None:
+    tab = uuid.uuid4()
+    async with engine.begin() as conn:
+        await store.append(conn, tab, 0, [TabOpened(tab_id=tab), ItemAdded(amount=2)])
+        await store.save_snapshot(
+            conn, tab, Snapshot(2, {"total": 2}), schema_version=SNAPSHOT_SCHEMA
+        )
+        await store.append(conn, tab, 2, [ItemAdded(amount=5)])
+    async with engine.connect() as conn:
+        loaded = await store.load_stream(conn, tab, snapshot_schema=SNAPSHOT_SCHEMA)
+    assert loaded.snapshot == Snapshot(2, {"total": 2})
+    assert [r.event for r in loaded.events] == [ItemAdded(amount=5)]
+    assert (loaded.version, loaded.since_snapshot) == (3, 1)
+
+
+async def test_a_snapshot_of_another_schema_is_ignored_and_the_whole_stream_replays(
+    engine: AsyncEngine, store: EventStore
+) -> None:
+    tab = uuid.uuid4()
+    async with engine.begin() as conn:
+        await store.append(conn, tab, 0, [TabOpened(tab_id=tab), ItemAdded(amount=2)])
+        await store.save_snapshot(conn, tab, Snapshot(2, {"old": "shape"}), schema_version=1)
+    async with engine.connect() as conn:
+        loaded = await store.load_stream(conn, tab, snapshot_schema=2)
+    assert loaded.snapshot is None
+    assert [r.version for r in loaded.events] == [1, 2]
+    assert (loaded.version, loaded.since_snapshot) == (2, 2)
+
+
+async def test_an_older_snapshot_never_replaces_a_newer_one(
+    engine: AsyncEngine, store: EventStore
+) -> None:
+    tab = uuid.uuid4()
+    async with engine.begin() as conn:
+        await store.append(conn, tab, 0, [TabOpened(tab_id=tab), ItemAdded(amount=2)])
+        await store.save_snapshot(conn, tab, Snapshot(2, {"total": 2}), schema_version=1)
+        await store.save_snapshot(conn, tab, Snapshot(1, {"total": 0}), schema_version=1)
+    async with engine.connect() as conn:
+        loaded = await store.load_stream(conn, tab, snapshot_schema=1)
+    assert loaded.snapshot == Snapshot(2, {"total": 2})
+    assert loaded.events == []
+
+
+async def test_an_unknown_stream_loads_empty(engine: AsyncEngine, store: EventStore) -> None:
+    async with engine.connect() as conn:
+        loaded = await store.load_stream(conn, uuid.uuid4(), snapshot_schema=SNAPSHOT_SCHEMA)
+    assert (loaded.snapshot, loaded.events, loaded.version) == (None, [], 0)

@@ -11,14 +11,15 @@ after the account closed are refused before anything is recorded.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 from uuid import UUID
 
 from confide_events.consent import CollectionMethod, RevocationReason
 from confide_events.vocabulary import DataCategory
 from confide_toolkit.event_store import DomainEvent
+from pydantic import TypeAdapter
 
 from confide_consent.purposes import NEVER_ALLOWED, PURPOSES, Purpose
 
@@ -268,24 +269,62 @@ def resolve_purpose(code: str) -> Purpose:
     return purpose
 
 
+@dataclass(frozen=True)
+class LedgerState:
+    """What a snapshot of a ledger keeps: everything its commands decide on."""
+
+    consents: list[Consent]
+    receipt_ids: dict[UUID, UUID]
+    closed_at: datetime | None
+
+
+_LEDGER_STATE = TypeAdapter(LedgerState)
+
+
 @dataclass
 class ConsentLedger:
     """A person's consents. Commands check the invariants, then record and apply new events;
-    `pending` holds what is to be appended after `version`."""
+    `pending` holds what is to be appended after `version`. `snapshot_version` is the version
+    of the snapshot the ledger was restored from (0 when replayed from the first event).
+
+    The ledger remembers which receipt each consent got, not the signed receipt itself: no
+    command needs the JWS again (reads come from the `consents` projection), and leaving it
+    out keeps snapshots small."""
 
     subject_id: UUID
     version: int = 0
     consents: dict[UUID, Consent] = field(default_factory=dict)
+    receipt_ids: dict[UUID, UUID] = field(default_factory=dict)
     closed_at: datetime | None = None
     pending: list[DomainEvent] = field(default_factory=list)
+    snapshot_version: int = 0
 
     @classmethod
-    def replay(cls, subject_id: UUID, events: Iterable[DomainEvent], version: int) -> ConsentLedger:
-        """The ledger as its recorded events left it, at stream `version`."""
+    def replay(
+        cls,
+        subject_id: UUID,
+        events: Iterable[DomainEvent],
+        version: int,
+        *,
+        snapshot: tuple[int, dict[str, Any]] | None = None,
+    ) -> ConsentLedger:
+        """The ledger as its recorded events left it, at stream `version`: from its first
+        event, or from `snapshot` (version, state) and the events recorded after it."""
         ledger = cls(subject_id, version)
+        if snapshot is not None:
+            ledger.snapshot_version, state = snapshot[0], _LEDGER_STATE.validate_python(snapshot[1])
+            ledger.consents = {consent.consent_id: consent for consent in state.consents}
+            ledger.receipt_ids = dict(state.receipt_ids)
+            ledger.closed_at = state.closed_at
         for event in events:
             ledger._apply(event)
         return ledger
+
+    def snapshot_state(self) -> dict[str, Any]:
+        """The ledger's state as JSON, to be saved as the snapshot at `version`."""
+        state = LedgerState(list(self.consents.values()), self.receipt_ids, self.closed_at)
+        dumped: dict[str, Any] = _LEDGER_STATE.dump_python(state, mode="json")
+        return dumped
 
     # -- commands ---------------------------------------------------------------------------
 
@@ -340,10 +379,11 @@ class ConsentLedger:
         )
         return self.consents[consent_id]
 
-    def issue_receipt(self, consent_id: UUID, receipt: Receipt) -> None:
-        """Attach the signed receipt of a grant (once: a receipt is never replaced)."""
+    def issue_receipt(self, consent_id: UUID, receipt: Receipt) -> Consent:
+        """Record the signed receipt of a grant (once: a receipt is never replaced); returns
+        the consent with its receipt, as the grant answers it."""
         consent = self.consent(consent_id)
-        if consent.receipt is not None:
+        if consent_id in self.receipt_ids:
             raise ValueError(f"consent {consent_id} already has a receipt")
         self._record(
             ReceiptIssued(
@@ -354,6 +394,7 @@ class ConsentLedger:
                 issued_at=receipt.issued_at,
             )
         )
+        return replace(consent, receipt=receipt)
 
     def revoke(self, consent_id: UUID, now: datetime) -> bool:
         """The person withdraws a consent, effective `now`. False (and nothing recorded) when
@@ -412,9 +453,7 @@ class ConsentLedger:
                 granted_at=event.granted_at,
             )
         elif isinstance(event, ReceiptIssued):
-            self.consents[event.consent_id].receipt = Receipt(
-                event.receipt_id, event.kid, event.jws, event.issued_at
-            )
+            self.receipt_ids[event.consent_id] = event.receipt_id
         elif isinstance(event, ConsentRevoked):
             consent = self.consents[event.consent_id]
             consent.revoked_at, consent.revoke_reason = event.revoked_at, event.reason

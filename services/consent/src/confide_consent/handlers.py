@@ -141,12 +141,12 @@ async def grant_consent(deps: Dependencies, command: GrantConsent) -> Consent:
         jws = sign_receipt(
             receipt_claims(consent, receipt_id, recipient, deps.issuer), key.private_key, key.kid
         )
-        ledger.issue_receipt(
+        receipted = ledger.issue_receipt(
             consent.consent_id, Receipt(receipt_id, key.kid, jws, consent.granted_at)
         )
         await deps.ledgers.save(conn, ledger)
         await deps.outbox.put(conn, _granted(consent))
-        return consent
+        return receipted
 
     return await _in_transaction(deps, work)
 

@@ -2,6 +2,13 @@
 concurrency on the stream version; read models are projections applied in the same transaction
 and can be rebuilt from the store at any time.
 
+Snapshots bound the cost of loading a long stream: an aggregate may save its state at a version
+and later load that state plus only the events recorded after it. A snapshot is a cache of what
+the events say, never a second truth: deleting every snapshot changes no answer, and a snapshot
+whose `schema_version` is not the one the aggregate asks for is ignored (so changing the shape
+of an aggregate's state needs no migration of old snapshots). Like domain events, snapshots hold
+ciphertext at most, never plaintext personal data.
+
 Domain events are a service's private facts (they may hold ciphertext, never plaintext personal
 data); integration events are what crosses the boundary, through the outbox."""
 
@@ -23,12 +30,12 @@ from sqlalchemy import (
     String,
     Table,
     UniqueConstraint,
-    insert,
+    delete,
     select,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.dialects.postgresql import UUID as PG_UUID
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from confide_toolkit.clock import Clock
@@ -48,6 +55,17 @@ stored_events = Table(
     Column("recorded_at", DateTime(timezone=True), nullable=False),
     UniqueConstraint("stream_id", "version", name="uq_stored_events_stream_version"),
 )
+
+stream_snapshots = Table(
+    "stream_snapshots",
+    toolkit_metadata,
+    Column("stream_id", PG_UUID(as_uuid=True), primary_key=True),
+    Column("version", Integer, nullable=False),
+    Column("schema_version", Integer, nullable=False),
+    Column("state", JSONB, nullable=False),
+    Column("taken_at", DateTime(timezone=True), nullable=False),
+)
+"""The newest snapshot of each stream that has one (see the module's docstring)."""
 
 
 class DomainEvent(BaseModel):
@@ -78,13 +96,43 @@ class RecordedEvent:
     event: DomainEvent
 
 
+@dataclass(frozen=True)
+class Snapshot:
+    """An aggregate's state as its events left it at stream `version` (JSON-ready)."""
+
+    version: int
+    state: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class LoadedStream:
+    """A stream as `EventStore.load_stream` reads it: the usable snapshot, if any, and the
+    events recorded after it (every event when there is no snapshot)."""
+
+    snapshot: Snapshot | None
+    events: list[RecordedEvent]
+
+    @property
+    def version(self) -> int:
+        """The stream's version: what the next append must name as `expected_version`."""
+        if self.events:
+            return self.events[-1].version
+        return self.snapshot.version if self.snapshot else 0
+
+    @property
+    def since_snapshot(self) -> int:
+        """How many events a load replays on top of the snapshot: when an aggregate sees this
+        grow past its threshold, it saves a new snapshot."""
+        return self.version - (self.snapshot.version if self.snapshot else 0)
+
+
 Projection = Callable[[AsyncConnection, RecordedEvent], Awaitable[None]]
 """A read model's update for one event; it runs in the transaction of the append."""
 
 
 class EventStore:
-    """The operations the store needs, and no more: append, load a stream, read all from a
-    position (for rebuilding projections)."""
+    """The operations the store needs, and no more: append, load a stream (whole, or from its
+    snapshot), keep a snapshot, read all from a position (for rebuilding projections)."""
 
     def __init__(
         self,
@@ -106,8 +154,9 @@ class EventStore:
         """Append events after `expected_version` (0 for a new stream) and apply every
         projection to them, all in the caller's transaction.
 
-        Raises ConcurrencyConflict when the stream moved on; the transaction is then unusable
-        for further writes and should be rolled back by the caller."""
+        Raises ConcurrencyConflict when the stream moved on, having written nothing; the caller
+        reloads and decides again. `expected_version` is the version the stream was loaded at
+        (`LoadedStream.version`), never a number made up by the caller."""
         if not events:
             return []
         now = self._clock.now()
@@ -128,21 +177,25 @@ class EventStore:
             }
             for event, version, event_id in zip(events, versions, event_ids, strict=True)
         ]
-        if expected_version > 0:
-            current = await self.current_version(conn, stream_id)
-            if current != expected_version:
-                raise ConcurrencyConflict(stream_id, expected_version)
-        try:
-            # A savepoint keeps the caller's transaction usable for reporting the conflict.
-            async with conn.begin_nested():
-                result = await conn.execute(
-                    insert(stored_events).returning(stored_events.c.position), rows
+        # One round trip: a stale `expected_version` collides with a version already recorded
+        # and inserts nothing for that row (whoever appended first wins, even concurrently:
+        # the unique index makes the later writer wait for the earlier one's commit).
+        result = await conn.execute(
+            pg_insert(stored_events)
+            .on_conflict_do_nothing(constraint="uq_stored_events_stream_version")
+            .returning(stored_events.c.position, stored_events.c.event_id),
+            rows,
+        )
+        position_of = {row.event_id: row.position for row in result}
+        if len(position_of) != len(rows):
+            # Later events of the batch may have landed past the collision: take them back, so
+            # the stream is as it was even if the caller goes on with the transaction.
+            if position_of:
+                await conn.execute(
+                    delete(stored_events).where(stored_events.c.event_id.in_(list(position_of)))
                 )
-                positions = [row.position for row in result]
-        except IntegrityError as error:
-            if "uq_stored_events_stream_version" in str(error.orig):
-                raise ConcurrencyConflict(stream_id, expected_version) from None
-            raise
+            raise ConcurrencyConflict(stream_id, expected_version)
+        positions = [position_of[event_id] for event_id in event_ids]
         recorded = [
             RecordedEvent(
                 position=position,
@@ -178,6 +231,59 @@ class EventStore:
             .order_by(stored_events.c.version)
         )
         return [self._recorded(row._mapping) for row in result]
+
+    async def load_stream(
+        self, conn: AsyncConnection, stream_id: UUID, *, snapshot_schema: int
+    ) -> LoadedStream:
+        """The stream's newest snapshot of `snapshot_schema` (if any) and the events after it:
+        two short queries however long the stream has grown."""
+        snapshot_row = (
+            await conn.execute(
+                select(stream_snapshots.c.version, stream_snapshots.c.state).where(
+                    stream_snapshots.c.stream_id == stream_id,
+                    stream_snapshots.c.schema_version == snapshot_schema,
+                )
+            )
+        ).first()
+        snapshot = (
+            Snapshot(snapshot_row.version, snapshot_row.state) if snapshot_row is not None else None
+        )
+        result = await conn.execute(
+            select(stored_events)
+            .where(
+                stored_events.c.stream_id == stream_id,
+                stored_events.c.version > (snapshot.version if snapshot else 0),
+            )
+            .order_by(stored_events.c.version)
+        )
+        return LoadedStream(snapshot, [self._recorded(row._mapping) for row in result])
+
+    async def save_snapshot(
+        self, conn: AsyncConnection, stream_id: UUID, snapshot: Snapshot, *, schema_version: int
+    ) -> None:
+        """Keep `snapshot` as the stream's newest, in the caller's transaction (an older one
+        never replaces a newer one of the same schema)."""
+        statement = pg_insert(stream_snapshots).values(
+            stream_id=stream_id,
+            version=snapshot.version,
+            schema_version=schema_version,
+            state=snapshot.state,
+            taken_at=self._clock.now(),
+        )
+        excluded = statement.excluded
+        await conn.execute(
+            statement.on_conflict_do_update(
+                index_elements=[stream_snapshots.c.stream_id],
+                set_={
+                    "version": excluded.version,
+                    "schema_version": excluded.schema_version,
+                    "state": excluded.state,
+                    "taken_at": excluded.taken_at,
+                },
+                where=(stream_snapshots.c.schema_version != excluded.schema_version)
+                | (stream_snapshots.c.version < excluded.version),
+            )
+        )
 
     async def read_all(
         self, conn: AsyncConnection, after_position: int = 0, limit: int = 1000

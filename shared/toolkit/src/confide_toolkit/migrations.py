@@ -7,9 +7,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from alembic import command, context
+import sqlalchemy as sa
+from alembic import command, context, op
 from alembic.config import Config
 from sqlalchemy import MetaData, create_engine, text
+from sqlalchemy.dialects import postgresql
 
 # Every service runs on these, so their tables are always in `toolkit_metadata` when a
 # service's migrations run; a module's tables exist only once it is imported.
@@ -63,6 +65,29 @@ def make_revision(database_url: str, script_location: Path, message: str) -> Non
     command.revision(
         alembic_config(database_url, script_location), message=message, autogenerate=True
     )
+
+
+# --- the toolkit's schema changes -----------------------------------------------------------
+# Each service's first revision created the toolkit's tables as they were then. A later change
+# to them is a function here that one new revision of every service calls, so the DDL is
+# written once; a released function is never edited (a further change is a new function).
+
+
+def create_stream_snapshots() -> None:
+    """2026-11: the event store's snapshots (`event_store.stream_snapshots`)."""
+    op.create_table(
+        "stream_snapshots",
+        sa.Column("stream_id", sa.UUID(), nullable=False),
+        sa.Column("version", sa.Integer(), nullable=False),
+        sa.Column("schema_version", sa.Integer(), nullable=False),
+        sa.Column("state", postgresql.JSONB(astext_type=sa.Text()), nullable=False),
+        sa.Column("taken_at", sa.DateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("stream_id", name=op.f("pk_stream_snapshots")),
+    )
+
+
+def drop_stream_snapshots() -> None:
+    op.drop_table("stream_snapshots")
 
 
 if __name__ == "__main__":
