@@ -197,6 +197,36 @@ async def test_relay_wakes_on_commit_without_waiting_for_the_poll(
     assert len(records) == 1
 
 
+async def test_many_events_put_at_once_publish_in_their_order_and_only_if_committed(
+    engine: AsyncEngine, database_url: str, kafka_bootstrap: str, new_topic: TopicFactory
+) -> None:
+    topic = await new_topic()
+    box = Outbox("identity", SystemClock(), topic=topic)
+    subject = uuid.uuid4()
+    events = [
+        registered(subject),
+        AccountClosed(subject_id=subject, closed_at=datetime.now(UTC)),
+        registered(subject),
+    ]
+    with pytest.raises(RuntimeError):
+        async with engine.begin() as conn:
+            await box.put_many(conn, [registered(subject)])
+            raise RuntimeError("the state change failed")
+    assert await outbox_size(engine) == 0
+    # Only the trigger's NOTIFY can wake the relay in time (the poll is 600 s away).
+    relay = OutboxRelay(database_url, kafka_bootstrap, poll_interval=600)
+    async with running(relay):
+        await wait_until(lambda: _is_active(relay))
+        await asyncio.sleep(0.2)
+        async with engine.begin() as conn:
+            envelopes = await box.put_many(conn, events, correlation_id=str(subject))
+        records = await read_topic(kafka_bootstrap, topic, expected=3, timeout=30)
+    published = [decode_envelope(r.value) for r in sorted(records, key=lambda r: r.offset)]
+    assert [e.id for e in published] == [e.id for e in envelopes]
+    assert [e.type for e in published] == [type(e).event_type for e in events]
+    assert {e.correlationid for e in published} == {str(subject)}
+
+
 async def _is_active(relay: OutboxRelay) -> bool:
     return relay.is_active
 

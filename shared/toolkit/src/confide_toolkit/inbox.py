@@ -51,6 +51,9 @@ inbox = Table(
     Column("handled_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
 )
 
+# Compiled once; many rows go out as one multi-row INSERT (SQLAlchemy's insertmanyvalues).
+_CLAIM = insert(inbox).on_conflict_do_nothing().returning(inbox.c.event_id)
+
 
 class Outcome(enum.Enum):
     APPLIED = "applied"
@@ -209,22 +212,18 @@ class InboxConsumer:
         claimed: set[Any] = set()
         if wanted:
             result = await conn.execute(
-                insert(inbox)
-                .values(
-                    [
-                        {
-                            "consumer": self.name,
-                            "event_id": envelope.id,
-                            "event_type": envelope.type,
-                            "topic": record.topic,
-                            "partition": record.partition,
-                            "offset": record.offset,
-                        }
-                        for record, envelope, _ in wanted
-                    ]
-                )
-                .on_conflict_do_nothing()
-                .returning(inbox.c.event_id)
+                _CLAIM,
+                [
+                    {
+                        "consumer": self.name,
+                        "event_id": envelope.id,
+                        "event_type": envelope.type,
+                        "topic": record.topic,
+                        "partition": record.partition,
+                        "offset": record.offset,
+                    }
+                    for record, envelope, _ in wanted
+                ],
             )
             claimed = set(result.scalars())
         outcomes: list[Outcome] = []

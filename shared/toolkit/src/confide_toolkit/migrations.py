@@ -90,6 +90,20 @@ def drop_stream_snapshots() -> None:
     op.drop_table("stream_snapshots")
 
 
+def create_outbox_notify_trigger() -> None:
+    """2026-11: the outbox wakes the relay with a statement-level trigger, so that an event
+    costs one plain INSERT (before, each insert rode in a CTE of `SELECT pg_notify(...)`).
+    The DDL is `outbox.NOTIFY_FUNCTION` and `outbox.NOTIFY_TRIGGER`, which `create_all` also
+    runs; like this function, they are never edited once released."""
+    op.execute(outbox.NOTIFY_FUNCTION)
+    op.execute(outbox.NOTIFY_TRIGGER)
+
+
+def drop_outbox_notify_trigger() -> None:
+    op.execute("DROP TRIGGER outbox_notify ON outbox")
+    op.execute("DROP FUNCTION confide_outbox_notify()")
+
+
 if __name__ == "__main__":
     import argparse
 

@@ -4,10 +4,15 @@ as the state change that caused it, so either both happen or neither does. The r
 
 Each row holds the exact bytes that go on the wire (the CloudEvents envelope) with the
 W3C trace context captured when the row was written, so the consumer's span continues the
-request's trace even though the publish happens later, in another task."""
+request's trace even though the publish happens later, in another task.
+
+The relay is woken by the database itself: a statement-level trigger on `outbox` sends a
+NOTIFY, which PostgreSQL delivers when (and only if) the transaction commits. Whoever inserts
+outbox rows wakes the relay, and writing events costs one plain INSERT."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -21,6 +26,7 @@ from confide_events import (
 )
 from confide_events.topics import TOPIC_BY_PRODUCER
 from sqlalchemy import (
+    DDL,
     BigInteger,
     Column,
     DateTime,
@@ -28,8 +34,7 @@ from sqlalchemy import (
     LargeBinary,
     String,
     Table,
-    func,
-    select,
+    event,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.dialects.postgresql import UUID as PG_UUID
@@ -54,6 +59,30 @@ outbox = Table(
     Column("headers", JSONB, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
 )
+
+NOTIFY_FUNCTION = f"""CREATE OR REPLACE FUNCTION confide_outbox_notify() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('{OUTBOX_CHANNEL}', '');
+    RETURN NULL;
+END
+$$"""
+NOTIFY_TRIGGER = """CREATE TRIGGER outbox_notify AFTER INSERT ON outbox
+FOR EACH STATEMENT EXECUTE FUNCTION confide_outbox_notify()"""
+"""The relay's wake-up: one NOTIFY per INSERT statement into `outbox`, delivered at commit.
+Services' migrations create it (`migrations.create_outbox_notify_trigger`); `create_all`
+(tests) creates it with the table."""
+
+# SQLAlchemy's DDL() is not annotated.
+event.listen(outbox, "after_create", DDL(NOTIFY_FUNCTION))  # type: ignore[no-untyped-call]
+event.listen(outbox, "after_create", DDL(NOTIFY_TRIGGER))  # type: ignore[no-untyped-call]
+event.listen(
+    outbox,
+    "after_drop",
+    DDL("DROP FUNCTION IF EXISTS confide_outbox_notify()"),  # type: ignore[no-untyped-call]
+)
+
+_INSERT = outbox.insert()
 
 
 class Outbox:
@@ -80,14 +109,41 @@ class Outbox:
     ) -> Envelope:
         """Add one event to the outbox in the caller's transaction and return its envelope.
 
-        The relay is notified when (and only if) the transaction commits: PostgreSQL delivers
-        NOTIFY at commit time."""
+        The relay is notified when (and only if) the transaction commits."""
+        envelope, row = self._row(event, correlation_id, causation_id, time)
+        await conn.execute(_INSERT, row)
+        return envelope
+
+    async def put_many(
+        self,
+        conn: AsyncConnection,
+        events: Sequence[IntegrationEvent],
+        *,
+        correlation_id: str | None = None,
+        causation_id: str | None = None,
+    ) -> list[Envelope]:
+        """Add several events in one INSERT (in this order), in the caller's transaction: for
+        a command or a consumed event that causes many events at once."""
+        if not events:
+            return []
+        written = [self._row(event, correlation_id, causation_id, None) for event in events]
+        await conn.execute(_INSERT, [row for _, row in written])
+        return [envelope for envelope, _ in written]
+
+    def _row(
+        self,
+        event: IntegrationEvent,
+        correlation_id: str | None,
+        causation_id: str | None,
+        time: datetime | None,
+    ) -> tuple[Envelope, dict[str, Any]]:
         event_id = uuid7()
         traceparent = current_traceparent()
+        now = self._clock.now()
         envelope = to_envelope(
             event,
             event_id=event_id,
-            time=time or self._clock.now(),
+            time=time or now,
             correlation_id=correlation_id or str(event_id),
             causation_id=causation_id,
             traceparent=traceparent,
@@ -95,17 +151,15 @@ class Outbox:
         headers: list[list[str]] = [[CONTENT_TYPE_HEADER, CLOUDEVENTS_JSON]]
         if traceparent:
             headers.append(["traceparent", traceparent])
-        row = outbox.insert().values(
-            event_id=event_id,
-            topic=self._topic,
-            partition_key=envelope.subject,
-            value=encode_envelope(envelope),
-            headers=headers,
-            created_at=self._clock.now(),
-        )
-        # One round trip: the insert rides as a data-modifying CTE of the NOTIFY.
-        await conn.execute(select(func.pg_notify(OUTBOX_CHANNEL, "")).add_cte(row.cte("row")))
-        return envelope
+        row = {
+            "event_id": event_id,
+            "topic": self._topic,
+            "partition_key": envelope.subject,
+            "value": encode_envelope(envelope),
+            "headers": headers,
+            "created_at": now,
+        }
+        return envelope, row
 
 
 def kafka_headers(stored: Any) -> list[tuple[str, bytes]]:
