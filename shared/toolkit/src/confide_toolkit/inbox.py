@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaProducer, TopicPartition
 from confide_events import (
     Envelope,
     IntegrationEvent,
@@ -50,6 +50,15 @@ inbox = Table(
     Column("offset", BigInteger, nullable=False),
     Column("handled_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
 )
+
+BATCH_MAX_RECORDS = 500
+"""Records a batch subscriber hands to `InboxConsumer.consume_batch` at most (one poll)."""
+BATCH_TIMEOUT_MS = 5
+"""How long a batch subscriber's poll waits for records. A poll returns as soon as records
+arrive, but after an empty one FastStream sleeps this long again before the next poll, so an
+event arriving then waits up to this much: short keeps an idle service's latency low (25 ms
+gave a light load a p50 of 20-30 ms instead of about 10 ms), at the price of ~100 idle polls
+per second and subscriber."""
 
 # Compiled once; many rows go out as one multi-row INSERT (SQLAlchemy's insertmanyvalues).
 _CLAIM = insert(inbox).on_conflict_do_nothing().returning(inbox.c.event_id)
@@ -299,13 +308,56 @@ def kafka_record_handler(consumer: InboxConsumer) -> Callable[[KafkaMessage], Aw
     return on_record
 
 
-def kafka_batch_handler(consumer: InboxConsumer) -> Callable[[KafkaMessage], Awaitable[None]]:
+class DeferredOffsetCommits:
+    """Commits the Kafka offsets of applied records in the background, at most `interval`
+    after they were applied, instead of waiting for a commit after every batch.
+
+    An offset commit takes several milliseconds (Kafka 4.1's group coordinator lingers 5 ms
+    before appending it); awaiting one per batch kept a consumer busy ~9 ms per event at a
+    light load of 100 events/s, so events queued behind each other. Deferring it is safe
+    because only offsets of records whose effect already committed are ever committed: a
+    crash, a rebalance or a shutdown inside the interval redelivers a few applied records,
+    which the inbox absorbs (DUPLICATE)."""
+
+    def __init__(self, interval: float = 0.05) -> None:
+        self._interval = interval
+        self._pending: dict[TopicPartition, int] = {}
+        self._flush: asyncio.Task[None] | None = None
+
+    def applied(self, kafka_consumer: Any, records: Sequence[Any]) -> None:
+        """Note that `records` are applied; their offsets go out with the next flush."""
+        for record in records:
+            partition = TopicPartition(record.topic, record.partition)
+            self._pending[partition] = max(self._pending.get(partition, 0), record.offset + 1)
+        if self._flush is None or self._flush.done():
+            self._flush = asyncio.create_task(self._flush_later(kafka_consumer))
+
+    async def _flush_later(self, kafka_consumer: Any) -> None:
+        # Records applied while a commit is on its way go out with the next round, so that an
+        # idle partition does not keep its last offsets uncommitted.
+        while self._pending:
+            await asyncio.sleep(self._interval)
+            offsets, self._pending = self._pending, {}
+            try:
+                await kafka_consumer.commit(offsets)
+            except Exception as error:  # the broker client raises its own error classes
+                # After a rebalance a partition may be another member's: it redelivers from
+                # its last committed offset, and the inbox makes that harmless.
+                logger.info("offset commit skipped", extra={"error": type(error).__name__})
+
+
+def kafka_batch_handler(
+    consumer: InboxConsumer, offsets: DeferredOffsetCommits | None = None
+) -> Callable[[KafkaMessage], Awaitable[None]]:
     """A FastStream batch subscriber body (`batch=True`, `AckPolicy.MANUAL`): the poll's
-    records in one transaction, then one offset commit for them all."""
+    records in one transaction, then their offsets committed in the background
+    (`DeferredOffsetCommits`), never before their effect is durable."""
+    commits = offsets or DeferredOffsetCommits()
 
     async def on_batch(message: KafkaMessage) -> None:
-        await consumer.consume_batch(list(message.raw_message))
-        await message.ack()
+        records = list(message.raw_message)
+        await consumer.consume_batch(records)
+        commits.applied(message.consumer, records)
 
     return on_batch
 

@@ -30,6 +30,8 @@ from confide_toolkit.auth import Caller, TokenVerifier, caller_dependency, recor
 from confide_toolkit.clock import Clock, SystemClock
 from confide_toolkit.database import create_engine
 from confide_toolkit.inbox import (
+    BATCH_MAX_RECORDS,
+    BATCH_TIMEOUT_MS,
     EventContext,
     EventHandler,
     InboxConsumer,
@@ -150,10 +152,10 @@ class Service:
                 auto_offset_reset="earliest",
                 ack_policy=AckPolicy.MANUAL,
                 decoder=raw_body,
-                # A poll's records in one transaction; an idle poll waits at most ~2x this.
+                # A poll's records in one transaction.
                 batch=True,
-                max_records=500,
-                batch_timeout_ms=25,
+                max_records=BATCH_MAX_RECORDS,
+                batch_timeout_ms=BATCH_TIMEOUT_MS,
                 title=f"{topic}:{self.name}",
                 description=f"Consumed idempotently by {self.name}: {names}",
             )(kafka_batch_handler(consumer))
