@@ -11,18 +11,23 @@ import asyncio
 import contextlib
 import os
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Any, cast
 
 import httpx
 import pytest
+import sqlalchemy
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
 from asgi_lifespan import LifespanManager
 from confide_events import CLOUDEVENTS_JSON, CONTENT_TYPE_HEADER, encode_envelope, to_envelope
 from confide_events.identity import PublicSigningKey, SigningKeyPublished
 from confide_events.topics import IDENTITY_EVENTS
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fastapi import FastAPI
+from sqlalchemy import MetaData
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from confide_toolkit.auth import Role, load_signing_keys, public_jwk, sign_access_token
@@ -218,3 +223,39 @@ async def token_minter(kafka_bootstrap: str) -> TokenMinter:
     minter = TokenMinter(kafka_bootstrap)
     await minter.publish_key()
     return minter
+
+
+def migration_drift(
+    database_url: str, metadatas: Sequence[MetaData], *, leave_out: Collection[str] = ()
+) -> list[Any]:
+    """What Alembic's autogenerate finds different between a database and the tables of
+    `metadatas` (columns, types, nullability, keys, indexes): empty when a service's migrations
+    create exactly its models. Tables named in `leave_out` are not expected in the database:
+    an optional toolkit read model (`consent_view`) is in `toolkit_metadata` as soon as its
+    module is imported, whether or not the service uses it. Triggers are not compared."""
+
+    def not_left_out(
+        item: Any, name: str | None, type_: str, reflected: bool, compare_to: Any
+    ) -> bool:
+        return reflected or type_ != "table" or name not in leave_out
+
+    def not_alembic_version(name: str | None, type_: str, parent_names: Any) -> bool:
+        return type_ != "table" or name != "alembic_version"
+
+    engine = sqlalchemy.create_engine(database_url)
+    try:
+        with engine.connect() as connection:
+            context = MigrationContext.configure(
+                connection,
+                opts={
+                    "compare_type": True,
+                    "include_object": not_left_out,
+                    "include_name": not_alembic_version,
+                },
+            )
+            # Alembic accepts a sequence of MetaData here at run time (as env.py's
+            # target_metadata), though compare_metadata is annotated with one.
+            drift: list[Any] = compare_metadata(context, cast(MetaData, list(metadatas)))
+            return drift
+    finally:
+        engine.dispose()
