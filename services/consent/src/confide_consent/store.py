@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -319,6 +320,12 @@ class SigningKey:
     private_key: Ed25519PrivateKey
 
 
+CURRENT_KEY_TTL: Final = 60.0
+"""Seconds a replica keeps signing with the key it last read as current before reading again:
+after a rotation, receipts may carry the previous key that long, which stays verifiable (every
+key ever used is served at GET /v1/receipt-keys); it saves a query on every grant."""
+
+
 class ReceiptKeys:
     """The service's receipt signing keys: created on first use, sealed at rest, and the
     unsealed private key cached per process (it never changes for a kid)."""
@@ -327,9 +334,12 @@ class ReceiptKeys:
         self._keyring = keyring
         self._clock = clock
         self._unsealed: dict[str, Ed25519PrivateKey] = {}
+        self._current: tuple[SigningKey, float] | None = None
 
     async def current(self, conn: AsyncConnection) -> SigningKey:
         """The key new receipts are signed with, creating it if there is none yet."""
+        if self._current is not None and time.monotonic() < self._current[1]:
+            return self._current[0]
         row = await self._current_row(conn)
         if row is None:
             # Replicas starting together must not each create a key: serialise creation.
@@ -338,7 +348,13 @@ class ReceiptKeys:
             )
             row = await self._current_row(conn)
         if row is None:
+            # Not remembered: the key exists only once this transaction commits.
             return await self._create(conn)
+        key = await self._unseal(conn, row)
+        self._current = (key, time.monotonic() + CURRENT_KEY_TTL)
+        return key
+
+    async def _unseal(self, conn: AsyncConnection, row: Any) -> SigningKey:
         private_key = self._unsealed.get(row.kid)
         if private_key is None:
             plaintext = await self._keyring.decrypt(
