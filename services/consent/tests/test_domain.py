@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from unittest import mock
 
 import pytest
 from confide_consent.domain import (
@@ -17,6 +18,7 @@ from confide_consent.domain import (
     PolicyHashMismatch,
     PurposeNeverAllowed,
     PurposeTakesNoRecipient,
+    Receipt,
     Recipient,
     RecipientNotApplicable,
     RecipientNotRegisteredForPurpose,
@@ -31,6 +33,7 @@ from confide_consent.domain import (
 from confide_consent.purposes import PURPOSES, RESEARCH, SHARE_WITH_PROVIDER
 
 T0 = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
+ANY_RECEIPT = mock.ANY
 CLINIC = Recipient(
     uuid.uuid4(), "Northside Clinic", "healthcare_provider", ("share_with_provider",)
 )
@@ -179,6 +182,35 @@ def test_replaying_the_events_rebuilds_the_same_ledger(ledger: ConsentLedger) ->
     replayed = ConsentLedger.replay(ledger.subject_id, ledger.pending, len(ledger.pending))
 
     assert replayed.consents == ledger.consents
+
+
+def test_a_ledger_restored_from_its_snapshot_decides_as_the_replayed_one(
+    ledger: ConsentLedger,
+) -> None:
+    kept = ledger.grant(**grant_args())
+    ledger.issue_receipt(kept.consent_id, Receipt(uuid.uuid4(), "kid-1", "jws", T0))
+    withdrawn = ledger.grant(**grant_args())
+    ledger.revoke(withdrawn.consent_id, T0 + timedelta(minutes=1))
+    at_snapshot = len(ledger.pending)
+    snapshot = (at_snapshot, ledger.snapshot_state())
+    later = ledger.grant(**grant_args(now=T0 + timedelta(hours=1)))
+    events = list(ledger.pending)
+
+    restored = ConsentLedger.replay(
+        ledger.subject_id, events[at_snapshot:], len(events), snapshot=snapshot
+    )
+    replayed = ConsentLedger.replay(ledger.subject_id, events, len(events))
+
+    assert restored.consents == replayed.consents
+    assert restored.receipt_ids == replayed.receipt_ids == {kept.consent_id: ANY_RECEIPT}
+    assert restored.snapshot_version == at_snapshot
+    # A receipt is never issued twice, also for a consent known only from the snapshot.
+    with pytest.raises(ValueError, match="already has a receipt"):
+        restored.issue_receipt(kept.consent_id, Receipt(uuid.uuid4(), "kid-1", "jws", T0))
+    # Withdrawing twice records nothing; the snapshot's active consent is withdrawn on close.
+    assert restored.revoke(withdrawn.consent_id, T0 + timedelta(hours=2)) is False
+    closing = restored.close(T0 + timedelta(days=1))
+    assert [c.consent_id for c in closing] == [kept.consent_id, later.consent_id]
 
 
 def test_recipients_register_only_for_purposes_that_name_one() -> None:

@@ -11,13 +11,14 @@ from datetime import UTC, datetime
 
 import pytest
 from aiokafka import AIOKafkaConsumer
+from confide_consent.store import SNAPSHOT_EVERY
 from confide_events import CLOUDEVENTS_JSON, CONTENT_TYPE_HEADER, encode_envelope, to_envelope
 from confide_events.identity import AccountClosed
 from confide_events.topics import CONSENT_EVENTS, IDENTITY_EVENTS
 from confide_toolkit.clock import SystemClock
 from confide_toolkit.consents import consent_handlers, find_valid_consent
 from confide_toolkit.database import create_engine, toolkit_metadata
-from confide_toolkit.event_store import stored_events
+from confide_toolkit.event_store import stored_events, stream_snapshots
 from confide_toolkit.ids import uuid7
 from confide_toolkit.inbox import ConsumedRecord, InboxConsumer, Outcome, inbox
 from confide_toolkit.outbox import Outbox
@@ -171,6 +172,36 @@ async def test_closed_account_has_every_consent_withdrawn_with_the_reason(
     )
     assert late.status_code == 409
     assert late.json()["type"].endswith("/account-is-closed")
+
+
+async def test_a_long_ledger_is_snapshotted_and_still_withdraws_everything_on_closure(
+    consent: ConsentService, payloads: type[Payloads], kafka_bootstrap: str
+) -> None:
+    granted = [(await consent.grant(payloads.research()))["consent_id"] for _ in range(12)]
+    # 24 ledger events: loads now start from a snapshot, the earliest consents are in it.
+    async with consent.service.engine.connect() as conn:
+        snapshot_version = await conn.scalar(
+            select(stream_snapshots.c.version).where(
+                stream_snapshots.c.stream_id == consent.client_id
+            )
+        )
+    assert snapshot_version is not None and snapshot_version >= SNAPSHOT_EVERY
+    withdrawn = await consent.http.delete(f"/v1/consents/{granted[0]}", headers=consent.as_client())
+    assert withdrawn.status_code == 204
+
+    await publish_account_closed(kafka_bootstrap, consent.client_id)
+
+    async def all_withdrawn_with_their_reason() -> bool:
+        listed = await consent.http.get(
+            "/v1/consents", params={"limit": 50}, headers=consent.as_client()
+        )
+        reasons = {c["consent_id"]: c["revoke_reason"] for c in listed.json()["items"]}
+        return reasons == {
+            consent_id: "subject_withdrew" if consent_id == granted[0] else "account_closed"
+            for consent_id in granted
+        }
+
+    await eventually(all_withdrawn_with_their_reason)
 
 
 async def test_redelivered_account_closed_has_no_second_effect(

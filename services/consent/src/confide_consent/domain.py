@@ -279,6 +279,9 @@ class LedgerState:
 
 
 _LEDGER_STATE = TypeAdapter(LedgerState)
+_CONSENTS = TypeAdapter(list[Consent])
+_RECEIPT_IDS = TypeAdapter(dict[UUID, UUID])
+_CLOSED_AT = TypeAdapter(datetime | None)
 
 
 @dataclass
@@ -289,15 +292,17 @@ class ConsentLedger:
 
     The ledger remembers which receipt each consent got, not the signed receipt itself: no
     command needs the JWS again (reads come from the `consents` projection), and leaving it
-    out keeps snapshots small."""
+    out keeps snapshots small. The consents of a snapshot are decoded on first use: granting,
+    the command people run most, needs none of them."""
 
     subject_id: UUID
     version: int = 0
-    consents: dict[UUID, Consent] = field(default_factory=dict)
     receipt_ids: dict[UUID, UUID] = field(default_factory=dict)
     closed_at: datetime | None = None
     pending: list[DomainEvent] = field(default_factory=list)
     snapshot_version: int = 0
+    _consents: dict[UUID, Consent] = field(default_factory=dict, repr=False)
+    _snapshot_consents: list[Any] | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def replay(
@@ -312,13 +317,23 @@ class ConsentLedger:
         event, or from `snapshot` (version, state) and the events recorded after it."""
         ledger = cls(subject_id, version)
         if snapshot is not None:
-            ledger.snapshot_version, state = snapshot[0], _LEDGER_STATE.validate_python(snapshot[1])
-            ledger.consents = {consent.consent_id: consent for consent in state.consents}
-            ledger.receipt_ids = dict(state.receipt_ids)
-            ledger.closed_at = state.closed_at
+            version_at, state = snapshot
+            ledger.snapshot_version = version_at
+            ledger._snapshot_consents = state["consents"]
+            ledger.receipt_ids = _RECEIPT_IDS.validate_python(state["receipt_ids"])
+            ledger.closed_at = _CLOSED_AT.validate_python(state["closed_at"])
         for event in events:
             ledger._apply(event)
         return ledger
+
+    @property
+    def consents(self) -> dict[UUID, Consent]:
+        """Every consent in the ledger, by id."""
+        if self._snapshot_consents is not None:
+            restored = _CONSENTS.validate_python(self._snapshot_consents)
+            self._snapshot_consents = None
+            self._consents = {consent.consent_id: consent for consent in restored} | self._consents
+        return self._consents
 
     def snapshot_state(self) -> dict[str, Any]:
         """The ledger's state as JSON, to be saved as the snapshot at `version`."""
@@ -377,7 +392,7 @@ class ConsentLedger:
                 granted_at=now,
             )
         )
-        return self.consents[consent_id]
+        return self._consents[consent_id]
 
     def issue_receipt(self, consent_id: UUID, receipt: Receipt) -> Consent:
         """Record the signed receipt of a grant (once: a receipt is never replaced); returns
@@ -428,10 +443,10 @@ class ConsentLedger:
     # -- queries ----------------------------------------------------------------------------
 
     def consent(self, consent_id: UUID) -> Consent:
-        try:
-            return self.consents[consent_id]
-        except KeyError:
-            raise ConsentNotFound(consent_id) from None
+        found = self._consents.get(consent_id) or self.consents.get(consent_id)
+        if found is None:
+            raise ConsentNotFound(consent_id)
+        return found
 
     # -- applying events --------------------------------------------------------------------
 
@@ -441,7 +456,7 @@ class ConsentLedger:
 
     def _apply(self, event: DomainEvent) -> None:
         if isinstance(event, ConsentGranted):
-            self.consents[event.consent_id] = Consent(
+            self._consents[event.consent_id] = Consent(
                 consent_id=event.consent_id,
                 subject_id=self.subject_id,
                 purpose=event.purpose,
