@@ -11,13 +11,14 @@ import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from pathlib import Path
 
 from bench.decryption import DecryptionConfig, run_decryption
 from bench.figures import ScenarioResult, text_table
 from bench.http_load import HttpConfig, run_http
 from bench.memory import run_memory
-from bench.pipeline import PipelineConfig, run_pipeline
+from bench.pipeline import PipelineConfig, WriteShape, run_pipeline
 from bench.report import write_report
 from bench.shredding import ShreddingConfig, run_shredding
 from bench.stack import ROOT, machine_facts, remove_leftovers, stack_from_environment
@@ -47,12 +48,20 @@ def main(argv: list[str] | None = None) -> int:
         type=Path,
         default=None,
         metavar="DIR",
-        help="profile the pipeline's two service processes with pyinstrument into DIR",
+        help="profile with pyinstrument into DIR: the pipeline's two service processes, and "
+        "the HTTP scenario's identity, consent and bare endpoint",
     )
-    parser.add_argument("--events", type=int, default=None, help="pipeline events (throughput)")
-    parser.add_argument("--writers", type=int, default=None, help="pipeline writer concurrency")
     parser.add_argument(
-        "--per-transaction", type=int, default=None, help="pipeline events per transaction"
+        "--events", type=int, default=None, help="pipeline events (batched throughput phase)"
+    )
+    parser.add_argument(
+        "--writers", type=int, default=None, help="pipeline writers (batched throughput phase)"
+    )
+    parser.add_argument(
+        "--per-transaction",
+        type=int,
+        default=None,
+        help="pipeline events per transaction (batched throughput phase)",
     )
     parser.add_argument(
         "--consumer",
@@ -86,21 +95,29 @@ def main(argv: list[str] | None = None) -> int:
     pipeline = (
         PipelineConfig()
         if not args.quick
-        else PipelineConfig(events=5_000, light_seconds=5.0, write_seconds=20.0)
+        else PipelineConfig(
+            batched=WriteShape(events=10_000, writers=2, per_transaction=100),
+            requests=WriteShape(events=3_000, writers=8, per_transaction=1),
+            light_seconds=5.0,
+            write_seconds=20.0,
+        )
     )
-    pipeline = PipelineConfig(
-        **{
-            **pipeline.__dict__,
-            "events": args.events or pipeline.events,
-            "writers": args.writers or pipeline.writers,
-            "events_per_transaction": args.per_transaction or pipeline.events_per_transaction,
-            "profile_dir": str(args.profile) if args.profile else None,
-            "consumer": args.consumer,
-        }
+    batched = pipeline.batched
+    pipeline = replace(
+        pipeline,
+        batched=WriteShape(
+            events=args.events or batched.events,
+            writers=args.writers or batched.writers,
+            per_transaction=args.per_transaction or batched.per_transaction,
+        ),
+        profile_dir=str(args.profile) if args.profile else None,
+        consumer=args.consumer,
     )
     shredding = ShreddingConfig.quick() if args.quick else ShreddingConfig()
     decryption = DecryptionConfig.quick() if args.quick else DecryptionConfig()
     http = HttpConfig.quick() if args.quick else HttpConfig()
+    if args.profile:
+        http = HttpConfig(**{**http.__dict__, "profile_dir": str(args.profile)})
 
     runners: dict[str, Callable[[], Awaitable[ScenarioResult]]] = {
         "pipeline": lambda: run_pipeline(stack, pipeline),

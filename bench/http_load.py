@@ -77,6 +77,9 @@ class HttpConfig:
     settle_seconds: float = 2.0
     """Pause between phases (the services' relays publish what the phase wrote)."""
     argon2_samples: int = 15
+    profile_dir: str | None = None
+    """When set, identity, consent and the bare endpoint run under pyinstrument, which writes
+    `<name>.txt` here when they stop (profiles of the whole run, all phases)."""
 
     @classmethod
     def quick(cls) -> HttpConfig:
@@ -154,6 +157,9 @@ class Server:
     url: str
     process: subprocess.Popen[bytes]
     log_path: Path
+    stop_signal: signal.Signals = signal.SIGTERM
+    """SIGINT under pyinstrument: uvicorn re-raises the signal it stopped on, and only a
+    KeyboardInterrupt (not a death by SIGTERM) lets pyinstrument write its report."""
 
     def log_tail(self, chars: int = 3000) -> str:
         with contextlib.suppress(OSError):
@@ -179,10 +185,28 @@ def _start(name: str, command: list[str], port: int, env: dict[str, str], logs: 
     log_path = logs / f"{name}.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(command, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-    return Server(name, f"http://127.0.0.1:{port}", process, log_path)
+    profiled = "pyinstrument" in command
+    stop_signal = signal.SIGINT if profiled else signal.SIGTERM
+    return Server(name, f"http://127.0.0.1:{port}", process, log_path, stop_signal)
 
 
-def _start_service(name: str, database_url: str, bootstrap: str, run: str, logs: Path) -> Server:
+def _python(module: str, profile_dir: str | None, name: str) -> list[str]:
+    """The command that runs `module` as a program, under pyinstrument when profiling."""
+    if profile_dir is None:
+        return [sys.executable, "-m", module]
+    Path(profile_dir).mkdir(parents=True, exist_ok=True)
+    report = str(Path(profile_dir) / f"{name}.txt")
+    return [sys.executable, "-m", "pyinstrument", "-r", "text", "-o", report, "-m", module]
+
+
+def _start_service(
+    name: str,
+    database_url: str,
+    bootstrap: str,
+    run: str,
+    logs: Path,
+    profile_dir: str | None = None,
+) -> Server:
     port = _free_port()
     env = _child_environment(
         {
@@ -194,16 +218,15 @@ def _start_service(name: str, database_url: str, bootstrap: str, run: str, logs:
             "CONFIDE_CONSUMER_GROUP": f"bench-{name}-{run}",
         }
     )
-    return _start(name, [sys.executable, "-m", f"confide_{name}"], port, env, logs)
+    return _start(name, _python(f"confide_{name}", profile_dir, name), port, env, logs)
 
 
-def _start_bare(database_url: str, logs: Path) -> Server:
+def _start_bare(database_url: str, logs: Path, profile_dir: str | None = None) -> Server:
     port = _free_port()
     env = _child_environment(
         {"BENCH_BARE_DATABASE_URL": database_url, "BENCH_BARE_PORT": str(port)}
     )
-    command = [sys.executable, "-c", "from bench.http_load import serve_bare; serve_bare()"]
-    return _start("bare", command, port, env, logs)
+    return _start("bare", _python("bench.bare", profile_dir, "bare"), port, env, logs)
 
 
 async def _wait_ready(client: httpx.AsyncClient, server: Server) -> None:
@@ -223,11 +246,12 @@ async def _wait_ready(client: httpx.AsyncClient, server: Server) -> None:
 
 
 def _stop_all(servers: list[Server], timeout: float = 20.0) -> None:
-    """SIGTERM to every server, then wait for each (SIGKILL after `timeout`)."""
+    """SIGTERM (or SIGINT, see `Server.stop_signal`) to every server, then wait for each
+    (SIGKILL after `timeout`)."""
     for server in servers:
         if server.process.poll() is None:
             with contextlib.suppress(ProcessLookupError):
-                server.process.send_signal(signal.SIGTERM)
+                server.process.send_signal(server.stop_signal)
     deadline = time.monotonic() + timeout
     for server in servers:
         try:
@@ -668,11 +692,15 @@ async def measure_http(stack: Stack, config: HttpConfig) -> HttpRun:
         try:
             _create_bare_table(bare_db)
             began = time.monotonic()
-            bare = _start_bare(bare_db, logs)
+            bare = _start_bare(bare_db, logs, config.profile_dir)
             servers.append(bare)
-            identity = _start_service("identity", identity_db, stack.kafka_bootstrap, run, logs)
+            identity = _start_service(
+                "identity", identity_db, stack.kafka_bootstrap, run, logs, config.profile_dir
+            )
             servers.append(identity)
-            consent = _start_service("consent", consent_db, stack.kafka_bootstrap, run, logs)
+            consent = _start_service(
+                "consent", consent_db, stack.kafka_bootstrap, run, logs, config.profile_dir
+            )
             servers.append(consent)
             async with httpx.AsyncClient(timeout=60.0) as client:
                 for server in servers:

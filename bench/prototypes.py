@@ -8,7 +8,8 @@ the toolkit as it is (`--consumer toolkit`, the default) unless the command says
   applied, never beyond) is committed by a background flush at most `interval` later. A crash in
   between redelivers a few applied records, which the inbox already absorbs (DUPLICATE).
 - (the `batch` prototype is now the toolkit's own: `InboxConsumer.consume_batch` with
-  `inbox.kafka_batch_handler`, as `Service` subscribes.)"""
+  `inbox.kafka_batch_handler`, as `Service` subscribes; so is committing offsets in the
+  background, `inbox.DeferredOffsetCommits`, for batches.)"""
 
 from __future__ import annotations
 

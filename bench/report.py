@@ -104,7 +104,11 @@ def _draw_pipeline(series: Mapping[str, Any], directory: Path) -> list[str]:
     light.set_title(f"Light load, {config['light_rate']:.0f} events/s")
     _cdf(heavy, series["pipeline_throughput_ms"], "outbox → relay → Kafka → inbox")
     _cdf(heavy, series["raw_throughput_ms"], "raw aiokafka")
-    heavy.set_title(f"Full load, {len(series['pipeline_throughput_ms']):,} events")
+    per_transaction = config["batched"]["per_transaction"]
+    heavy.set_title(
+        f"Full load, {len(series['pipeline_throughput_ms']):,} events, "
+        f"{per_transaction} per transaction"
+    )
     for axis in (light, heavy):
         axis.set_xscale("log")
         axis.set_xlabel("commit → consumed latency (ms, log)")

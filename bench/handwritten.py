@@ -1,0 +1,269 @@
+"""Scenario 1's second baseline: the same durable pipeline written by hand, without the toolkit.
+
+It does the work the toolkit's pipeline does and nothing else, with psycopg and aiokafka
+directly: each transaction inserts the state-change rows and their outbox rows (one
+`executemany` each); a relay task in the same process selects the oldest outbox rows, sends
+them with `relay.idempotent_producer`, waits for the acknowledgements and deletes them; the
+consumer (another process) reads a poll of up to 500 records, decodes and validates each
+envelope with `confide_events`, and in one transaction inserts the inbox rows and the effect
+rows, then commits the Kafka offsets. Envelopes are built and validated by the same code as the
+toolkit's, so what this baseline leaves out is exactly the toolkit's machinery: SQLAlchemy,
+FastStream, spans, the outbox trigger, retries and dead letters.
+
+Against the raw Kafka baseline it shows what the durable writes themselves cost on this machine:
+the best a pipeline that writes each event to PostgreSQL (outbox in, outbox out, inbox, effect)
+can do here, whoever writes it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from datetime import UTC, datetime
+from multiprocessing.connection import Connection
+from multiprocessing.sharedctypes import Synchronized
+from typing import Any
+
+from bench.pipeline import (
+    WARM_UP_EVENTS,
+    PipelineConfig,
+    WriteShape,
+    measurement_commands,
+    payload,
+    quiet_logs,
+)
+
+OUTBOX_DDL = (
+    "CREATE TABLE accounts (subject_id uuid PRIMARY KEY, registered_at timestamptz NOT NULL);"
+    "CREATE TABLE outbox (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,"
+    " partition_key text NOT NULL, value bytea NOT NULL, traceparent text NOT NULL)"
+)
+INBOX_DDL = (
+    "CREATE TABLE inbox (event_id uuid PRIMARY KEY, topic text NOT NULL,"
+    ' "partition" integer NOT NULL, "offset" bigint NOT NULL);'
+    "CREATE TABLE registrations (subject_id uuid PRIMARY KEY, role text NOT NULL,"
+    " registered_at timestamptz NOT NULL)"
+)
+RELAY_BATCH = 500
+IDLE_POLL = 0.002
+"""The relay's pause when the outbox is empty (it has no LISTEN/NOTIFY)."""
+
+
+def producing_process(
+    database_url: str,
+    bootstrap: str,
+    topic: str,
+    config: PipelineConfig,
+    applied_count: Synchronized,  # type: ignore[type-arg]
+    pipe: Connection,
+) -> None:
+    quiet_logs()
+    asyncio.run(_produce(database_url, bootstrap, topic, config, pipe))
+
+
+async def _produce(
+    database_url: str, bootstrap: str, topic: str, config: PipelineConfig, pipe: Connection
+) -> None:
+    import psycopg
+    from confide_toolkit.database import libpq_url
+    from confide_toolkit.relay import idempotent_producer
+
+    dsn = libpq_url(database_url)
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as setup:
+        await setup.execute(OUTBOX_DDL)
+    most = max(config.batched.writers, config.requests.writers)
+    writers = [await psycopg.AsyncConnection.connect(dsn) for _ in range(most)]
+    producer = idempotent_producer(bootstrap)
+    await producer.start()
+    stop = asyncio.Event()
+    relay = asyncio.create_task(_relay(dsn, producer, topic, stop))
+    committed: dict[bytes, float] = {}
+
+    async def commit(conn: Any, count: int) -> None:
+        now = datetime.now(UTC)
+        subjects = [uuid.uuid4() for _ in range(count)]
+        rows = []
+        for subject in subjects:
+            value, headers = payload(subject)
+            rows.append((str(subject), value, headers[1][1].decode()))
+        async with conn.transaction(), conn.cursor() as cursor:
+            await cursor.executemany(
+                "INSERT INTO accounts (subject_id, registered_at) VALUES (%s, %s)",
+                [(subject, now) for subject in subjects],
+            )
+            await cursor.executemany(
+                "INSERT INTO outbox (partition_key, value, traceparent) VALUES (%s, %s, %s)",
+                rows,
+            )
+        done = time.monotonic()
+        for subject in subjects:
+            committed[subject.bytes] = done
+
+    try:
+        for _ in range(WARM_UP_EVENTS):  # one connection: one transaction at a time
+            await commit(writers[0], 1)
+        committed.clear()
+        pipe.send(("ready",))
+        while True:
+            command = await asyncio.to_thread(pipe.recv)
+            if command[0] == "throughput":
+                shape: WriteShape = command[1]
+                cpu = time.process_time()
+                before = len(committed)
+                remaining = [shape.events]
+                deadline = time.monotonic() + config.write_seconds
+
+                async def writer(
+                    conn: Any, shape: WriteShape, remaining: list[int], deadline: float
+                ) -> None:
+                    while remaining[0] > 0 and time.monotonic() < deadline:
+                        count = min(shape.per_transaction, remaining[0])
+                        remaining[0] -= count
+                        await commit(conn, count)
+
+                await asyncio.gather(
+                    *(writer(conn, shape, remaining, deadline) for conn in writers[: shape.writers])
+                )
+                pipe.send(("written", len(committed) - before))
+                await asyncio.to_thread(pipe.poll, None)
+                pipe.send(("cpu", time.process_time() - cpu))
+            elif command[0] == "light":
+                before = len(committed)
+                started = time.monotonic()
+                total = round(config.light_rate * config.light_seconds)
+                for i in range(total):
+                    delay = started + i / config.light_rate - time.monotonic()
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+                    await commit(writers[0], 1)
+                pipe.send(("written", len(committed) - before))
+            elif command[0] == "continue":
+                pass
+            elif command[0] == "stop":
+                break
+        pipe.send(("result", committed, [], 0))
+    finally:
+        stop.set()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(relay, 20)
+        await producer.stop()
+        for conn in writers:
+            await conn.close()
+
+
+async def _relay(dsn: str, producer: Any, topic: str, stop: asyncio.Event) -> None:
+    import psycopg
+    from confide_events import CLOUDEVENTS_JSON, CONTENT_TYPE_HEADER
+
+    content_type = (CONTENT_TYPE_HEADER, CLOUDEVENTS_JSON.encode())
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        while not stop.is_set():
+            cursor = await conn.execute(
+                "SELECT id, partition_key, value, traceparent FROM outbox ORDER BY id LIMIT %s",
+                (RELAY_BATCH,),
+            )
+            rows = await cursor.fetchall()
+            if not rows:
+                await asyncio.sleep(IDLE_POLL)
+                continue
+            deliveries = [
+                await producer.send(
+                    topic,
+                    value=value,
+                    key=key.encode(),
+                    headers=[content_type, ("traceparent", traceparent.encode())],
+                )
+                for _, key, value, traceparent in rows
+            ]
+            await asyncio.gather(*deliveries)
+            await conn.execute("DELETE FROM outbox WHERE id = ANY(%s)", ([r[0] for r in rows],))
+
+
+def consuming_process(
+    database_url: str,
+    bootstrap: str,
+    topic: str,
+    group: str,
+    config: PipelineConfig,
+    applied_count: Synchronized,  # type: ignore[type-arg]
+    pipe: Connection,
+) -> None:
+    quiet_logs()
+    asyncio.run(_consume(database_url, bootstrap, topic, group, config, applied_count, pipe))
+
+
+async def _consume(
+    database_url: str,
+    bootstrap: str,
+    topic: str,
+    group: str,
+    config: PipelineConfig,
+    applied_count: Synchronized,  # type: ignore[type-arg]
+    pipe: Connection,
+) -> None:
+    import psycopg
+    from aiokafka import AIOKafkaConsumer
+    from confide_events import decode_envelope, from_envelope
+    from confide_toolkit.database import libpq_url
+
+    dsn = libpq_url(database_url)
+    conn = await psycopg.AsyncConnection.connect(dsn)
+    async with conn.transaction():
+        await conn.execute(INBOX_DDL)
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        group_id=group,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+    )
+    await consumer.start()
+    applied: list[tuple[bytes, float]] = []
+    stopping = asyncio.Event()
+
+    async def loop() -> None:
+        while not stopping.is_set():
+            batches = await consumer.getmany(timeout_ms=25, max_records=500)
+            records = [record for part in batches.values() for record in part]
+            if not records:
+                continue
+            # The effect is idempotent itself (ON CONFLICT DO NOTHING), so unlike the toolkit this
+            # loop does not need to know which inbox rows were new: the same SQL work, less code.
+            claims, effects = [], []
+            for record in records:
+                envelope = decode_envelope(record.value)
+                event: Any = from_envelope(envelope)
+                claims.append((envelope.id, record.topic, record.partition, record.offset))
+                effects.append((event.subject_id, event.role, event.registered_at))
+            async with conn.transaction(), conn.cursor() as cursor:
+                await cursor.executemany(
+                    'INSERT INTO inbox (event_id, topic, "partition", "offset") '
+                    "VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING",
+                    claims,
+                )
+                await cursor.executemany(
+                    "INSERT INTO registrations (subject_id, role, registered_at) "
+                    "VALUES (%s, %s, %s) ON CONFLICT DO NOTHING",
+                    effects,
+                )
+            now = time.monotonic()
+            applied.extend((subject.bytes, now) for subject, _, _ in effects)
+            await consumer.commit()
+            with applied_count.get_lock():
+                applied_count.value += len(records)
+
+    task = asyncio.create_task(loop())
+    try:
+        async with asyncio.timeout(60):
+            while not consumer.assignment():
+                await asyncio.sleep(0.05)
+        pipe.send(("ready",))
+        await measurement_commands(pipe, config, None)
+        stopping.set()
+        await task
+        pipe.send(("result", applied))
+    finally:
+        stopping.set()
+        await consumer.stop()
+        await conn.close()
