@@ -29,6 +29,7 @@ from bench.pipeline import (
     WARM_UP_EVENTS,
     PipelineConfig,
     WriteShape,
+    light_load,
     measurement_commands,
     payload,
     quiet_logs,
@@ -130,13 +131,7 @@ async def _produce(
                 pipe.send(("cpu", time.process_time() - cpu))
             elif command[0] == "light":
                 before = len(committed)
-                started = time.monotonic()
-                total = round(config.light_rate * config.light_seconds)
-                for i in range(total):
-                    delay = started + i / config.light_rate - time.monotonic()
-                    if delay > 0:
-                        await asyncio.sleep(delay)
-                    await commit(writers[0], 1)
+                await light_load(config, lambda: commit(writers[0], 1))
                 pipe.send(("written", len(committed) - before))
             elif command[0] == "continue":
                 pass

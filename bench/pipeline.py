@@ -30,7 +30,7 @@ import multiprocessing
 import os
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from multiprocessing.connection import Connection
@@ -207,13 +207,7 @@ async def _produce(
                 pipe.send(("cpu", time.process_time() - cpu))
             elif command[0] == "light":
                 before = len(committed)
-                started = time.monotonic()
-                total = round(config.light_rate * config.light_seconds)
-                for i in range(total):
-                    delay = started + i / config.light_rate - time.monotonic()
-                    if delay > 0:
-                        await asyncio.sleep(delay)
-                    await commit(1)
+                await light_load(config, lambda: commit(1))
                 pipe.send(("written", len(committed) - before))
             elif command[0] == "continue":
                 pass
@@ -226,6 +220,18 @@ async def _produce(
         with contextlib.suppress(Exception):
             await asyncio.wait_for(relay_task, 20)
         await engine.dispose()
+
+
+async def light_load(config: PipelineConfig, commit_one: Callable[[], Awaitable[Any]]) -> None:
+    """The light-load phase's writes: one event per transaction, one writer, at
+    `config.light_rate` for `config.light_seconds`."""
+    started = time.monotonic()
+    total = round(config.light_rate * config.light_seconds)
+    for i in range(total):
+        delay = started + i / config.light_rate - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        await commit_one()
 
 
 async def _warm_up(engine: Any, commit: Callable[[int], Any]) -> None:
