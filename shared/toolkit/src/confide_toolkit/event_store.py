@@ -67,6 +67,12 @@ stream_snapshots = Table(
 )
 """The newest snapshot of each stream that has one (see the module's docstring)."""
 
+_APPEND = (
+    pg_insert(stored_events)
+    .on_conflict_do_nothing(constraint="uq_stored_events_stream_version")
+    .returning(stored_events.c.position, stored_events.c.event_id)
+)
+
 
 class DomainEvent(BaseModel):
     """Base of a service's domain events: small, immutable facts named in the past tense."""
@@ -180,12 +186,7 @@ class EventStore:
         # One round trip: a stale `expected_version` collides with a version already recorded
         # and inserts nothing for that row (whoever appended first wins, even concurrently:
         # the unique index makes the later writer wait for the earlier one's commit).
-        result = await conn.execute(
-            pg_insert(stored_events)
-            .on_conflict_do_nothing(constraint="uq_stored_events_stream_version")
-            .returning(stored_events.c.position, stored_events.c.event_id),
-            rows,
-        )
+        result = await conn.execute(_APPEND, rows)
         position_of = {row.event_id: row.position for row in result}
         if len(position_of) != len(rows):
             # Later events of the batch may have landed past the collision: take them back, so
