@@ -94,6 +94,24 @@ EventHandler = Callable[[Any, EventContext], Awaitable[None]]
 
 
 @dataclass(frozen=True)
+class BatchProjection:
+    """A read model's update that takes several events of one type at once: `apply(events,
+    conn)` gets each run of consecutive new events of its type in a consumed batch, in order, in
+    the batch's transaction (one event at a time when the batch fell back to one by one).
+
+    For effects that are one statement for many events (an `executemany`): a handler's own
+    statement per event is most of a consumer's cost. A projection emits no events; each event
+    still gets its consumer span in its producer's trace, though none is current while `apply`
+    runs."""
+
+    apply: Callable[[Sequence[Any], AsyncConnection], Awaitable[None]]
+
+
+Handler = EventHandler | BatchProjection
+"""What `InboxConsumer` (and `Service.subscribe`) accept for an event type."""
+
+
+@dataclass(frozen=True)
 class RetryPolicy:
     attempts: int = 5
     first_backoff: float = 0.2
@@ -134,7 +152,7 @@ class InboxConsumer:
         name: str,
         engine: AsyncEngine,
         outbox: Outbox,
-        handlers: Mapping[type[IntegrationEvent], EventHandler],
+        handlers: Mapping[type[IntegrationEvent], Handler],
         dead_letters: AIOKafkaProducer,
         retry: RetryPolicy | None = None,
     ) -> None:
@@ -236,22 +254,54 @@ class InboxConsumer:
             )
             claimed = set(result.scalars())
         outcomes: list[Outcome] = []
+        run: list[tuple[ConsumedRecord, Envelope, IntegrationEvent]] = []
         for record, envelope, event in decoded:
             handler = self._handlers.get(type(event))
             if handler is None:
                 outcomes.append(Outcome.IGNORED)
-            elif envelope.id not in claimed:
+                continue
+            if envelope.id not in claimed:
                 outcomes.append(Outcome.DUPLICATE)
-            else:
-                # The same event twice in one batch (a relay retry) is applied once.
-                claimed.discard(envelope.id)
-                with self._consumer_span(record, envelope):
-                    await handler(event, EventContext(conn, envelope, self._outbox))
-                outcomes.append(Outcome.APPLIED)
+                continue
+            # The same event twice in one batch (a relay retry) is applied once.
+            claimed.discard(envelope.id)
+            outcomes.append(Outcome.APPLIED)
+            if run and type(run[0][2]) is not type(event):
+                await self._project(conn, run)
+                run = []
+            if isinstance(handler, BatchProjection):
+                run.append((record, envelope, event))
+                continue
+            with self._consumer_span(record, envelope):
+                await handler(event, EventContext(conn, envelope, self._outbox))
+        if run:
+            await self._project(conn, run)
         return outcomes
 
-    def _consumer_span(self, record: ConsumedRecord, envelope: Envelope) -> Any:
-        return tracer.start_as_current_span(
+    async def _project(
+        self,
+        conn: AsyncConnection,
+        run: Sequence[tuple[ConsumedRecord, Envelope, IntegrationEvent]],
+    ) -> None:
+        """Apply a run of consecutive events of one type through its `BatchProjection`."""
+        projection = self._handlers[type(run[0][2])]
+        assert isinstance(projection, BatchProjection)
+        spans = [
+            self._consumer_span(record, envelope, current=False) for record, envelope, _ in run
+        ]
+        try:
+            await projection.apply([event for _, _, event in run], conn)
+        finally:
+            for span in spans:
+                span.end()
+
+    def _consumer_span(
+        self, record: ConsumedRecord, envelope: Envelope, *, current: bool = True
+    ) -> Any:
+        """The event's CONSUMER span in its producer's trace: a context manager that makes it
+        current, or (`current=False`) a started span for the caller to end."""
+        start = tracer.start_as_current_span if current else tracer.start_span
+        return start(
             f"consume {envelope.type}",
             context=context_from_traceparent(envelope.traceparent),
             kind=trace.SpanKind.CONSUMER,

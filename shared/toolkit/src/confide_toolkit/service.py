@@ -33,7 +33,7 @@ from confide_toolkit.inbox import (
     BATCH_MAX_RECORDS,
     BATCH_TIMEOUT_MS,
     EventContext,
-    EventHandler,
+    Handler,
     InboxConsumer,
     RetryPolicy,
     kafka_batch_handler,
@@ -92,7 +92,7 @@ class Service:
             settings.kafka_bootstrap,
             poll_interval=settings.relay_poll_interval,
         )
-        self._subscriptions: dict[str, dict[type[IntegrationEvent], EventHandler]] = {}
+        self._subscriptions: dict[str, dict[type[IntegrationEvent], Handler]] = {}
         self._consumers: dict[str, InboxConsumer] = {}
         self._start_hooks: list[Callable[[], Awaitable[None]]] = []
         self._relay_stop = asyncio.Event()
@@ -102,10 +102,9 @@ class Service:
 
     # -- wiring -----------------------------------------------------------------------------
 
-    def subscribe(
-        self, topic: str, handlers: Mapping[type[IntegrationEvent], EventHandler]
-    ) -> None:
-        """Handle these events of a topic, each exactly once in effect (through the inbox)."""
+    def subscribe(self, topic: str, handlers: Mapping[type[IntegrationEvent], Handler]) -> None:
+        """Handle these events of a topic, each exactly once in effect (through the inbox):
+        one by one (`EventHandler`), or in runs for read models (`inbox.BatchProjection`)."""
         self._subscriptions.setdefault(topic, {}).update(handlers)
 
     def document_publications(self, events: Iterable[type[IntegrationEvent]]) -> None:
