@@ -4,17 +4,18 @@ Kafka and an idempotent consumer with its inbox, beside raw aiokafka on the same
 Each side runs as two processes, as in production, where the producing service and the
 consuming service are separate processes:
 
-- the *producing service* commits service-like transactions (a state-change row and its
-  `UserRegistered` event through `Outbox.put`, inside a server span so that the envelope carries a
-  `traceparent` as it does behind an HTTP request) and runs `OutboxRelay` as `Service` runs it
-  (batch 500, LISTEN/NOTIFY, fallback poll 1 s), against its own database;
-- the *consuming service* subscribes through FastStream exactly as `Service._register_subscribers`
-  does (`AckPolicy.MANUAL`, `raw_body`, `kafka_record_handler(InboxConsumer)`), against its own
-  database; its effect is one projection row per event, written by an `inbox.BatchProjection`
-  (one statement per run of events).
+- the *producing service* commits service-like transactions (state-change rows and their
+  `UserRegistered` events through `Outbox.put` or `Outbox.put_many`, inside a server span so
+  that the envelope carries a `traceparent` as it does behind an HTTP request) and runs
+  `OutboxRelay` as `Service` runs it (batch 500, LISTEN/NOTIFY, fallback poll 1 s), against
+  its own database;
+- the *consuming service* subscribes exactly as every service does (`inbox.subscribe_batches`
+  with `kafka_batch_handler(InboxConsumer)`), against its own database; its effect is one
+  projection row per event, written by an `inbox.BatchProjection` (one statement per run of
+  events).
 
 Latency is commit-to-consumed: from the client's clock right after COMMIT returned to right after
-`InboxConsumer.consume` returned APPLIED (the inbox transaction committed). Both processes read
+`InboxConsumer.consume_batch` returned (the inbox transaction committed). Both processes read
 CLOCK_MONOTONIC, which is system-wide on Linux. Every event has its own subject, so the subject
 id (the record key) identifies it on both sides.
 
@@ -294,14 +295,13 @@ async def _consume(
     from confide_toolkit.clock import SystemClock
     from confide_toolkit.database import create_engine, toolkit_metadata
     from confide_toolkit.inbox import (
-        BATCH_MAX_RECORDS,
-        BATCH_TIMEOUT_MS,
         BatchProjection,
         InboxConsumer,
         Outcome,
         kafka_batch_handler,
         kafka_record_handler,
         raw_body,
+        subscribe_batches,
     )
     from confide_toolkit.outbox import Outbox
     from confide_toolkit.relay import idempotent_producer
@@ -384,17 +384,7 @@ async def _consume(
     # Exactly as `Service._register_subscribers` subscribes (batches), unless the earlier
     # per-record mode or a prototype is asked for.
     if config.consumer == "toolkit":
-        subscriber = broker.subscriber(
-            topic,
-            group_id=group,
-            auto_offset_reset="earliest",
-            ack_policy=AckPolicy.MANUAL,
-            decoder=raw_body,
-            batch=True,
-            max_records=BATCH_MAX_RECORDS,
-            batch_timeout_ms=BATCH_TIMEOUT_MS,
-        )
-        subscriber(kafka_batch_handler(consumer))
+        subscriber = subscribe_batches(broker, topic, group, kafka_batch_handler(consumer))
     else:
         subscriber = broker.subscriber(
             topic,

@@ -22,20 +22,17 @@ from confide_events.identity import UserRegistered
 from confide_toolkit.clock import SystemClock
 from confide_toolkit.ids import uuid7
 from confide_toolkit.inbox import (
-    BATCH_MAX_RECORDS,
-    BATCH_TIMEOUT_MS,
     ConsumedRecord,
     DeferredOffsetCommits,
     EventContext,
     InboxConsumer,
     kafka_batch_handler,
-    raw_body,
+    subscribe_batches,
 )
 from confide_toolkit.outbox import Outbox
 from confide_toolkit.relay import idempotent_producer
 from confide_toolkit.testing import TopicFactory, eventually
 from faststream.kafka import KafkaBroker, KafkaMessage
-from faststream.middlewares import AckPolicy
 from sqlalchemy import Column, MetaData, Table, func, select
 from sqlalchemy.dialects.postgresql import UUID as PG_UUID
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -218,18 +215,9 @@ async def publish_registered(
 async def batch_subscriber(
     bootstrap: str, topic: str, group: str, handler: Callable[[KafkaMessage], Awaitable[None]]
 ) -> AsyncIterator[None]:
-    """A subscriber configured as `Service` configures its own."""
+    """A subscriber configured as `Service` configures its own (`inbox.subscribe_batches`)."""
     broker = KafkaBroker(bootstrap)
-    broker.subscriber(
-        topic,
-        group_id=group,
-        auto_offset_reset="earliest",
-        ack_policy=AckPolicy.MANUAL,
-        decoder=raw_body,
-        batch=True,
-        max_records=BATCH_MAX_RECORDS,
-        batch_timeout_ms=BATCH_TIMEOUT_MS,
-    )(handler)
+    subscribe_batches(broker, topic, group, handler)
     await broker.start()
     try:
         yield

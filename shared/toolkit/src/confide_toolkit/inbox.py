@@ -25,7 +25,8 @@ from confide_events import (
     from_envelope,
 )
 from confide_events.topics import dead_letter_topic
-from faststream.kafka import KafkaMessage
+from faststream.kafka import KafkaBroker, KafkaMessage
+from faststream.middlewares import AckPolicy
 from opentelemetry import trace
 from sqlalchemy import BigInteger, Column, DateTime, Integer, String, Table, func
 from sqlalchemy.dialects.postgresql import UUID as PG_UUID
@@ -410,6 +411,32 @@ def kafka_batch_handler(
         commits.applied(message.consumer, records)
 
     return on_batch
+
+
+def subscribe_batches(
+    broker: KafkaBroker,
+    topic: str,
+    group: str,
+    handler: Callable[[KafkaMessage], Awaitable[None]],
+    **documentation: Any,
+) -> Any:
+    """Subscribe `handler` (`kafka_batch_handler(consumer)`) to `topic` the way every service
+    consumes: in `group` from the earliest offset, a poll's records at a time, the record values
+    left as bytes for the inbox to decode, offsets committed by the handler. `documentation`
+    (title, description) goes to the AsyncAPI document. Returns the subscriber."""
+    subscriber = broker.subscriber(
+        topic,
+        group_id=group,
+        auto_offset_reset="earliest",
+        ack_policy=AckPolicy.MANUAL,
+        decoder=raw_body,
+        batch=True,
+        max_records=BATCH_MAX_RECORDS,
+        batch_timeout_ms=BATCH_TIMEOUT_MS,
+        **documentation,
+    )
+    subscriber(handler)
+    return subscriber
 
 
 def raw_body(message: Any) -> Any:

@@ -22,7 +22,6 @@ from confide_events.topics import IDENTITY_EVENTS, TOPIC_BY_PRODUCER
 from fastapi import APIRouter, FastAPI
 from fastapi.responses import JSONResponse
 from faststream.kafka import KafkaBroker
-from faststream.middlewares import AckPolicy
 from faststream.specification import AsyncAPI
 from sqlalchemy import text
 
@@ -30,14 +29,12 @@ from confide_toolkit.auth import Caller, TokenVerifier, caller_dependency, recor
 from confide_toolkit.clock import Clock, SystemClock
 from confide_toolkit.database import create_engine
 from confide_toolkit.inbox import (
-    BATCH_MAX_RECORDS,
-    BATCH_TIMEOUT_MS,
     EventContext,
     Handler,
     InboxConsumer,
     RetryPolicy,
     kafka_batch_handler,
-    raw_body,
+    subscribe_batches,
 )
 from confide_toolkit.kek import LocalKeyFile
 from confide_toolkit.keyring import Keyring
@@ -145,19 +142,14 @@ class Service:
             self._consumers[topic] = consumer
             names = ", ".join(sorted(e.event_type for e in handlers))
 
-            self.broker.subscriber(
+            subscribe_batches(
+                self.broker,
                 topic,
-                group_id=self.settings.consumer_group or self.name,
-                auto_offset_reset="earliest",
-                ack_policy=AckPolicy.MANUAL,
-                decoder=raw_body,
-                # A poll's records in one transaction.
-                batch=True,
-                max_records=BATCH_MAX_RECORDS,
-                batch_timeout_ms=BATCH_TIMEOUT_MS,
+                self.settings.consumer_group or self.name,
+                kafka_batch_handler(consumer),
                 title=f"{topic}:{self.name}",
                 description=f"Consumed idempotently by {self.name}: {names}",
-            )(kafka_batch_handler(consumer))
+            )
 
     # -- lifecycle --------------------------------------------------------------------------
 
