@@ -215,15 +215,6 @@ class EventStore:
                 await project(conn, record)
         return recorded
 
-    async def current_version(self, conn: AsyncConnection, stream_id: UUID) -> int:
-        result = await conn.execute(
-            select(stored_events.c.version)
-            .where(stored_events.c.stream_id == stream_id)
-            .order_by(stored_events.c.version.desc())
-            .limit(1)
-        )
-        return result.scalar_one_or_none() or 0
-
     async def load(self, conn: AsyncConnection, stream_id: UUID) -> list[RecordedEvent]:
         """Every event of one stream, in version order (empty for an unknown stream)."""
         result = await conn.execute(
