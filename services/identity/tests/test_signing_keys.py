@@ -77,7 +77,7 @@ async def test_another_service_verifies_identity_tokens_from_the_published_keys_
     async def whoami(caller: Annotated[Caller, Depends(other.current_caller)]) -> dict[str, str]:
         return {"subject_id": str(caller.subject_id), "role": caller.role}
 
-    app = other.create_app(title="verifier", description="test", routers=[router])
+    app = other.create_app(title="verifier", description="test", routers=[router], deps=None)
     async with serving(app) as client:
 
         async def knows_the_key() -> bool:

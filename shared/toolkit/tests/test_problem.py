@@ -16,6 +16,8 @@ from confide_toolkit.problem import (
     Locked,
     NotFound,
     Problem,
+    ProblemType,
+    ProblemTypes,
     TooManyRequests,
     Unauthorized,
     UnprocessableContent,
@@ -35,6 +37,40 @@ class StalePolicyVersion(Exception):
 
 class StalerStillPolicyVersion(StalePolicyVersion):
     pass
+
+
+class UnknownRecipient(Exception):
+    """A domain refusal about one field of the command."""
+
+    field = "recipient_id"
+
+
+class PasswordRefused(Exception):
+    """A domain refusal with several reasons, one field each."""
+
+    def __init__(self) -> None:
+        super().__init__("The password does not meet the password policy.")
+        self.field_errors = [
+            ("password", "Too short.", "password_too_short"),
+            ("password", "Found in a breach.", "password_breached"),
+        ]
+
+
+class SignInLocked(Exception):
+    """A domain refusal that knows when to try again."""
+
+    retry_after = timedelta(seconds=29.2)
+    current_policy_version = "v4"
+
+
+PROBLEM_TYPES: ProblemTypes = {
+    StalePolicyVersion: ProblemType(409, "Stale policy version"),
+    UnknownRecipient: ProblemType(422, "Unknown recipient"),
+    PasswordRefused: ProblemType(422, "Password refused", slug="password-refused"),
+    SignInLocked: ProblemType(
+        423, "Sign-in locked", extensions=lambda e: {"policy": e.current_policy_version}
+    ),
+}
 
 
 class Address(BaseModel):
@@ -66,7 +102,7 @@ class PaymentMethod(BaseModel):
 
 def build_app() -> FastAPI:
     app = FastAPI()
-    install_problem_handlers(app, {StalePolicyVersion: (409, "Stale policy version")})
+    install_problem_handlers(app, PROBLEM_TYPES)
     app.add_middleware(BodySizeLimit, max_bytes=1024)
 
     @app.get("/things/{thing_id}")
@@ -98,6 +134,12 @@ def build_app() -> FastAPI:
                 raise StalePolicyVersion("Policy version 3 is no longer current.")
             case "domain-subclass":
                 raise StalerStillPolicyVersion()
+            case "domain-field":
+                raise UnknownRecipient("No recipient 7 is registered.")
+            case "domain-fields":
+                raise PasswordRefused()
+            case "domain-locked":
+                raise SignInLocked("Too many failed sign-ins.")
             case "direct":
                 raise Problem("Declined.", status=402, slug="card-declined", title="Declined")
             case "weak":
@@ -178,6 +220,36 @@ async def test_mapped_domain_exception_and_its_subclasses(client: httpx.AsyncCli
     assert body["detail"] == "Policy version 3 is no longer current."
     subclass = await client.get("/raise/domain-subclass")
     assert_problem(subclass, 409, "staler-still-policy-version")
+
+
+async def test_a_domain_refusal_of_one_field_names_it_as_validation_does(
+    client: httpx.AsyncClient,
+) -> None:
+    body = assert_problem(await client.get("/raise/domain-field"), 422, "unknown-recipient")
+    assert body["errors"] == [
+        {
+            "field": "body.recipient_id",
+            "message": "No recipient 7 is registered.",
+            "type": "unknown_recipient",
+        }
+    ]
+
+
+async def test_a_domain_refusal_with_several_reasons_lists_each(client: httpx.AsyncClient) -> None:
+    body = assert_problem(await client.get("/raise/domain-fields"), 422, "password-refused")
+    assert [(e["field"], e["type"]) for e in body["errors"]] == [  # type: ignore[attr-defined]
+        ("body.password", "password_too_short"),
+        ("body.password", "password_breached"),
+    ]
+
+
+async def test_a_domain_refusal_says_when_to_retry_and_adds_its_members(
+    client: httpx.AsyncClient,
+) -> None:
+    response = await client.get("/raise/domain-locked")
+    body = assert_problem(response, 423, "sign-in-locked")
+    assert response.headers["retry-after"] == "30"
+    assert body["policy"] == "v4"
 
 
 async def test_unknown_route_is_a_404_problem(client: httpx.AsyncClient) -> None:

@@ -67,7 +67,7 @@ def build_probe(
         return {"subject_id": str(caller.subject_id), "role": caller.role}
 
     probe.app = service.create_app(  # type: ignore[attr-defined]
-        title="Probe", description="toolkit test service", routers=[router]
+        title="Probe", description="toolkit test service", routers=[router], deps=probe
     )
     return probe
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from confide_events.consent import ConsentGranted, ConsentRevoked
 from confide_toolkit.clock import Clock
 from confide_toolkit.event_store import ConcurrencyConflict
+from confide_toolkit.problem import ProblemType
 from confide_toolkit.service import Service, run
 from fastapi import FastAPI
 
@@ -54,11 +55,10 @@ def create_app(settings: ConsentSettings | None = None, clock: Clock | None = No
         title="Confide consent",
         description=DESCRIPTION,
         routers=[api.router(service, deps)],
-        domain_errors={ConcurrencyConflict: (409, "Concurrent change")},
+        deps=deps,
+        problem_types={ConcurrencyConflict: ProblemType(409, "Concurrent change")},
     )
     app.add_exception_handler(ConsentError, api.answer_consent_error)
-    app.state.service = service
-    app.state.deps = deps
     return app
 
 

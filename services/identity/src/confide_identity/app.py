@@ -7,6 +7,7 @@ from pathlib import Path
 
 from confide_events import identity as contract
 from confide_toolkit.clock import Clock
+from confide_toolkit.problem import ProblemType
 from confide_toolkit.service import Service, run
 from fastapi import FastAPI
 
@@ -93,15 +94,15 @@ def create_app(settings: IdentitySettings | None = None, clock: Clock | None = N
         title="Confide identity",
         description=DESCRIPTION,
         routers=[api.router(deps, service.current_caller)],
-        domain_errors={
-            domain.AccountNotActive: (409, "Account closed"),
-            domain.TotpAlreadyEnabled: (409, "Second factor already enabled"),
-            domain.NoTotpEnrolment: (409, "No enrolment to confirm"),
-            SigningKeyUnavailable: (503, "Signing key not yet available"),
+        deps=deps,
+        problem_types={
+            domain.AccountNotActive: ProblemType(409, "Account closed"),
+            domain.TotpAlreadyEnabled: ProblemType(409, "Second factor already enabled"),
+            domain.NoTotpEnrolment: ProblemType(409, "No enrolment to confirm"),
+            SigningKeyUnavailable: ProblemType(503, "Signing key not yet available"),
         },
     )
 
-    app.state.service = service
     app.state.dependencies = deps
     return app
 

@@ -1,9 +1,11 @@
 """RFC 9457 `application/problem+json`: the one error format of every Confide API.
 
-Service code raises a `Problem` (or a subclass such as `NotFound`), or its own domain
-exception mapped once in `install_problem_handlers`; this module turns each into a problem
-document. Framework errors (unknown route, wrong method, validation, malformed JSON) and
-unexpected exceptions get the same format.
+Routers raise a `Problem` (or a subclass such as `NotFound`) for what is HTTP's own business
+(a missing resource, a refused role); the domain and the handlers raise their own exceptions,
+which know nothing of HTTP and answer as each service declares once, in its `problems.py`, with
+a `ProblemType` per exception. This module turns each into a problem document. Framework
+errors (unknown route, wrong method, validation, malformed JSON) and unexpected exceptions get
+the same format.
 
 Error bodies never carry personal data (DESIGN rule 5): validation errors name the field but
 never echo the value, and an unexpected exception answers a generic 500 whose text stays out
@@ -12,11 +14,13 @@ of the body, the logs and the traces.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import re
 import traceback
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import timedelta
 from http import HTTPStatus
 from typing import Any, Final, TypedDict
@@ -325,13 +329,78 @@ async def _on_validation_error(request: Request, exc: Exception) -> Response:
     )
 
 
-def _domain_handler(status: int, title: str) -> Callable[[Request, Exception], Awaitable[Response]]:
+@dataclass(frozen=True)
+class ProblemType:
+    """How one kind of domain exception answers over HTTP: the declaration a service's
+    `problems.py` makes for each of its refusals, so that the domain knows nothing of HTTP.
+
+    The answer's type URI ends in `slug` (default: the kebab-cased class name,
+    `StalePolicyVersion` → `stale-policy-version`) and its detail is `str(error)`: domain
+    exceptions carry pseudonymous ids only (DESIGN rule 5). What the exception says of itself
+    is carried over by these attributes, when it has them:
+    - `field` (str): with a 422, `errors` names `"<location>.<field>"` (`body.email`), the
+      way request validation names fields;
+    - `field_errors` (sequence of `(field, message, type)`): several fields or reasons;
+    - `retry_after` (timedelta or seconds): the `Retry-After` header.
+    `extensions` adds members computed from the exception (e.g. the current policy version).
+    """
+
+    status: int
+    title: str
+    slug: str | None = None
+    location: str = "body"
+    headers: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    extensions: Callable[[Any], Mapping[str, Any]] | None = None
+
+    def problem(self, error: Exception) -> Problem:
+        """The problem document that answers `error`."""
+        slug = self.slug or _kebab_case(type(error).__name__)
+        members: dict[str, Any] = dict(self.extensions(error)) if self.extensions else {}
+        field_errors = self._field_errors(error, slug)
+        if field_errors:
+            members["errors"] = [dict(e) for e in field_errors]
+        headers = dict(self.headers)
+        headers.update(_retry_after_headers(getattr(error, "retry_after", None)))
+        return Problem(
+            str(error) or None,
+            status=self.status,
+            title=self.title,
+            slug=slug,
+            headers=headers,
+            extensions=members,
+        )
+
+    def _field_errors(self, error: Exception, slug: str) -> list[FieldError]:
+        listed = getattr(error, "field_errors", None)
+        if listed:
+            return [
+                FieldError(field=self._located(field), message=message, type=kind)
+                for field, message, kind in listed
+            ]
+        field = getattr(error, "field", None)
+        if self.status == 422 and isinstance(field, str):
+            kind = getattr(error, "kind", None) or slug.replace("-", "_")
+            return [FieldError(field=self._located(field), message=str(error), type=kind)]
+        return []
+
+    def _located(self, field: str) -> str:
+        return f"{self.location}.{field}" if self.location else field
+
+
+ProblemTypes = Mapping[type[Exception], ProblemType]
+"""A service's declaration of how each of its domain exceptions (and their subclasses) answers
+over HTTP; the most specific class listed wins."""
+
+
+def _problem_type_handler(
+    problem_types: ProblemTypes,
+) -> Callable[[Request, Exception], Awaitable[Response]]:
     async def handle(request: Request, exc: Exception) -> Response:
-        # Domain exceptions carry pseudonymous ids only (DESIGN rule 5), so their text is
-        # the detail; the class name is the stable problem type.
-        detail = str(exc) or None
-        slug = _kebab_case(type(exc).__name__)
-        return problem_response(Problem(detail, status=status, title=title, slug=slug))
+        for cls in type(exc).__mro__:
+            if cls in problem_types:
+                return problem_response(problem_types[cls].problem(exc))
+        log_unexpected_error(exc)
+        return _internal_error()
 
     return handle
 
@@ -399,22 +468,16 @@ class _UnexpectedErrorBoundary:
                 await _internal_error()(scope, receive, send)
 
 
-def install_problem_handlers(
-    app: FastAPI,
-    domain_errors: Mapping[type[Exception], tuple[int, str]] | None = None,
-) -> None:
-    """Answer every error of `app` as problem+json.
-
-    `domain_errors` maps a service's domain exceptions (and their subclasses) to
-    `(status, title)`; the type URI is the kebab-cased class name
-    (`StalePolicyVersion` → `.../stale-policy-version`) and the detail is `str(exc)`.
-    Call it once, when building the app.
-    """
+def install_problem_handlers(app: FastAPI, problem_types: ProblemTypes | None = None) -> None:
+    """Answer every error of `app` as problem+json: `Problem`s as they are, the service's
+    domain exceptions as `problem_types` declares, framework errors in the same format, and
+    anything else as a generic 500. Call it once, when building the app."""
     app.add_exception_handler(Problem, _on_problem)
     app.add_exception_handler(StarletteHTTPException, _on_http_exception)
     app.add_exception_handler(RequestValidationError, _on_validation_error)
-    for exception_class, (status, title) in (domain_errors or {}).items():
-        app.add_exception_handler(exception_class, _domain_handler(status, title))
+    handle_domain_error = _problem_type_handler(problem_types or {})
+    for exception_class in problem_types or {}:
+        app.add_exception_handler(exception_class, handle_domain_error)
     # The boundary catches what escapes the routes; the Exception handler is the fallback for
     # errors raised by middleware added outside it.
     app.add_middleware(_UnexpectedErrorBoundary)

@@ -27,6 +27,7 @@ from sqlalchemy import text
 
 from confide_toolkit.auth import Caller, TokenVerifier, caller_dependency, record_signing_key
 from confide_toolkit.clock import Clock, SystemClock
+from confide_toolkit.commands import ConcurrentChange
 from confide_toolkit.database import create_engine
 from confide_toolkit.inbox import (
     EventContext,
@@ -41,12 +42,20 @@ from confide_toolkit.keyring import Keyring
 from confide_toolkit.logs import configure_logging
 from confide_toolkit.migrations import upgrade_database
 from confide_toolkit.outbox import Outbox
-from confide_toolkit.problem import BodySizeLimit, install_problem_handlers
+from confide_toolkit.problem import (
+    BodySizeLimit,
+    ProblemType,
+    ProblemTypes,
+    install_problem_handlers,
+)
 from confide_toolkit.relay import OutboxRelay, idempotent_producer
 from confide_toolkit.settings import ServiceSettings
 from confide_toolkit.telemetry import configure_telemetry, instrument_fastapi
 
 logger = logging.getLogger(__name__)
+
+CONCURRENT_CHANGE = ProblemType(409, "Concurrent change", slug="concurrent-change")
+"""How every service answers a command that gave up after repeated conflicting writers."""
 
 
 async def _record_signing_key(event: SigningKeyPublished, ctx: EventContext) -> None:
@@ -189,17 +198,27 @@ class Service:
         title: str,
         description: str,
         routers: Sequence[APIRouter],
-        domain_errors: Mapping[type[Exception], tuple[int, str]] | None = None,
+        deps: object,
+        problem_types: ProblemTypes | None = None,
     ) -> FastAPI:
         """The service's FastAPI application with the routers, /healthz, /readyz and
-        /asyncapi.json; the subscribers are registered here, so subscribe() first."""
+        /asyncapi.json; the subscribers are registered here, so subscribe() first.
+
+        `problem_types` declares how the service's domain exceptions answer (its
+        `problems.PROBLEM_TYPES`); `ConcurrentChange` answers 409 in every service. The app
+        keeps the runtime and the handlers' dependencies as `app.state.service` and
+        `app.state.deps`, for tests and tools."""
         configure_logging(self.name, self.settings.log_level)
         configure_telemetry(self.name, self.settings.otel_exporter)
         self._register_subscribers()
         app = FastAPI(title=title, description=description, version="1.0.0", lifespan=self.lifespan)
         # For `auth.require_role(...)`'s default caller dependency.
         app.state.token_verifier = self.token_verifier
-        install_problem_handlers(app, domain_errors)
+        app.state.service = self
+        app.state.deps = deps
+        install_problem_handlers(
+            app, {ConcurrentChange: CONCURRENT_CHANGE, **(problem_types or {})}
+        )
         app.add_middleware(BodySizeLimit, max_bytes=self.settings.max_body_bytes)
         for router in routers:
             app.include_router(router)
