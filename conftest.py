@@ -1,2 +1,2 @@
-# The toolkit's fixtures (real Kafka and PostgreSQL) for every test in the workspace.
-pytest_plugins = ["confide_toolkit.testing"]
+# The test plugin's fixtures (real Kafka and PostgreSQL) for every test in the workspace.
+pytest_plugins = ["confide_testing"]

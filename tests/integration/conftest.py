@@ -17,8 +17,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+from confide_testing import Infrastructure
 from confide_toolkit.database import create_scratch_database, drop_database
-from confide_toolkit.testing import Infrastructure
 
 
 @dataclass

@@ -10,10 +10,10 @@ from typing import Any
 
 import psycopg
 import pytest
+from confide_testing import migration_drift
 from confide_toolkit.consents import consent_view
 from confide_toolkit.database import libpq_url, toolkit_metadata
 from confide_toolkit.migrations import upgrade_database
-from confide_toolkit.testing import migration_drift
 from sqlalchemy import MetaData
 
 pytestmark = pytest.mark.integration

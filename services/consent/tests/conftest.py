@@ -14,8 +14,8 @@ import pytest
 from confide_consent.app import create_app
 from confide_consent.handlers import Dependencies
 from confide_consent.settings import ConsentSettings
+from confide_testing import Infrastructure, TokenMinter, scratch_database, serving
 from confide_toolkit.service import Service
-from confide_toolkit.testing import Infrastructure, TokenMinter, scratch_database, serving
 from fastapi import FastAPI
 
 NORTHSIDE_CLINIC = uuid.UUID("01950000-0000-7000-8000-000000000001")

@@ -20,9 +20,9 @@ from confide_consent.store import (
     consents,
     receipt_signing_keys,
 )
+from confide_testing import serving
 from confide_toolkit.event_store import stored_events
 from confide_toolkit.outbox import outbox
-from confide_toolkit.testing import serving
 from sqlalchemy import delete, func, select, update
 
 from .conftest import ConsentService, Payloads

@@ -15,6 +15,7 @@ from confide_consent.store import SNAPSHOT_EVERY
 from confide_events import CLOUDEVENTS_JSON, CONTENT_TYPE_HEADER, encode_envelope, to_envelope
 from confide_events.identity import AccountClosed
 from confide_events.topics import CONSENT_EVENTS, IDENTITY_EVENTS
+from confide_testing import eventually
 from confide_toolkit.clock import SystemClock
 from confide_toolkit.consents import consent_handlers, find_valid_consent
 from confide_toolkit.database import create_engine, toolkit_metadata
@@ -23,7 +24,6 @@ from confide_toolkit.ids import uuid7
 from confide_toolkit.inbox import ConsumedRecord, InboxConsumer, Outcome, inbox
 from confide_toolkit.outbox import Outbox
 from confide_toolkit.relay import idempotent_producer
-from confide_toolkit.testing import eventually
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 

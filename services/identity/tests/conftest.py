@@ -26,10 +26,10 @@ from confide_events import (
 from confide_identity.app import create_app
 from confide_identity.handlers import Dependencies
 from confide_identity.settings import IdentitySettings
+from confide_testing import Infrastructure, scratch_database, serving
 from confide_toolkit.clock import FrozenClock
 from confide_toolkit.ids import uuid7
 from confide_toolkit.relay import idempotent_producer
-from confide_toolkit.testing import Infrastructure, scratch_database, serving
 from confide_toolkit.topics import ensure_topics, suite_topics
 
 STRONG_PASSWORD = "violet-harbour-lantern-92"

@@ -6,7 +6,7 @@ import uuid
 
 import pytest
 from confide_events.topics import IDENTITY_EVENTS
-from confide_toolkit.testing import eventually
+from confide_testing import eventually
 from sqlalchemy import text
 
 from .conftest import STRONG_PASSWORD, RunningIdentity, bearer, events_about, registration

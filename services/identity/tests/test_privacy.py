@@ -7,9 +7,9 @@ import pytest
 from confide_events.retention import RetentionExpired
 from confide_events.topics import IDENTITY_EVENTS, RETENTION_EVENTS
 from confide_identity import handlers
+from confide_testing import eventually
 from confide_toolkit.clock import FrozenClock
 from confide_toolkit.keyring import ERASED
-from confide_toolkit.testing import eventually
 from sqlalchemy import text
 
 from .conftest import (

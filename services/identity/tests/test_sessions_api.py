@@ -9,9 +9,9 @@ import jwt
 import pytest
 from confide_events.topics import IDENTITY_EVENTS
 from confide_identity.store import accounts
+from confide_testing import eventually
 from confide_toolkit.auth import AUDIENCE, ISSUER
 from confide_toolkit.clock import FrozenClock
-from confide_toolkit.testing import eventually
 from cryptography.hazmat.primitives.hashes import SHA1
 from cryptography.hazmat.primitives.twofactor.totp import TOTP
 from sqlalchemy import select

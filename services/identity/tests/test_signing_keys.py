@@ -9,11 +9,11 @@ from typing import Annotated
 import jwt
 import pytest
 from confide_identity.app import MIGRATIONS
+from confide_testing import eventually, serving
 from confide_toolkit.auth import Caller, load_signing_keys
 from confide_toolkit.clock import FrozenClock
 from confide_toolkit.service import Service
 from confide_toolkit.settings import ServiceSettings
-from confide_toolkit.testing import eventually, serving
 from fastapi import APIRouter, Depends
 from sqlalchemy import text
 

@@ -13,13 +13,13 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from confide_events import CLOUDEVENTS_JSON, CONTENT_TYPE_HEADER, encode_envelope, to_envelope
 from confide_events.base import IntegrationEvent
 from confide_events.consent import ConsentGranted, ConsentRevoked
+from confide_testing import TopicFactory
 from confide_toolkit.clock import SystemClock
 from confide_toolkit.consents import consent_handlers, find_consent, find_valid_consent
 from confide_toolkit.ids import uuid7
 from confide_toolkit.inbox import ConsumedRecord, InboxConsumer, Outcome
 from confide_toolkit.outbox import Outbox
 from confide_toolkit.relay import idempotent_producer
-from confide_toolkit.testing import TopicFactory
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 pytestmark = pytest.mark.integration

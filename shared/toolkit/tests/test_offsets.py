@@ -19,6 +19,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import CommitFailedError
 from confide_events import CLOUDEVENTS_JSON, CONTENT_TYPE_HEADER, encode_envelope, to_envelope
 from confide_events.identity import UserRegistered
+from confide_testing import TopicFactory, eventually
 from confide_toolkit.clock import SystemClock
 from confide_toolkit.ids import uuid7
 from confide_toolkit.inbox import (
@@ -31,7 +32,6 @@ from confide_toolkit.inbox import (
 )
 from confide_toolkit.outbox import Outbox
 from confide_toolkit.relay import idempotent_producer
-from confide_toolkit.testing import TopicFactory, eventually
 from faststream.kafka import KafkaBroker, KafkaMessage
 from sqlalchemy import Column, MetaData, Table, func, select
 from sqlalchemy.dialects.postgresql import UUID as PG_UUID

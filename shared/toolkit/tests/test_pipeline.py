@@ -16,6 +16,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from confide_events import decode_envelope
 from confide_events.identity import AccountClosed, UserRegistered
+from confide_testing import TopicFactory
 from confide_toolkit.clock import SystemClock
 from confide_toolkit.database import libpq_url
 from confide_toolkit.inbox import (
@@ -28,7 +29,6 @@ from confide_toolkit.inbox import (
 from confide_toolkit.outbox import Outbox, outbox
 from confide_toolkit.relay import OutboxRelay, idempotent_producer
 from confide_toolkit.telemetry import configure_telemetry
-from confide_toolkit.testing import TopicFactory
 from opentelemetry import trace
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter

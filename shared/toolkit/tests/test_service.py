@@ -14,13 +14,13 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 from confide_events import CLOUDEVENTS_JSON, CONTENT_TYPE_HEADER, encode_envelope, to_envelope
 from confide_events.identity import UserRegistered
+from confide_testing import TokenMinter, TopicFactory, eventually, serving
 from confide_toolkit.auth import Caller
 from confide_toolkit.ids import uuid7
 from confide_toolkit.inbox import EventContext
 from confide_toolkit.relay import idempotent_producer
 from confide_toolkit.service import Service
 from confide_toolkit.settings import ServiceSettings
-from confide_toolkit.testing import TokenMinter, TopicFactory, eventually, serving
 from fastapi import APIRouter, Depends
 from sqlalchemy import text
 

@@ -25,11 +25,6 @@ from asgi_lifespan import LifespanManager
 from confide_events import CLOUDEVENTS_JSON, CONTENT_TYPE_HEADER, encode_envelope, to_envelope
 from confide_events.identity import PublicSigningKey, SigningKeyPublished
 from confide_events.topics import IDENTITY_EVENTS
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from fastapi import FastAPI
-from sqlalchemy import MetaData
-from sqlalchemy.ext.asyncio import AsyncEngine
-
 from confide_toolkit.auth import Role, load_signing_keys, public_jwk, sign_access_token
 from confide_toolkit.clock import SystemClock
 from confide_toolkit.database import (
@@ -41,6 +36,10 @@ from confide_toolkit.database import (
 from confide_toolkit.ids import uuid7
 from confide_toolkit.relay import idempotent_producer
 from confide_toolkit.topics import ensure_topics, suite_topics
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from fastapi import FastAPI
+from sqlalchemy import MetaData
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 HOW_TO_PROVIDE = (
     "Confide's integration tests need a real Kafka broker and PostgreSQL. Run `make test` "
