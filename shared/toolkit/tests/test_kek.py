@@ -1,10 +1,12 @@
-"""The local key file: versioned key-encryption keys, rotated and retired on disk."""
+"""Key-encryption keys: the provider chosen by configuration, and the local key file (versioned
+keys, rotated and retired on disk)."""
 
 from __future__ import annotations
 
 import json
 import os
 import stat
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,7 +17,13 @@ from confide_toolkit.kek import (
     KeyFileInvalid,
     LocalKeyFile,
     RetiredKekVersion,
+    UnknownKekProvider,
+    keks_from_settings,
+    register_kek_provider,
+    unregister_kek_provider,
 )
+from confide_toolkit.service import Service
+from confide_toolkit.settings import ServiceSettings
 
 DATA_KEY = bytes(range(32))
 
@@ -23,6 +31,89 @@ DATA_KEY = bytes(range(32))
 @pytest.fixture
 def key_path(tmp_path: Path) -> Path:
     return tmp_path / "secrets" / "kek.json"
+
+
+class InMemoryKeks:
+    """A provider that exists only in this test: one version, held in memory."""
+
+    VERSION = 7
+
+    def __init__(self) -> None:
+        self._kek = os.urandom(32)
+
+    @property
+    def current_version(self) -> int:
+        return self.VERSION
+
+    def wrap(self, data_key: bytes) -> tuple[int, bytes]:
+        return self.VERSION, bytes(a ^ b for a, b in zip(data_key, self._kek, strict=True))
+
+    def unwrap(self, version: int, wrapped: bytes) -> bytes:
+        if version != self.VERSION:
+            raise RetiredKekVersion(version)
+        return bytes(a ^ b for a, b in zip(wrapped, self._kek, strict=True))
+
+
+def _settings(key_path: Path, **overrides: object) -> ServiceSettings:
+    # The database is never reached: building a Service connects to nothing (its Kafka clients
+    # want a running event loop, hence the async tests).
+    return ServiceSettings(
+        service_name="probe",
+        database_url="postgresql+psycopg://probe@127.0.0.1:1/none",
+        kek_file=key_path,
+        **overrides,  # type: ignore[arg-type]
+    )
+
+
+@pytest.fixture
+def in_memory_provider() -> Iterator[InMemoryKeks]:
+    keks = InMemoryKeks()
+    register_kek_provider("in-memory", lambda settings: keks)
+    yield keks
+    unregister_kek_provider("in-memory")
+
+
+async def test_the_local_key_file_is_the_default_provider(
+    key_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("CONFIDE_KEK_PROVIDER", raising=False)
+    service = Service(_settings(key_path), migrations=key_path.parent)
+
+    keks = service.keyring.keks
+    assert isinstance(keks, LocalKeyFile)
+    assert keks.path == key_path
+
+
+def test_an_unknown_provider_refuses_to_start_naming_the_setting_and_the_known_ones(
+    key_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CONFIDE_KEK_PROVIDER", "vault")
+
+    with pytest.raises(UnknownKekProvider) as raised:
+        Service(_settings(key_path), migrations=key_path.parent)
+
+    assert str(raised.value) == (
+        "CONFIDE_KEK_PROVIDER='vault' names no key-encryption-key provider; "
+        "known providers: local-file"
+    )
+    assert not key_path.exists()  # no key file made up on the way
+
+
+async def test_a_provider_registered_by_name_is_the_one_the_service_uses(
+    key_path: Path, monkeypatch: pytest.MonkeyPatch, in_memory_provider: InMemoryKeks
+) -> None:
+    monkeypatch.setenv("CONFIDE_KEK_PROVIDER", "in-memory")
+
+    service = Service(_settings(key_path), migrations=key_path.parent)
+
+    assert service.keyring.keks is in_memory_provider
+    with pytest.raises(UnknownKekProvider, match="known providers: in-memory, local-file"):
+        keks_from_settings(_settings(key_path, kek_provider="kms"))
+
+
+def test_a_provider_name_already_taken_is_refused(in_memory_provider: InMemoryKeks) -> None:
+    with pytest.raises(ValueError, match="already registered as 'local-file'"):
+        register_kek_provider("local-file", lambda settings: InMemoryKeks())
 
 
 def _mode(path: Path) -> int:

@@ -7,25 +7,42 @@ versioned so that a KEK can be rotated: `rotate` makes a new version current, th
 (the backup retention) `retire` destroys the old version, so that no older backup of the database
 can unwrap anything it holds.
 
-Plugging in a real KMS
-----------------------
-Anything with the shape of `KeyEncryptionKeys` will do; the keyring depends on nothing else.
+Choosing a provider
+-------------------
+A service's provider is chosen by configuration: `CONFIDE_KEK_PROVIDER` names it (the settings'
+`kek_provider`), and `keks_from_settings` builds it when the service starts. The one provider
+that ships is `local-file` (`LocalKeyFile`, the default), a key file on the service's host
+(`CONFIDE_KEK_FILE`). A name that no provider is registered under stops the service at start,
+naming the setting and the known names, rather than starting without its keys.
 
-- **Vault transit**: `wrap` calls `transit/encrypt/<key>` on the base64 data key and returns
-  `(key_version, ciphertext)`, where Vault's ciphertext `vault:v<N>:...` carries the version N that
-  `current_version` reports (`transit/keys/<key>` → `latest_version`); `unwrap` calls
-  `transit/decrypt/<key>`. Rotation is `transit/keys/<key>/rotate`, retirement is raising
-  `min_decryption_version` (and trimming), and `rewrap_all` maps naturally onto `transit/rewrap`.
-- **AWS KMS**: `wrap` is `Encrypt` (or `GenerateDataKey`) under a key alias, with an
-  `EncryptionContext` that names the service; `unwrap` is `Decrypt`. KMS rotates its backing key
-  material itself and keeps old material, so the version can be a number the adapter keeps per
-  alias (one KMS key per version, the alias pointing at the current one); retiring a version is
-  scheduling that KMS key's deletion.
+Adding a provider
+-----------------
+There is no KMS adapter here (no Vault, no AWS KMS): a deployment that keeps its KEKs in one
+writes a class of its own with the shape of `KeyEncryptionKeys` and registers a function that
+builds it from the settings, in the service's `app.py` (or a module it imports) before the
+`Service` is built:
 
-Either way the KEK never leaves the KMS and only data keys cross the wire. The methods are
-synchronous because the local provider is pure CPU work; a remote provider costs one network round
-trip per data key per process (the keyring caches every unwrap), and should bound that call with a
-short timeout, since the keyring calls it on the event loop's thread.
+    register_kek_provider("acme-kms", lambda settings: AcmeKmsKeys(AcmeKmsSettings()))
+
+A provider that needs settings of its own (an address, a key name, credentials) reads them from
+the environment itself, as `AcmeKmsSettings` would, under its own `CONFIDE_KEK_...` names.
+
+What a provider must do:
+
+- `current_version` is the version `wrap` uses now; versions only ever grow, so that a data key's
+  stored version always names the KEK that wrapped it.
+- `wrap` returns the version it used with the wrapped bytes; `unwrap` gives back exactly the data
+  key given to `wrap`, raises `RetiredKekVersion` for a version that no longer exists and
+  `CorruptWrappedKey` for bytes that do not authenticate under the version (a wrapped key
+  relabelled with another version must fail, not unwrap to garbage).
+- The KEK itself never leaves the provider; only data keys cross the interface.
+- The methods are synchronous because the local provider is pure CPU work. The keyring calls them
+  on the event loop's thread and caches every unwrap, so a remote provider costs one round trip
+  per data key per process and must bound that call with a short timeout.
+
+Rotation (`rotate`, `retire`) is the provider's own business, not part of the interface: the
+keyring only needs `rewrap_all` to move every data key onto the current version before an old one
+is retired.
 """
 
 from __future__ import annotations
@@ -37,13 +54,15 @@ import fcntl
 import json
 import os
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from confide_toolkit.settings import ServiceSettings
 
 KEK_BYTES = 32
 """A KEK is an AES-256 key."""
@@ -87,8 +106,20 @@ class KeyFileInvalid(KekError):
     """The local key file exists but is not a well-formed key file."""
 
 
+class UnknownKekProvider(KekError):
+    """The configured KEK provider is not registered: the service cannot start without its keys."""
+
+    def __init__(self, name: str, known: list[str]) -> None:
+        super().__init__(
+            f"CONFIDE_KEK_PROVIDER={name!r} names no key-encryption-key provider; "
+            f"known providers: {', '.join(known)}"
+        )
+        self.name = name
+        self.known = known
+
+
 class KeyEncryptionKeys(Protocol):
-    """A versioned source of key-encryption keys: a local key file, or a KMS behind an adapter."""
+    """A versioned source of key-encryption keys (what a provider must do: the module docstring)."""
 
     @property
     def current_version(self) -> int:
@@ -114,7 +145,7 @@ class _KeyFileContents:
 # Why AES-256-GCM rather than AES key wrap (RFC 3394/5649): GCM takes associated data, so the KEK
 # version is bound to the wrapped key and a wrapped key relabelled with another version fails
 # loudly instead of unwrapping to garbage; it is the same construction Vault transit and AWS KMS
-# use behind this interface, and the same primitive the keyring already uses for data, so there is
+# use for their own wrapping, and the same primitive the keyring already uses for data, so there is
 # one primitive to review. Its one hazard, nonce reuse, is out of reach here: random 96-bit nonces
 # stay safe for up to 2^32 wraps per KEK version, and a version wraps at most one data key per
 # (person, category) plus one re-wrap of each at rotation.
@@ -132,8 +163,8 @@ class LocalKeyFile:
     version. Every access notices when the file was replaced (by `rotate`/`retire` in another
     process) and reads it again, so replicas see a rotation or a retirement at once.
 
-    Suited to development and single-host deployments; production should put the KEK in a KMS
-    (see the module docstring)."""
+    Suited to development and single-host deployments; a deployment that keeps its KEKs in a KMS
+    registers a provider of its own (see the module docstring)."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self._path = Path(path)
@@ -276,3 +307,48 @@ class LocalKeyFile:
             os.fsync(directory)
         finally:
             os.close(directory)
+
+
+KekProvider = Callable[[ServiceSettings], KeyEncryptionKeys]
+"""Builds a service's key-encryption keys from its settings, once, when the service starts."""
+
+LOCAL_FILE = "local-file"
+"""The default provider: `LocalKeyFile` on the settings' `kek_file`."""
+
+
+def _local_key_file(settings: ServiceSettings) -> KeyEncryptionKeys:
+    return LocalKeyFile(settings.kek_file)
+
+
+_providers: dict[str, KekProvider] = {LOCAL_FILE: _local_key_file}
+
+
+def register_kek_provider(name: str, provider: KekProvider) -> None:
+    """Makes `provider` selectable as `CONFIDE_KEK_PROVIDER=<name>`.
+
+    Refuses a name already taken, so that a provider never silently replaces another (the local
+    file included)."""
+    if name in _providers:
+        raise ValueError(f"a key-encryption-key provider is already registered as {name!r}")
+    _providers[name] = provider
+
+
+def unregister_kek_provider(name: str) -> None:
+    """Forgets a provider registered by `register_kek_provider` (tests register throwaway ones);
+    the local file stays."""
+    if name != LOCAL_FILE:
+        _providers.pop(name, None)
+
+
+def kek_provider_names() -> list[str]:
+    """The names `CONFIDE_KEK_PROVIDER` may take, sorted."""
+    return sorted(_providers)
+
+
+def keks_from_settings(settings: ServiceSettings) -> KeyEncryptionKeys:
+    """The key-encryption keys the settings choose (`kek_provider`); raises `UnknownKekProvider`
+    for a name no provider is registered under."""
+    provider = _providers.get(settings.kek_provider)
+    if provider is None:
+        raise UnknownKekProvider(settings.kek_provider, kek_provider_names())
+    return provider(settings)

@@ -37,7 +37,7 @@ from confide_toolkit.inbox import (
     kafka_batch_handler,
     subscribe_batches,
 )
-from confide_toolkit.kek import LocalKeyFile
+from confide_toolkit.kek import keks_from_settings
 from confide_toolkit.keyring import Keyring
 from confide_toolkit.logs import configure_logging
 from confide_toolkit.migrations import upgrade_database
@@ -80,7 +80,7 @@ class Service:
         self.clock: Clock = clock or SystemClock()
         self.engine = create_engine(settings.database_url)
         self.outbox = Outbox(self.name, self.clock)
-        self.keyring = Keyring(self.name, LocalKeyFile(settings.kek_file), self.clock)
+        self.keyring = Keyring(self.name, keks_from_settings(settings), self.clock)
         self.token_verifier = TokenVerifier(self.engine, self.clock)
         self.current_caller: Callable[..., Awaitable[Caller]] = caller_dependency(
             self.token_verifier

@@ -19,6 +19,11 @@ class ServiceSettings(BaseSettings):
     kafka_bootstrap: str = "127.0.0.1:19092"
     http_host: str = "127.0.0.1"
     http_port: int = 8000
+    kek_provider: str = Field(
+        default="local-file",
+        description="where the key-encryption keys come from: a name registered with "
+        "`kek.register_kek_provider`; `local-file` (the default) is the file `kek_file`",
+    )
     kek_file: Path = Field(
         default=Path(".stack/keys/service.kek.json"),
         description="the local key-encryption-key file (created on first start)",
