@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +58,19 @@ logger = logging.getLogger(__name__)
 CONCURRENT_CHANGE = ProblemType(409, "Concurrent change", slug="concurrent-change")
 """How every service answers a command that gave up after repeated conflicting writers."""
 
+UNPACKAGED_VERSION = "0+unpackaged"
+"""The version a service reports when no `confide-<name>` distribution is installed (a service
+built inside a test, such as the toolkit's probe)."""
+
+
+def service_version(service_name: str) -> str:
+    """The installed version of the service's distribution, `confide-<service_name>` (the
+    `version` of its pyproject.toml), or `UNPACKAGED_VERSION` when there is none."""
+    try:
+        return metadata.version(f"confide-{service_name}")
+    except metadata.PackageNotFoundError:
+        return UNPACKAGED_VERSION
+
 
 async def _record_signing_key(event: SigningKeyPublished, ctx: EventContext) -> None:
     await record_signing_key(
@@ -77,6 +91,7 @@ class Service:
         self.settings = settings
         self.migrations = migrations
         self.name = settings.service_name
+        self.version = service_version(self.name)
         self.clock: Clock = clock or SystemClock()
         self.engine = create_engine(settings.database_url)
         self.outbox = Outbox(self.name, self.clock)
@@ -211,7 +226,9 @@ class Service:
         configure_logging(self.name, self.settings.log_level)
         configure_telemetry(self.name, self.settings.otel_exporter)
         self._register_subscribers()
-        app = FastAPI(title=title, description=description, version="1.0.0", lifespan=self.lifespan)
+        app = FastAPI(
+            title=title, description=description, version=self.version, lifespan=self.lifespan
+        )
         # For `auth.require_role(...)`'s default caller dependency.
         app.state.token_verifier = self.token_verifier
         app.state.service = self
@@ -231,7 +248,7 @@ class Service:
 
         @router.get("/healthz", summary="Liveness: the process answers")
         async def healthz() -> dict[str, str]:
-            return {"status": "ok", "service": self.name}
+            return {"status": "ok", "service": self.name, "version": self.version}
 
         @router.get("/readyz", summary="Readiness: database and Kafka reachable")
         async def readyz() -> JSONResponse:
@@ -259,7 +276,7 @@ class Service:
 
         @router.get("/asyncapi.json", summary="AsyncAPI document of the events in and out")
         async def asyncapi() -> Any:
-            spec = AsyncAPI(self.broker, title=f"{title} events", version="1.0.0")
+            spec = AsyncAPI(self.broker, title=f"{title} events", version=self.version)
             return spec.to_specification().to_jsonable()
 
         return router
