@@ -33,6 +33,7 @@ from sqlalchemy.dialects.postgresql import UUID as PG_UUID
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from confide_toolkit.availability import database_outage
 from confide_toolkit.database import toolkit_metadata
 from confide_toolkit.outbox import Outbox
 from confide_toolkit.telemetry import context_from_traceparent
@@ -188,6 +189,16 @@ class InboxConsumer:
             try:
                 return await self._apply(record, envelope, event)
             except Exception as error:
+                if database_outage(error):
+                    # Not the event's fault: it waits for the database however long that takes,
+                    # and never reaches the dead-letter topic for it.
+                    logger.warning(
+                        "database unavailable; the event waits for it",
+                        extra=self._log_fields(record, envelope, attempt, error),
+                    )
+                    attempt -= 1
+                    await asyncio.sleep(self._retry.max_backoff)
+                    continue
                 if attempt >= self._retry.attempts:
                     logger.error(
                         "event failed every attempt; sending it to the dead-letter topic",

@@ -400,12 +400,13 @@ def _problem_type_handler(
             if cls in problem_types:
                 return problem_response(problem_types[cls].problem(exc))
         log_unexpected_error(exc)
-        return _internal_error()
+        return internal_error()
 
     return handle
 
 
-def _internal_error() -> ProblemResponse:
+def internal_error() -> ProblemResponse:
+    """The generic 500: nothing of the exception reaches the body."""
     return problem_response(
         Problem("An unexpected error occurred.", status=500, slug="internal-error")
     )
@@ -431,7 +432,7 @@ def log_unexpected_error(exc: BaseException) -> None:
 
 async def _on_unexpected_error(request: Request, exc: Exception) -> Response:
     log_unexpected_error(exc)
-    return _internal_error()
+    return internal_error()
 
 
 class _UnexpectedErrorBoundary:
@@ -465,7 +466,7 @@ class _UnexpectedErrorBoundary:
             span = trace.get_current_span()
             span.set_status(trace.Status(trace.StatusCode.ERROR, type(exc).__name__))
             if not response_started:
-                await _internal_error()(scope, receive, send)
+                await internal_error()(scope, receive, send)
 
 
 def install_problem_handlers(app: FastAPI, problem_types: ProblemTypes | None = None) -> None:

@@ -27,6 +27,12 @@ from faststream.specification import AsyncAPI
 from sqlalchemy import text
 
 from confide_toolkit.auth import Caller, TokenVerifier, caller_dependency, record_signing_key
+from confide_toolkit.availability import (
+    Availability,
+    RefuseWhileUnavailable,
+    install_outage_handlers,
+    outage_problem,
+)
 from confide_toolkit.clock import Clock, SystemClock
 from confide_toolkit.commands import ConcurrentChange
 from confide_toolkit.database import create_engine
@@ -48,6 +54,7 @@ from confide_toolkit.problem import (
     ProblemType,
     ProblemTypes,
     install_problem_handlers,
+    problem_response,
 )
 from confide_toolkit.relay import OutboxRelay, idempotent_producer
 from confide_toolkit.settings import ServiceSettings
@@ -118,6 +125,11 @@ class Service:
         self._start_hooks: list[Callable[[], Awaitable[None]]] = []
         self._relay_stop = asyncio.Event()
         self._relay_task: asyncio.Task[None] | None = None
+        self.availability = Availability(
+            {"database": self._database_ok, "kafka": self._kafka_ok},
+            interval=settings.dependency_check_interval,
+        )
+        self._watch_task: asyncio.Task[None] | None = None
         # Every service verifies tokens from the keys identity publishes: never by calling it.
         self.subscribe(IDENTITY_EVENTS, {SigningKeyPublished: _record_signing_key})
 
@@ -183,6 +195,9 @@ class Service:
         await self.broker.start()
         self._relay_stop.clear()
         self._relay_task = asyncio.create_task(self.relay.run(self._relay_stop), name="relay")
+        self._watch_task = asyncio.create_task(
+            self.availability.watch(self._relay_stop), name="dependency-watch"
+        )
         for hook in self._start_hooks:
             await hook()
         logger.info("service started", extra={"service": self.name})
@@ -193,6 +208,8 @@ class Service:
         self._relay_stop.set()
         if self._relay_task is not None:
             await self._relay_task
+        if self._watch_task is not None:
+            await self._watch_task
         await self.dead_letters.stop()
         await self.engine.dispose()
         logger.info("service stopped", extra={"service": self.name})
@@ -233,10 +250,12 @@ class Service:
         app.state.token_verifier = self.token_verifier
         app.state.service = self
         app.state.deps = deps
+        install_outage_handlers(app)
         install_problem_handlers(
             app, {ConcurrentChange: CONCURRENT_CHANGE, **(problem_types or {})}
         )
         app.add_middleware(BodySizeLimit, max_bytes=self.settings.max_body_bytes)
+        app.add_middleware(RefuseWhileUnavailable, availability=self.availability)
         for router in routers:
             app.include_router(router)
         app.include_router(self._operations_router(title))
@@ -252,27 +271,15 @@ class Service:
 
         @router.get("/readyz", summary="Readiness: database and Kafka reachable")
         async def readyz() -> JSONResponse:
-            checks = {"database": await self._database_ok(), "kafka": await self._kafka_ok()}
-            ready = all(checks.values())
-            body: dict[str, Any] = {
-                "status": "ready" if ready else "not ready",
-                "checks": checks,
-                "relay": "active" if self.relay.is_active else "standby",
-            }
-            if ready:
-                return JSONResponse(body)
-            return JSONResponse(
-                {
-                    "type": "https://confide.dev/problems/not-ready",
-                    "title": "Service not ready",
-                    "status": 503,
-                    "detail": "a dependency is unreachable: "
-                    + ", ".join(k for k, ok in checks.items() if not ok),
-                    **body,
-                },
-                status_code=503,
-                media_type="application/problem+json",
-            )
+            checks = await self.availability.check_now()
+            relay = "active" if self.relay.is_active else "standby"
+            unavailable = [name for name, ok in checks.items() if not ok]
+            if not unavailable:
+                return JSONResponse({"status": "ready", "checks": checks, "relay": relay})
+            # The same problem type as every other request gets meanwhile, with the checks.
+            problem = outage_problem(unavailable[0])
+            problem.extensions.update({"checks": checks, "relay": relay})
+            return problem_response(problem)
 
         @router.get("/asyncapi.json", summary="AsyncAPI document of the events in and out")
         async def asyncapi() -> Any:

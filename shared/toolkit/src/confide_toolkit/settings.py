@@ -37,3 +37,8 @@ class ServiceSettings(BaseSettings):
     relay_poll_interval: float = 1.0
     consumer_retry_attempts: int = 5
     graceful_shutdown_seconds: float = 15.0
+    dependency_check_interval: float = Field(
+        default=1.0,
+        description="seconds between checks of the database and Kafka; while one fails, "
+        "requests answer 503 naming it",
+    )
