@@ -10,16 +10,23 @@ of an aggregate's state needs no migration of old snapshots). Like domain events
 ciphertext at most, never plaintext personal data.
 
 Domain events are a service's private facts (they may hold ciphertext, never plaintext personal
-data); integration events are what crosses the boundary, through the outbox."""
+data); integration events are what crosses the boundary, through the outbox.
+
+Domain events are versioned as integration events are: each class names its `event_type` (the
+name the store records, which outlives a rename of the class) and its `schema_version`, stored
+beside it. When a class changes shape, its `schema_version` goes up by one and an upcaster turns
+the data of the version before into the new shape; events already stored are never rewritten,
+they are upcast each time they are read, so `load` and `rebuild` still replay them."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, ClassVar
 from uuid import UUID
 
+from confide_events.upcasting import Upcaster, UpcasterKey, Upcasters
 from pydantic import BaseModel, ConfigDict
 from sqlalchemy import (
     BigInteger,
@@ -32,6 +39,7 @@ from sqlalchemy import (
     UniqueConstraint,
     delete,
     select,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.dialects.postgresql import UUID as PG_UUID
@@ -51,6 +59,8 @@ stored_events = Table(
     Column("version", Integer, nullable=False),
     Column("event_id", PG_UUID(as_uuid=True), nullable=False, unique=True),
     Column("event_type", String(128), nullable=False),
+    # Rows recorded before events were versioned are version 1.
+    Column("schema_version", Integer, nullable=False, server_default=text("1")),
     Column("data", JSONB, nullable=False),
     Column("recorded_at", DateTime(timezone=True), nullable=False),
     UniqueConstraint("stream_id", "version", name="uq_stored_events_stream_version"),
@@ -75,10 +85,28 @@ _APPEND = (
 
 
 class DomainEvent(BaseModel):
-    """Base of a service's domain events: small, immutable facts named in the past tense."""
+    """Base of a service's domain events: small, immutable facts named in the past tense.
+
+    Every concrete event declares `event_type` and `schema_version` (the store refuses to
+    register one that does not)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
     stream_type: ClassVar[str] = ""
+    event_type: ClassVar[str] = ""
+    """The name the store records the event under. It stays when the class is renamed; events
+    recorded before types were named keep the class name they were stored under."""
+    schema_version: ClassVar[int] = 0
+    """The version of the event's shape, from 1; up by one (with an upcaster) at each change."""
+
+
+DomainUpcasters = Mapping[UpcasterKey, Upcaster]
+"""Upcasters of domain events by (event_type, the schema version they read): each turns the
+data of that version into the data of the next."""
+
+
+class UnknownDomainEvent(Exception):
+    """A stored event whose type or version this code does not know (written by newer code, or
+    a type that was removed)."""
 
 
 class ConcurrencyConflict(Exception):
@@ -145,8 +173,24 @@ class EventStore:
         event_types: Iterable[type[DomainEvent]],
         clock: Clock,
         projections: Sequence[Projection] = (),
+        upcasters: DomainUpcasters | None = None,
     ) -> None:
-        self._types = {t.__name__: t for t in event_types}
+        """Raises TypeError when an event type lacks its name or version, two types share a
+        name, or an upcaster from an older version of a type is missing."""
+        self._types: dict[str, type[DomainEvent]] = {}
+        self._upcasters = Upcasters(upcasters or {})
+        for event_class in event_types:
+            name, version = event_class.event_type, event_class.schema_version
+            if not name or version < 1:
+                raise TypeError(
+                    f"{event_class.__name__} must declare event_type and schema_version"
+                )
+            if name in self._types:
+                raise TypeError(f"two domain event types are named {name}")
+            for older in range(1, version):
+                if (name, older) not in self._upcasters:
+                    raise TypeError(f"no upcaster for {name} v{older} -> v{older + 1}")
+            self._types[name] = event_class
         self._clock = clock
         self._projections = tuple(projections)
 
@@ -167,7 +211,7 @@ class EventStore:
             return []
         now = self._clock.now()
         for event in events:
-            if type(event).__name__ not in self._types:
+            if self._types.get(type(event).event_type) is not type(event):
                 raise TypeError(f"{type(event).__name__} is not a registered domain event type")
         versions = [expected_version + offset for offset in range(1, len(events) + 1)]
         event_ids = [uuid7() for _ in events]
@@ -177,7 +221,8 @@ class EventStore:
                 "stream_type": type(event).stream_type or type(event).__name__,
                 "version": version,
                 "event_id": event_id,
-                "event_type": type(event).__name__,
+                "event_type": type(event).event_type,
+                "schema_version": type(event).schema_version,
                 "data": event.model_dump(mode="json"),
                 "recorded_at": now,
             }
@@ -299,12 +344,21 @@ class EventStore:
         return count
 
     def _recorded(self, row: Any) -> RecordedEvent:
-        event_type = self._types[row["event_type"]]
         return RecordedEvent(
             position=row["position"],
             stream_id=row["stream_id"],
             version=row["version"],
             event_id=row["event_id"],
             recorded_at=row["recorded_at"],
-            event=event_type.model_validate(row["data"]),
+            event=self._event(row["event_type"], row["schema_version"], row["data"]),
         )
+
+    def _event(self, name: str, version: int, data: dict[str, Any]) -> DomainEvent:
+        """The stored data as the current version of its type, upcast when it is older."""
+        event_class = self._types.get(name)
+        if event_class is None or version > event_class.schema_version:
+            raise UnknownDomainEvent(f"stored event {name} v{version} is not a known type")
+        data = self._upcasters.upcast(
+            name, data, from_version=version, to_version=event_class.schema_version
+        )
+        return event_class.model_validate(data)

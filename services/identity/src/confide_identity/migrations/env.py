@@ -1,7 +1,6 @@
-"""Alembic environment of identity: the toolkit's tables and identity's own."""
+"""Alembic environment of identity: the toolkit's history (core), then identity's own tables."""
 
 from confide_identity import store
-from confide_toolkit.database import toolkit_metadata
 from confide_toolkit.migrations import run_migrations
 
-run_migrations([toolkit_metadata, store.metadata])
+run_migrations(store.metadata)
