@@ -29,67 +29,32 @@ import asyncio
 import contextlib
 import logging
 import multiprocessing
-import os
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
 from multiprocessing.connection import Connection
 from multiprocessing.sharedctypes import Synchronized
-from pathlib import Path
 from typing import Any
 
+from bench import handwritten
 from bench.figures import Figure, ScenarioResult, percentile
+from bench.pipeline_sides import (
+    WARM_UP_EVENTS,
+    PipelineConfig,
+    WriteShape,
+    light_load,
+    measurement_commands,
+    payload,
+    quiet_logs,
+    start_profiler,
+    stop_profiler,
+)
 from bench.stack import Stack, scratch_database, scratch_topics
 
 logger = logging.getLogger(__name__)
 
 SPAWN = multiprocessing.get_context("spawn")
-WARM_UP_EVENTS = 20
-"""Events each side sends before measuring (connections, metadata, plans); not counted."""
-
-
-@dataclass(frozen=True)
-class WriteShape:
-    """How the producing side writes during a throughput phase."""
-
-    events: int
-    writers: int
-    """Concurrent writer tasks (as concurrent requests or jobs would be)."""
-    per_transaction: int
-    """Events committed per transaction."""
-
-
-@dataclass(frozen=True)
-class PipelineConfig:
-    batched: WriteShape = WriteShape(events=100_000, writers=2, per_transaction=100)
-    """The throughput phase that measures the pipeline itself: events committed 100 to a
-    transaction (as a command or a consumed event causing many does), so that PostgreSQL's
-    commit rate is not what is measured."""
-    requests: WriteShape = WriteShape(events=20_000, writers=8, per_transaction=1)
-    """The request-shaped throughput phase: one event per transaction, 8 at once."""
-    light_rate: float = 100.0
-    """Events per second of the light-load phase (one event per transaction, one writer)."""
-    light_seconds: float = 15.0
-    partitions: int = 3
-    relay_batch_size: int = 500
-    relay_poll_interval: float = 1.0
-    write_seconds: float = 90.0
-    """Time budget of each throughput phase's writes: it ends after its `events` or this,
-    whichever comes first, so that a slow pipeline still finishes in minutes (the count is
-    reported)."""
-    max_in_flight: int = 2_000
-    """Writers pause while this many committed events are not yet consumed: at most a bounded
-    backlog is left to drain when the budget runs out (and latency under overload stays
-    readable)."""
-    phase_timeout: float = 420.0
-    consumer: str = "toolkit"
-    """`toolkit` (as services subscribe), or a prototype of `bench.prototypes`:
-    `deferred-commit` or `batch`."""
-    profile_dir: str | None = None
-    """When set, pyinstrument profiles both service processes during the throughput phase and
-    writes `<role>.txt` and `<role>.html` here."""
 
 
 # -- the producing service -----------------------------------------------------------------
@@ -172,7 +137,7 @@ async def _produce(
             command = await asyncio.to_thread(pipe.recv)
             if command[0] == "throughput":
                 shape: WriteShape = command[1]
-                profiler = _start_profiler(config) if command[2] else None
+                profiler = start_profiler(config) if command[2] else None
                 cpu = time.process_time()
                 before = len(committed)
                 applied_before = applied_count.value
@@ -205,7 +170,7 @@ async def _produce(
                 # The relay keeps publishing after the last commit: the profile and CPU time
                 # stop when the parent says the consumer applied everything.
                 await asyncio.to_thread(pipe.poll, None)
-                _stop_profiler(profiler, config, "producing-service")
+                stop_profiler(profiler, config, "producing-service")
                 pipe.send(("cpu", time.process_time() - cpu))
             elif command[0] == "light":
                 before = len(committed)
@@ -222,18 +187,6 @@ async def _produce(
         with contextlib.suppress(Exception):
             await asyncio.wait_for(relay_task, 20)
         await engine.dispose()
-
-
-async def light_load(config: PipelineConfig, commit_one: Callable[[], Awaitable[Any]]) -> None:
-    """The light-load phase's writes: one event per transaction, one writer, at
-    `config.light_rate` for `config.light_seconds`."""
-    started = time.monotonic()
-    total = round(config.light_rate * config.light_seconds)
-    for i in range(total):
-        delay = started + i / config.light_rate - time.monotonic()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        await commit_one()
 
 
 async def _warm_up(engine: Any, commit: Callable[[int], Any]) -> None:
@@ -384,7 +337,7 @@ async def _consume(
     # Exactly as `Service._register_subscribers` subscribes (batches), unless the earlier
     # per-record mode or a prototype is asked for.
     if config.consumer == "toolkit":
-        subscriber = subscribe_batches(broker, topic, group, kafka_batch_handler(consumer))
+        subscriber = subscribe_batches(broker, topic, group, consumer)
     else:
         subscriber = broker.subscriber(
             topic,
@@ -425,28 +378,6 @@ def _raw_producer(
     del applied_count  # raw Kafka keeps up; no flow control needed
     quiet_logs()
     asyncio.run(_raw_produce(bootstrap, topic, config, pipe))
-
-
-def payload(subject: uuid.UUID) -> tuple[bytes, list[tuple[str, bytes]]]:
-    """The exact bytes the outbox would write for this event: envelope, headers."""
-    from confide_events import CLOUDEVENTS_JSON, CONTENT_TYPE_HEADER, encode_envelope, to_envelope
-    from confide_events.identity import UserRegistered
-    from confide_toolkit.ids import uuid7
-
-    event_id = uuid7()
-    traceparent = f"00-{uuid.uuid4().hex}-{uuid.uuid4().hex[:16]}-01"
-    envelope = to_envelope(
-        UserRegistered(subject_id=subject, role="client", registered_at=datetime.now(UTC)),
-        event_id=event_id,
-        time=datetime.now(UTC),
-        correlation_id=str(event_id),
-        traceparent=traceparent,
-    )
-    headers = [
-        (CONTENT_TYPE_HEADER, CLOUDEVENTS_JSON.encode()),
-        ("traceparent", traceparent.encode()),
-    ]
-    return encode_envelope(envelope), headers
 
 
 async def _raw_produce(
@@ -573,24 +504,6 @@ async def _raw_consume(
     finally:
         stopping.set()
         await consumer.stop()
-
-
-async def measurement_commands(pipe: Connection, config: PipelineConfig, role: str | None) -> None:
-    """A consumer process's CPU time (and profile) over the window the parent marks, until
-    "stop"."""
-    profiler, cpu = None, 0.0
-    while True:
-        message = await asyncio.to_thread(pipe.recv)
-        command = message[0]
-        if command == "measure":
-            profiler = _start_profiler(config) if role and message[1] else None
-            cpu = time.process_time()
-        elif command == "measured":
-            if role:
-                _stop_profiler(profiler, config, role)
-            pipe.send(("cpu", time.process_time() - cpu))
-        elif command == "stop":
-            return
 
 
 # -- orchestration -------------------------------------------------------------------------
@@ -750,8 +663,6 @@ async def _wait_applied(counter: Synchronized, target: int, timeout: float) -> N
 
 
 async def run_pipeline(stack: Stack, config: PipelineConfig) -> ScenarioResult:
-    from bench import handwritten
-
     labels = ["raw", "handwritten", "pipeline"]
     async with scratch_topics(stack, labels, config.partitions) as (raw_topic, hand_topic, topic):
         run = uuid.uuid4().hex[:8]
@@ -971,35 +882,3 @@ def _pipeline_result(
         },
         setup=setup,
     )
-
-
-# -- profiling -----------------------------------------------------------------------------
-
-
-def _start_profiler(config: PipelineConfig) -> Any:
-    if not config.profile_dir:
-        return None
-    from pyinstrument import Profiler
-
-    # Wall-clock stacks of the whole event loop: where the process spends its time, including
-    # the waits on PostgreSQL and Kafka.
-    profiler = Profiler(interval=0.001, async_mode="disabled")
-    profiler.start()
-    return profiler
-
-
-def _stop_profiler(profiler: Any, config: PipelineConfig, role: str) -> None:
-    if profiler is None or not config.profile_dir:
-        return
-    profiler.stop()
-    directory = Path(config.profile_dir)
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / f"{role}.txt").write_text(
-        profiler.output_text(unicode=True, color=False, show_all=False)
-    )
-    (directory / f"{role}.html").write_text(profiler.output_html())
-
-
-def quiet_logs() -> None:
-    logging.basicConfig(level=logging.WARNING, format="%(processName)s %(levelname)s %(message)s")
-    os.environ.setdefault("PYTHONWARNINGS", "ignore")

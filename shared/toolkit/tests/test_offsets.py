@@ -8,7 +8,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -32,7 +32,7 @@ from confide_toolkit.inbox import (
 )
 from confide_toolkit.outbox import Outbox
 from confide_toolkit.relay import idempotent_producer
-from faststream.kafka import KafkaBroker, KafkaMessage
+from faststream.kafka import KafkaBroker
 from sqlalchemy import Column, MetaData, Table, func, select
 from sqlalchemy.dialects.postgresql import UUID as PG_UUID
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -213,11 +213,11 @@ async def publish_registered(
 
 @contextlib.asynccontextmanager
 async def batch_subscriber(
-    bootstrap: str, topic: str, group: str, handler: Callable[[KafkaMessage], Awaitable[None]]
+    bootstrap: str, topic: str, group: str, consumer: InboxConsumer
 ) -> AsyncIterator[None]:
     """A subscriber configured as `Service` configures its own (`inbox.subscribe_batches`)."""
     broker = KafkaBroker(bootstrap)
-    subscribe_batches(broker, topic, group, handler)
+    subscribe_batches(broker, topic, group, consumer)
     await broker.start()
     try:
         yield
@@ -254,7 +254,7 @@ async def test_a_batch_subscriber_commits_what_it_applied_and_its_successor_star
     async def all_committed() -> bool:
         return await committed_offsets(kafka_bootstrap, group, topic) == ends
 
-    async with batch_subscriber(kafka_bootstrap, topic, group, kafka_batch_handler(inbox)):
+    async with batch_subscriber(kafka_bootstrap, topic, group, inbox):
         # The handler never acks: the offsets go out in the background.
         await eventually(all_committed)
         assert await applied_count(engine) == 30

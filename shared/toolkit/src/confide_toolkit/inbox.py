@@ -3,19 +3,25 @@ the Kafka offset is committed only afterwards. A redelivered event finds its inb
 no second effect. A failing event is retried with backoff, then goes to the dead-letter topic
 with the error in its headers, so a partition is never blocked forever and nothing is dropped.
 
-The inbox also records where each event came from (topic, partition, offset): a database
-restored from a backup can tell which part of the history it must re-apply."""
+A consumer's position travels with the data it produced: `consumer_positions` holds, per topic
+partition, the offset of the next record to read, written in the transaction of the batch's
+effects. When partitions are assigned, `PositionsInDatabase` seeks each to the position the
+database holds (the beginning when it holds none), not to the group's offsets in Kafka. So a
+database restored from an older backup resumes where its data ends and applies again what came
+after, erasures included; the inbox makes the records it had already applied harmless. The
+group's offsets are still committed to Kafka, where tools read a consumer's lag."""
 
 from __future__ import annotations
 
 import asyncio
 import enum
 import logging
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka.abc import ConsumerRebalanceListener
 from confide_events import (
     Envelope,
     IntegrationEvent,
@@ -28,7 +34,7 @@ from confide_events.topics import dead_letter_topic
 from faststream.kafka import KafkaBroker, KafkaMessage
 from faststream.middlewares import AckPolicy
 from opentelemetry import trace
-from sqlalchemy import BigInteger, Column, DateTime, Integer, String, Table, func
+from sqlalchemy import BigInteger, Column, DateTime, Integer, String, Table, func, select
 from sqlalchemy.dialects.postgresql import UUID as PG_UUID
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -53,6 +59,18 @@ inbox = Table(
     Column("handled_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
 )
 
+consumer_positions = Table(
+    "consumer_positions",
+    toolkit_metadata,
+    Column("consumer", String(128), primary_key=True),
+    Column("topic", String(255), primary_key=True),
+    Column("partition", Integer, primary_key=True),
+    Column("next_offset", BigInteger, nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+"""Where each consumer of this database goes on reading each partition (see the module's
+docstring)."""
+
 BATCH_MAX_RECORDS = 500
 """Records a batch subscriber hands to `InboxConsumer.consume_batch` at most (one poll)."""
 BATCH_TIMEOUT_MS = 5
@@ -64,6 +82,17 @@ per second and subscriber."""
 
 # Compiled once; many rows go out as one multi-row INSERT (SQLAlchemy's insertmanyvalues).
 _CLAIM = insert(inbox).on_conflict_do_nothing().returning(inbox.c.event_id)
+_proposed_position = insert(consumer_positions)
+# A position only moves forward: a batch replayed after a restore never moves it back.
+_ADVANCE = _proposed_position.on_conflict_do_update(
+    index_elements=[
+        consumer_positions.c.consumer,
+        consumer_positions.c.topic,
+        consumer_positions.c.partition,
+    ],
+    set_={"next_offset": _proposed_position.excluded.next_offset, "updated_at": func.now()},
+    where=consumer_positions.c.next_offset < _proposed_position.excluded.next_offset,
+)
 
 
 class Outcome(enum.Enum):
@@ -169,6 +198,22 @@ class InboxConsumer:
     def event_types(self) -> list[type[IntegrationEvent]]:
         return list(self._handlers)
 
+    async def positions(self, topics: Collection[str]) -> dict[tuple[str, int], int]:
+        """The offset of the next record to read, per (topic, partition) of `topics`, as this
+        consumer's database holds them (partitions it never read are absent)."""
+        async with self._engine.connect() as conn:
+            rows = await conn.execute(
+                select(
+                    consumer_positions.c.topic,
+                    consumer_positions.c.partition,
+                    consumer_positions.c.next_offset,
+                ).where(
+                    consumer_positions.c.consumer == self.name,
+                    consumer_positions.c.topic.in_(list(topics)),
+                )
+            )
+            return {(row.topic, row.partition): row.next_offset for row in rows}
+
     async def consume(self, raw: Any) -> Outcome:
         """Handle one Kafka record; returns once its outcome is durable (applied in the
         database, or published to the dead-letter topic), so the offset may be committed."""
@@ -246,7 +291,8 @@ class InboxConsumer:
         decoded: Sequence[tuple[ConsumedRecord, Envelope, IntegrationEvent]],
     ) -> list[Outcome]:
         """Claim the handled events in the inbox and apply each newly claimed one, in order,
-        in the caller's transaction."""
+        in the caller's transaction, and move the partitions' positions past them."""
+        await self._advance_positions(conn, [record for record, _, _ in decoded])
         wanted = [item for item in decoded if type(item[2]) in self._handlers]
         claimed: set[Any] = set()
         if wanted:
@@ -289,6 +335,21 @@ class InboxConsumer:
         if run:
             await self._project(conn, run)
         return outcomes
+
+    async def _advance_positions(
+        self, conn: AsyncConnection, records: Sequence[ConsumedRecord]
+    ) -> None:
+        next_offsets: dict[tuple[str, int], int] = {}
+        for record in records:
+            key = (record.topic, record.partition)
+            next_offsets[key] = max(next_offsets.get(key, 0), record.offset + 1)
+        await conn.execute(
+            _ADVANCE,
+            [
+                {"consumer": self.name, "topic": t, "partition": p, "next_offset": o}
+                for (t, p), o in next_offsets.items()
+            ],
+        )
 
     async def _project(
         self,
@@ -424,17 +485,44 @@ def kafka_batch_handler(
     return on_batch
 
 
+class PositionsInDatabase(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Seeks each partition assigned to the subscriber to the position its consumer's database
+    holds (`consumer_positions`), or to the beginning when it holds none: what the database
+    has applied, not the group's offsets in Kafka, says where to go on reading."""
+
+    def __init__(self, consumer: InboxConsumer) -> None:
+        self._consumer = consumer
+        self.subscriber: Any = None  # the FastStream subscriber, once created
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        return None
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        kafka_consumer = self.subscriber.consumer
+        positions = await self._consumer.positions({tp.topic for tp in assigned})
+        for partition in assigned:
+            position = positions.get((partition.topic, partition.partition))
+            if position is None:
+                await kafka_consumer.seek_to_beginning(partition)
+            else:
+                kafka_consumer.seek(partition, position)
+
+
 def subscribe_batches(
     broker: KafkaBroker,
     topic: str,
     group: str,
-    handler: Callable[[KafkaMessage], Awaitable[None]],
+    consumer: InboxConsumer,
+    *,
+    offsets: DeferredOffsetCommits | None = None,
     **documentation: Any,
 ) -> Any:
-    """Subscribe `handler` (`kafka_batch_handler(consumer)`) to `topic` the way every service
-    consumes: in `group` from the earliest offset, a poll's records at a time, the record values
-    left as bytes for the inbox to decode, offsets committed by the handler. `documentation`
-    (title, description) goes to the AsyncAPI document. Returns the subscriber."""
+    """Subscribe `consumer` to `topic` the way every service consumes: in `group`, a poll's
+    records at a time in one transaction (`kafka_batch_handler`), each partition read from the
+    position the consumer's database holds (`PositionsInDatabase`), the record values left as
+    bytes for the inbox to decode. `documentation` (title, description) goes to the AsyncAPI
+    document. Returns the subscriber."""
+    positions = PositionsInDatabase(consumer)
     subscriber = broker.subscriber(
         topic,
         group_id=group,
@@ -444,9 +532,11 @@ def subscribe_batches(
         batch=True,
         max_records=BATCH_MAX_RECORDS,
         batch_timeout_ms=BATCH_TIMEOUT_MS,
+        listener=positions,
         **documentation,
     )
-    subscriber(handler)
+    subscriber(kafka_batch_handler(consumer, offsets))
+    positions.subscriber = subscriber
     return subscriber
 
 

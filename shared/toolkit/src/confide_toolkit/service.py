@@ -41,7 +41,6 @@ from confide_toolkit.inbox import (
     Handler,
     InboxConsumer,
     RetryPolicy,
-    kafka_batch_handler,
     subscribe_batches,
 )
 from confide_toolkit.kek import keks_from_settings
@@ -182,7 +181,7 @@ class Service:
                 self.broker,
                 topic,
                 self.settings.consumer_group or self.name,
-                kafka_batch_handler(consumer),
+                consumer,
                 title=f"{topic}:{self.name}",
                 description=f"Consumed idempotently by {self.name}: {names}",
             )
