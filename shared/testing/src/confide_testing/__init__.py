@@ -34,6 +34,7 @@ from confide_toolkit.database import (
     toolkit_metadata,
 )
 from confide_toolkit.ids import uuid7
+from confide_toolkit.migrations import TOOLKIT_VERSION_TABLE
 from confide_toolkit.relay import idempotent_producer
 from confide_toolkit.topics import ensure_topics, suite_topics
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -230,8 +231,9 @@ def migration_drift(
     """What Alembic's autogenerate finds different between a database and the tables of
     `metadatas` (columns, types, nullability, keys, indexes): empty when a service's migrations
     create exactly its models. Tables named in `leave_out` are not expected in the database:
-    an optional toolkit read model (`consent_view`) is in `toolkit_metadata` as soon as its
-    module is imported, whether or not the service uses it. Triggers are not compared."""
+    an optional part of the toolkit (`consent_view`) is in `toolkit_metadata` as soon as its
+    module is imported, whether or not the service opted into it. The version tables of both
+    histories (the service's and the toolkit's) are not compared. Triggers are not compared."""
 
     def not_left_out(
         item: Any, name: str | None, type_: str, reflected: bool, compare_to: Any
@@ -239,7 +241,7 @@ def migration_drift(
         return reflected or type_ != "table" or name not in leave_out
 
     def not_alembic_version(name: str | None, type_: str, parent_names: Any) -> bool:
-        return type_ != "table" or name != "alembic_version"
+        return type_ != "table" or name not in {"alembic_version", TOOLKIT_VERSION_TABLE}
 
     engine = sqlalchemy.create_engine(database_url)
     try:

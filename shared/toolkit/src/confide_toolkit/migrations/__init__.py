@@ -42,7 +42,9 @@ from sqlalchemy import (
     update,
 )
 
-from confide_toolkit import auth, consents, event_store, inbox, keyring, outbox
+# Every table of the toolkit is in `toolkit_metadata` once its module is imported.
+from confide_toolkit import auth, consents, event_store, inbox, keyring, outbox  # noqa: F401
+from confide_toolkit.database import toolkit_metadata
 
 logger = logging.getLogger(__name__)
 
@@ -64,22 +66,15 @@ class ToolkitPart:
     tables: tuple[Table, ...]
 
 
-CORE = ToolkitPart(
-    "core",
-    (
-        event_store.stored_events,
-        event_store.stream_snapshots,
-        outbox.outbox,
-        inbox.inbox,
-        keyring.data_keys,
-        keyring.data_key_tombstones,
-        auth.signing_keys,
-    ),
-)
-"""The tables every service has; its migrations always include them."""
-
 CONSENT_VIEW = ToolkitPart("consent_view", (consents.consent_view,))
 """The read model of consents (`confide_toolkit.consents`), for the services that keep it."""
+
+CORE = ToolkitPart(
+    "core",
+    tuple(table for table in toolkit_metadata.sorted_tables if table not in CONSENT_VIEW.tables),
+)
+"""The tables every service has: every table of the toolkit's modules (imported above) but
+those of the optional parts. A new toolkit table is a new revision of the `core` branch."""
 
 TOOLKIT_PARTS = {part.name: part for part in (CORE, CONSENT_VIEW)}
 
@@ -146,8 +141,9 @@ def run_migrations(
 
 
 def _not_the_toolkits(name: str | None, type_: str, parent_names: Any) -> bool:
-    toolkit_tables = {table.name for part in TOOLKIT_PARTS.values() for table in part.tables}
-    return type_ != "table" or name not in toolkit_tables | {TOOLKIT_VERSION_TABLE}
+    return type_ != "table" or (
+        name not in toolkit_metadata.tables and name != TOOLKIT_VERSION_TABLE
+    )
 
 
 def upgrade_toolkit(connection: Connection, parts: Collection[ToolkitPart]) -> None:
@@ -174,11 +170,7 @@ def installed_toolkit_parts(connection: Connection) -> set[str]:
         return set()
     script = ScriptDirectory(str(TOOLKIT_SCRIPTS))
     heads = _version_context(connection, TOOLKIT_VERSION_TABLE).get_current_heads()
-    return {
-        label
-        for head in heads
-        for label in script.get_revision(head).branch_labels
-    }
+    return {label for head in heads for label in script.get_revision(head).branch_labels}
 
 
 def adopt_combined_history(
