@@ -38,7 +38,7 @@ test-unit: install ## only the tests that need no broker or database
 lint: install ## ruff, mypy --strict and the import-linter architecture contracts
 	@$(UV) run --frozen ruff check .
 	@$(UV) run --frozen ruff format --check .
-	@$(UV) run --frozen mypy shared/events/src shared/toolkit/src shared/testing/src services/*/src
+	@$(UV) run --frozen mypy shared/events/src shared/toolkit/src shared/testing/src services/*/src bench
 	@$(UV) run --frozen lint-imports
 
 format: install ## apply ruff's formatting and safe fixes

@@ -10,15 +10,17 @@ import shlex
 import signal
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from bench.decryption import DecryptionConfig, run_decryption
 from bench.figures import ScenarioResult, text_table
-from bench.http_load import HttpConfig, run_http
-from bench.memory import run_memory
-from bench.pipeline import PipelineConfig, WriteShape, run_pipeline
+from bench.http_load import HttpConfig, HttpRun, http_result, measure_http
+from bench.memory import memory_result
+from bench.pipeline import run_pipeline
+from bench.pipeline_sides import PipelineConfig, WriteShape
 from bench.report import write_report
 from bench.shredding import ShreddingConfig, run_shredding
 from bench.stack import ROOT, machine_facts, remove_leftovers, stack_from_environment
@@ -119,12 +121,27 @@ def main(argv: list[str] | None = None) -> int:
     if args.profile:
         http = HttpConfig(**{**http.__dict__, "profile_dir": str(args.profile)})
 
-    runners: dict[str, Callable[[], Awaitable[ScenarioResult]]] = {
+    http_run: HttpRun | None = None
+
+    async def measured_http() -> HttpRun:
+        # Scenarios 2 and 5 report on the same processes under the same load: one run for both.
+        nonlocal http_run
+        if http_run is None:
+            http_run = await measure_http(stack, http)
+        return http_run
+
+    async def run_http() -> ScenarioResult:
+        return http_result(await measured_http())
+
+    async def run_memory() -> ScenarioResult:
+        return memory_result(await measured_http())
+
+    runners: dict[str, Callable[[], Coroutine[Any, Any, ScenarioResult]]] = {
         "pipeline": lambda: run_pipeline(stack, pipeline),
-        "http": lambda: run_http(stack, http),
+        "http": run_http,
         "shred": lambda: run_shredding(stack, shredding),
         "decrypt": lambda: run_decryption(stack, decryption),
-        "memory": lambda: run_memory(stack, http),
+        "memory": run_memory,
     }
     started = time.monotonic()
     results: list[ScenarioResult] = []

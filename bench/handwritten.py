@@ -25,7 +25,7 @@ from multiprocessing.connection import Connection
 from multiprocessing.sharedctypes import Synchronized
 from typing import Any
 
-from bench.pipeline import (
+from bench.pipeline_sides import (
     WARM_UP_EVENTS,
     PipelineConfig,
     WriteShape,

@@ -409,9 +409,21 @@ async def _drive(spec: LoadSpec, pipe: Connection) -> PhaseResult:
 # -- memory sampling -----------------------------------------------------------------------
 
 
-def _sample(servers: list[Server]) -> dict[str, float]:
-    from bench.memory import resident_mib
+def resident_mib(pid: int) -> float:
+    """The resident set size of a process and its children (uvicorn workers), in MiB."""
+    # psutil is imported where it is used, never at module level: the bare endpoint's process
+    # imports this module, and its own RSS is what scenario 5 measures. It ships no type hints
+    # (types-psutil is not a dependency), hence the ignore (mypy reports the first import only).
+    import psutil  # type: ignore[import-untyped]
 
+    process = psutil.Process(pid)
+    total: int = process.memory_info().rss
+    for child in process.children(recursive=True):
+        total += child.memory_info().rss
+    return total / 1024 / 1024
+
+
+def _sample(servers: list[Server]) -> dict[str, float]:
     values: dict[str, float] = {}
     for server in servers:
         with contextlib.suppress(Exception):
@@ -579,14 +591,6 @@ class HttpRun:
     warm_up_seconds: float
 
 
-_last_run: HttpRun | None = None
-
-
-def last_run() -> HttpRun | None:
-    """The measurements of the latest scenario 2 in this process (for `bench.memory`)."""
-    return _last_run
-
-
 async def _warm_up(
     client: httpx.AsyncClient,
     bare: Server,
@@ -676,7 +680,6 @@ async def measure_http(stack: Stack, config: HttpConfig) -> HttpRun:
     databases dropped, whatever happens."""
     import httpx
 
-    global _last_run
     logging.getLogger("httpx").setLevel(logging.WARNING)
     run = uuid.uuid4().hex[:8]
     logger.info("http: Argon2id alone")
@@ -762,8 +765,7 @@ async def measure_http(stack: Stack, config: HttpConfig) -> HttpRun:
                         )
         finally:
             _stop_all(servers)
-    _last_run = HttpRun(config, argon2, phases, idle, fresh, warm_up)
-    return _last_run
+    return HttpRun(config, argon2, phases, idle, fresh, warm_up)
 
 
 def _server_cpu_ms(phase: PhaseResult, server: str) -> float | None:
@@ -776,11 +778,8 @@ def _cpu_ms(phase: PhaseResult, key: str) -> str:
     return "?" if value is None else f"{value:.2f}"
 
 
-async def run_http(stack: Stack, config: HttpConfig) -> ScenarioResult:
-    return http_result(await measure_http(stack, config))
-
-
 def http_result(run: HttpRun) -> ScenarioResult:
+    """Scenario 2's figures, from a run of `measure_http`."""
     config, argon2, phases = run.config, run.argon2, run.phases
     bare, grant = phases["bare"], phases["grant"]
     register, login = phases["register"], phases["login"]

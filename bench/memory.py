@@ -4,42 +4,19 @@ under scenario 2's load.
 The processes are the ones scenario 2 (`bench.http_load`) starts: identity, consent and, for
 scale, the bare FastAPI endpoint. Idle: the median of four samples 0.5 s apart, a few seconds
 after the warm-up (start-up, one account per worker registered and signed in, one grant each).
-Under load: the peak of samples every 0.5 s over all of scenario 2's load phases. When scenario 2
-already ran in this process (`--only http,memory` or the full run), its samples are reported;
-otherwise scenario 2 runs here (its own figures are then not printed)."""
+Under load: the peak of samples every 0.5 s over all of scenario 2's load phases. Scenarios 2
+and 5 share one run: `python -m bench` measures scenario 2 once, whether `http`, `memory` or both
+are asked for, and reports from it what was asked (with `--only memory`, scenario 2's own figures
+are not printed)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from bench.figures import Figure, ScenarioResult
-from bench.stack import Stack
-
-if TYPE_CHECKING:
-    from bench.http_load import HttpConfig, HttpRun
-
-
-def resident_mib(pid: int) -> float:
-    """The resident set size of a process and its children (uvicorn workers), in MiB."""
-    import psutil
-
-    process = psutil.Process(pid)
-    total = process.memory_info().rss
-    for child in process.children(recursive=True):
-        total += child.memory_info().rss
-    return total / 1024 / 1024
-
-
-async def run_memory(stack: Stack, config: HttpConfig | None = None) -> ScenarioResult:
-    from bench.http_load import HttpConfig, last_run, measure_http
-
-    run = last_run()
-    if run is None:
-        run = await measure_http(stack, config or HttpConfig())
-    return memory_result(run)
+from bench.http_load import HttpRun
 
 
 def memory_result(run: HttpRun) -> ScenarioResult:
+    """Scenario 5's figures, from the samples a run of scenario 2 (`measure_http`) took."""
     labels = {"identity": "identity", "consent": "consent", "bare": "bare FastAPI endpoint"}
     figures = []
     for name, label in labels.items():

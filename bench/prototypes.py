@@ -44,7 +44,9 @@ def deferred_commit_handler(
             await kafka_consumer.commit(offsets)
 
     async def on_record(message: KafkaMessage) -> None:
-        record = message.raw_message
+        # One ConsumerRecord: this handler serves a per-record subscriber (a batch one would
+        # hand over a tuple of them).
+        record: Any = message.raw_message
         await consumer.consume(record)
         pending[TopicPartition(record.topic, record.partition)] = record.offset + 1
         if not flushing:
@@ -84,7 +86,8 @@ class KeyOpener:
         rid = record_id.encode()
         associated = self._prefix + len(rid).to_bytes(4, "big") + rid
         try:
-            return self._aead.decrypt(ciphertext[17:29], ciphertext[29:], associated)
+            plaintext: bytes = self._aead.decrypt(ciphertext[17:29], ciphertext[29:], associated)
+            return plaintext
         except Exception:
             raise CiphertextContextMismatch(self._subject_id, self._category, record_id) from None
 
@@ -107,7 +110,7 @@ async def list_encrypted_with_opener(engine: Any, keyring: Any, person: Any) -> 
     )
     async with engine.connect() as conn:
         rows = await conn.execute(statement)
-        listing = []
+        listing: list[tuple[Any, ...]] = []
         opener: KeyOpener | None = None
         for row in rows:
             key_id = row.data_key_id
