@@ -251,7 +251,6 @@ async def _consume(
         BatchProjection,
         InboxConsumer,
         Outcome,
-        kafka_batch_handler,
         kafka_record_handler,
         raw_body,
         subscribe_batches,
@@ -337,7 +336,7 @@ async def _consume(
     # Exactly as `Service._register_subscribers` subscribes (batches), unless the earlier
     # per-record mode or a prototype is asked for.
     if config.consumer == "toolkit":
-        subscriber = subscribe_batches(broker, topic, group, kafka_batch_handler(consumer))
+        subscriber = subscribe_batches(broker, topic, group, consumer)
     else:
         subscriber = broker.subscriber(
             topic,
