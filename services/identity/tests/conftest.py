@@ -113,7 +113,7 @@ async def running_identity(
 ) -> AsyncIterator[RunningIdentity]:
     app = create_app(settings, clock)
     async with serving(app) as client:
-        yield RunningIdentity(client, app.state.dependencies, clock, settings)
+        yield RunningIdentity(client, app.state.deps, clock, settings)
 
 
 @pytest.fixture

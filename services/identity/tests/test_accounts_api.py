@@ -69,9 +69,9 @@ async def test_an_email_already_used_in_any_case_is_refused_with_409(
 @pytest.mark.parametrize(
     ("overrides", "field", "kind"),
     [
-        ({"password": "short-pw"}, "password", "password_too_short"),
-        ({"password": "Password2031!"}, "password", "password_common"),
-        ({"email": "nobody"}, "email", "email_invalid"),
+        ({"password": "short-pw"}, "body.password", "password_too_short"),
+        ({"password": "Password2031!"}, "body.password", "password_common"),
+        ({"email": "nobody"}, "body.email", "email_invalid"),
         ({"role": "compliance"}, "body.role", "literal_error"),
         ({"display_name": ""}, "body.display_name", "string_too_short"),
         ({"display_name": "Ada\u0000Evil"}, "body.display_name", "value_error"),
@@ -189,8 +189,8 @@ async def test_changing_the_password_ends_other_sessions_and_emits_password_chan
     )
 
     assert (wrong.status_code, weak.status_code, changed.status_code) == (422, 422, 204)
-    assert wrong.json()["errors"][0]["field"] == "current_password"
-    assert weak.json()["errors"][0]["field"] == "new_password"
+    assert wrong.json()["errors"][0]["field"] == "body.current_password"
+    assert weak.json()["errors"][0]["field"] == "body.new_password"
     assert (await identity.sign_in(body)).status_code == 401
     assert (await identity.sign_in({**body, "password": new_password})).status_code == 200
     me = await identity.client.get("/v1/accounts/me", headers=bearer(current))

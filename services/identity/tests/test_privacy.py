@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 import pytest
 from confide_events.retention import RetentionExpired
 from confide_events.topics import IDENTITY_EVENTS, RETENTION_EVENTS
-from confide_identity import handlers
+from confide_identity.handlers import accounts
 from confide_testing import eventually
 from confide_toolkit.clock import FrozenClock
 from confide_toolkit.keyring import ERASED
@@ -119,7 +119,7 @@ async def test_retention_expiry_shreds_the_profile_and_the_account_can_no_longer
         if e.type == "confide.identity.SubjectDataShredded"
     ]
     assert announcement.data["category"] == "identity.profile"
-    view = await handlers.read_account(identity.deps, user_id)
+    view = await accounts.read_account(identity.deps, user_id)
     assert view.status == "erased"
     assert view.profile.email is ERASED and view.profile.display_name is ERASED
     assert (await identity.sign_in(body)).status_code == 401
@@ -146,7 +146,7 @@ async def test_an_open_account_whose_profile_is_shredded_cannot_sign_in_or_use_i
     )
 
     async def erased() -> bool:
-        return (await handlers.read_account(identity.deps, user_id)).status == "erased"
+        return (await accounts.read_account(identity.deps, user_id)).status == "erased"
 
     await eventually(erased)
     assert (await identity.sign_in(body)).status_code == 401

@@ -243,7 +243,7 @@ async def _stored_hash(identity: RunningIdentity, user_id: uuid.UUID) -> str:
         sealed = await conn.scalar(
             select(accounts.c.password_hash).where(accounts.c.account_id == user_id)
         )
-        plain = await identity.deps.keyring.decrypt(
+        plain = await identity.deps.sealing.keyring.decrypt(
             conn, user_id, "identity.profile", f"account:{user_id}:password", bytes(sealed)
         )
     assert isinstance(plain, bytes)
@@ -281,6 +281,7 @@ async def test_totp_is_enforced_only_after_confirmation_and_codes_work_once(
         headers=headers,
     )
     assert (wrong.status_code, malformed.status_code, confirmed.status_code) == (422, 422, 204)
+    assert wrong.json()["errors"][0]["field"] == "body.code"
     me = await identity.client.get("/v1/accounts/me", headers=headers)
     assert me.json()["mfa_enabled"] is True
 

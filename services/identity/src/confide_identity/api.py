@@ -10,8 +10,7 @@ from confide_toolkit.keyring import Erased
 from fastapi import APIRouter, Depends, Request, Response, status
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
-from confide_identity import handlers
-from confide_identity.handlers import Dependencies
+from confide_identity.handlers import Dependencies, accounts, sessions, totp
 
 
 def _printable(value: str) -> str:
@@ -105,7 +104,7 @@ class TotpConfirmation(_Body):
     code: TotpCode
 
 
-def _tokens(pair: handlers.TokenPair, response: Response) -> TokenResponse:
+def _tokens(pair: sessions.TokenPair, response: Response) -> TokenResponse:
     # RFC 6749 §5.1: token responses must not be cached.
     response.headers["Cache-Control"] = "no-store"
     response.headers["Pragma"] = "no-cache"
@@ -118,7 +117,7 @@ def _shown(value: str | Erased | None) -> str | None:
     return None if isinstance(value, Erased) else value
 
 
-def _account(view: handlers.AccountView) -> AccountResponse:
+def _account(view: accounts.AccountView) -> AccountResponse:
     profile = view.profile
     return AccountResponse(
         user_id=view.user_id,
@@ -145,7 +144,7 @@ def router(deps: Dependencies, current_caller: CallerDependency) -> APIRouter:
         summary="Register a client or therapist",
     )
     async def register(body: Registration) -> AccountCreated:
-        user_id = await handlers.register_account(
+        user_id = await accounts.register_account(
             deps, body.email, body.password, body.display_name, body.role
         )
         return AccountCreated(user_id=user_id)
@@ -153,12 +152,12 @@ def router(deps: Dependencies, current_caller: CallerDependency) -> APIRouter:
     @api.post("/v1/sessions", tags=["sessions"], summary="Sign in")
     async def sign_in(body: Credentials, request: Request, response: Response) -> TokenResponse:
         address = request.client.host if request.client else None
-        pair = await handlers.sign_in(deps, body.email, body.password, body.totp_code, address)
+        pair = await sessions.sign_in(deps, body.email, body.password, body.totp_code, address)
         return _tokens(pair, response)
 
     @api.post("/v1/sessions/refresh", tags=["sessions"], summary="Rotate a refresh token")
     async def refresh(body: RefreshRequest, response: Response) -> TokenResponse:
-        return _tokens(await handlers.refresh_session(deps, body.refresh_token), response)
+        return _tokens(await sessions.refresh_session(deps, body.refresh_token), response)
 
     @api.delete(
         "/v1/sessions/current",
@@ -167,20 +166,16 @@ def router(deps: Dependencies, current_caller: CallerDependency) -> APIRouter:
         summary="Sign out",
     )
     async def sign_out(caller: SignedIn) -> None:
-        await handlers.sign_out(deps, caller)
+        await sessions.sign_out(deps, caller)
 
     @api.get("/v1/accounts/me", tags=["accounts"], summary="The signed-in person's account")
     async def me(caller: SignedIn) -> AccountResponse:
-        return _account(await handlers.read_account(deps, caller.subject_id))
+        return _account(await accounts.read_account(deps, caller.subject_id))
 
     @api.patch("/v1/accounts/me", tags=["accounts"], summary="Change profile fields")
     async def patch_me(body: ProfileChanges, caller: SignedIn) -> AccountResponse:
         changes = body.model_dump(exclude_unset=True)
-        if changes.get("display_name", "") is None:
-            raise handlers.invalid_field(
-                "body.display_name", "The display name cannot be removed.", "missing"
-            )
-        return _account(await handlers.update_profile(deps, caller.subject_id, changes))
+        return _account(await accounts.update_profile(deps, caller.subject_id, changes))
 
     @api.post(
         "/v1/accounts/me/password",
@@ -189,11 +184,11 @@ def router(deps: Dependencies, current_caller: CallerDependency) -> APIRouter:
         summary="Change the password",
     )
     async def change_password(body: PasswordChange, caller: SignedIn) -> None:
-        await handlers.change_password(deps, caller, body.current_password, body.new_password)
+        await accounts.change_password(deps, caller, body.current_password, body.new_password)
 
     @api.post("/v1/accounts/me/mfa/totp", tags=["mfa"], summary="Start a TOTP enrolment")
     async def start_totp(caller: SignedIn, response: Response) -> TotpEnrolmentResponse:
-        enrolment = await handlers.start_totp_enrolment(deps, caller.subject_id)
+        enrolment = await totp.start_totp_enrolment(deps, caller.subject_id)
         response.headers["Cache-Control"] = "no-store"
         return TotpEnrolmentResponse(secret=enrolment.secret, otpauth_uri=enrolment.otpauth_uri)
 
@@ -204,7 +199,7 @@ def router(deps: Dependencies, current_caller: CallerDependency) -> APIRouter:
         summary="Turn TOTP on with a first code",
     )
     async def confirm_totp(body: TotpConfirmation, caller: SignedIn) -> None:
-        await handlers.confirm_totp(deps, caller.subject_id, body.code)
+        await totp.confirm_totp(deps, caller.subject_id, body.code)
 
     @api.post(
         "/v1/accounts/me/close",
@@ -213,7 +208,7 @@ def router(deps: Dependencies, current_caller: CallerDependency) -> APIRouter:
         summary="Close the account",
     )
     async def close(caller: SignedIn) -> dict[str, str]:
-        await handlers.close_account(deps, caller.subject_id)
+        await accounts.close_account(deps, caller.subject_id)
         return {"status": "closed"}
 
     @api.get("/.well-known/jwks.json", tags=["keys"], summary="Public keys of access tokens")

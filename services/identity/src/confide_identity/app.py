@@ -7,14 +7,17 @@ from pathlib import Path
 
 from confide_events import identity as contract
 from confide_toolkit.clock import Clock
-from confide_toolkit.problem import ProblemType
 from confide_toolkit.service import Service, run
 from fastapi import FastAPI
 
-from confide_identity import api, consumers, domain, handlers
+from confide_identity import api, consumers
+from confide_identity.handlers import Dependencies, sessions
+from confide_identity.handlers.sealing import ProfileSeal
 from confide_identity.passwords import PasswordHasher
+from confide_identity.problems import PROBLEM_TYPES
 from confide_identity.settings import IdentitySettings
-from confide_identity.tokens import ServiceSecrets, SigningKeys, SigningKeyUnavailable
+from confide_identity.store import Accounts, Sessions, SignInFailures, TotpSteps
+from confide_identity.tokens import ServiceSecrets, SigningKeys
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -25,18 +28,19 @@ DESCRIPTION = (
 )
 
 
-def build(
-    settings: IdentitySettings, clock: Clock | None = None
-) -> tuple[Service, handlers.Dependencies]:
+def build(settings: IdentitySettings, clock: Clock | None = None) -> tuple[Service, Dependencies]:
     """The service runtime and the handlers' dependencies (also used by the operator CLI)."""
     service = Service(settings, migrations=MIGRATIONS, clock=clock)
     access_ttl = timedelta(seconds=settings.access_token_ttl_seconds)
-    deps = handlers.Dependencies(
+    deps = Dependencies(
         engine=service.engine,
-        keyring=service.keyring,
-        outbox=service.outbox,
         clock=service.clock,
-        events=handlers.event_store(service.clock),
+        outbox=service.outbox,
+        accounts=Accounts(service.clock),
+        sessions=Sessions(),
+        sign_in_failures=SignInFailures(),
+        totp_steps=TotpSteps(),
+        sealing=ProfileSeal(service.keyring),
         hasher=PasswordHasher(
             settings.argon2_memory_kib,
             settings.argon2_iterations,
@@ -70,7 +74,7 @@ def create_app(settings: IdentitySettings | None = None, clock: Clock | None = N
     service, deps = build(settings, clock)
 
     async def is_revoked(token_id: str) -> bool:
-        return await handlers.is_token_revoked(deps, token_id)
+        return await sessions.is_token_revoked(deps, token_id)
 
     # Identity's own routes also refuse tokens of ended sessions (sign-out, closure, reuse);
     # other services see those tokens expire within the access-token lifetime.
@@ -90,21 +94,13 @@ def create_app(settings: IdentitySettings | None = None, clock: Clock | None = N
             contract.SubjectDataShredded,
         ]
     )
-    app = service.create_app(
+    return service.create_app(
         title="Confide identity",
         description=DESCRIPTION,
         routers=[api.router(deps, service.current_caller)],
         deps=deps,
-        problem_types={
-            domain.AccountNotActive: ProblemType(409, "Account closed"),
-            domain.TotpAlreadyEnabled: ProblemType(409, "Second factor already enabled"),
-            domain.NoTotpEnrolment: ProblemType(409, "No enrolment to confirm"),
-            SigningKeyUnavailable: ProblemType(503, "Signing key not yet available"),
-        },
+        problem_types=PROBLEM_TYPES,
     )
-
-    app.state.dependencies = deps
-    return app
 
 
 def main() -> None:

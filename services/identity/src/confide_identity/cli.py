@@ -14,10 +14,10 @@ import sys
 from collections.abc import Sequence
 
 from confide_toolkit.migrations import upgrade_database
-from confide_toolkit.problem import Problem
 
-from confide_identity import handlers
 from confide_identity.app import MIGRATIONS, build
+from confide_identity.domain import IdentityError
+from confide_identity.handlers import accounts
 from confide_identity.settings import IdentitySettings
 
 
@@ -28,7 +28,7 @@ async def create_staff(
     await asyncio.to_thread(upgrade_database, settings.database_url, MIGRATIONS)
     service, deps = build(settings)
     try:
-        account_id = await handlers.register_account(
+        account_id = await accounts.register_account(
             deps, email, password, display_name, "compliance"
         )
     finally:
@@ -48,10 +48,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = IdentitySettings()  # from the environment
     try:
         account_id = asyncio.run(create_staff(settings, args.email, args.display_name, password))
-    except Problem as problem:
-        # The problem's detail and field messages name no personal data.
-        reasons = "; ".join(e["message"] for e in problem.extensions.get("errors", []))
-        print(f"refused: {problem.detail}{' ' + reasons if reasons else ''}", file=sys.stderr)
+    except IdentityError as refusal:
+        # Refusals and their field messages name no personal data.
+        reasons = "; ".join(message for _, message, _ in getattr(refusal, "field_errors", []))
+        print(f"refused: {refusal}{' ' + reasons if reasons else ''}", file=sys.stderr)
         return 2
     print(account_id)
     return 0

@@ -7,14 +7,13 @@ from confide_events.topics import RETENTION_EVENTS
 from confide_toolkit.inbox import EventContext
 from confide_toolkit.service import Service
 
-from confide_identity import handlers
-from confide_identity.handlers import Dependencies
+from confide_identity.handlers import Dependencies, accounts
 
 
 def subscribe(service: Service, deps: Dependencies) -> None:
     """Register identity's consumers on the service (before `create_app`)."""
 
     async def on_retention_expired(event: RetentionExpired, ctx: EventContext) -> None:
-        await handlers.shred_profile(deps, event, ctx)
+        await accounts.shred_profile(deps, event, ctx)
 
     service.subscribe(RETENTION_EVENTS, {RetentionExpired: on_retention_expired})

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Container, Iterable
-from dataclasses import dataclass
-from datetime import datetime
+from collections.abc import Container, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import ClassVar, Literal
 from uuid import UUID
 
@@ -32,10 +32,89 @@ MAX_PASSWORD_LENGTH = 128
 
 
 # --- errors -----------------------------------------------------------------------------------
+# Every refusal of identity, as plain exceptions: `problems.py` says once how each answers over
+# HTTP. Messages name no personal data. What a refusal needs to say beyond its message it says
+# through plain attributes: `field` and `field_errors` (the command's fields it refuses, with a
+# message and a kind each), `retry_after` (how long until trying again can succeed).
 
 
-class AccountError(Exception):
-    """A command the account refuses. Messages name no personal data."""
+class IdentityError(Exception):
+    """A command identity refuses."""
+
+
+class InvalidCredentials(IdentityError):
+    """The one answer for an unknown email, a wrong password and an unusable account."""
+
+    def __init__(self) -> None:
+        super().__init__("The email or password is incorrect.")
+
+
+class TotpRequired(IdentityError):
+    def __init__(self) -> None:
+        super().__init__("This account needs a code from its authenticator app (totp_code).")
+
+
+class InvalidTotpCode(IdentityError):
+    def __init__(self) -> None:
+        super().__init__("The authenticator code is incorrect or was already used.")
+
+
+class InvalidRefreshToken(IdentityError):
+    def __init__(self) -> None:
+        super().__init__("The refresh token is invalid, expired or already used.")
+
+
+class SignInLocked(IdentityError):
+    """Too many failed sign-ins for one email (known or not); `retry_after` until the lock ends."""
+
+    def __init__(self, retry_after: timedelta) -> None:
+        super().__init__("Too many failed sign-ins; try again later.")
+        self.retry_after = retry_after
+
+
+class TooManySignInAttempts(IdentityError):
+    """Too many failed sign-ins from one client address; `retry_after` until it may try again."""
+
+    def __init__(self, retry_after: timedelta) -> None:
+        super().__init__("Too many failed sign-ins from this address; try again later.")
+        self.retry_after = retry_after
+
+
+class EmailAlreadyRegistered(IdentityError):
+    def __init__(self) -> None:
+        super().__init__("This email cannot be used for a new account.")
+
+
+class InvalidField(IdentityError):
+    """One field of a command holds a value identity refuses (an email that is no address, a
+    wrong current password, a wrong code); `field` is its name in the command."""
+
+    def __init__(self, field: str, message: str, kind: str) -> None:
+        super().__init__("The request has invalid fields.")
+        self.field = field
+        self.kind = kind
+        self.field_errors = [(field, message, kind)]
+
+
+@dataclass(frozen=True)
+class PolicyViolation:
+    """Why a password is refused, for a 422 naming the field."""
+
+    message: str
+    kind: str
+
+
+class PasswordRefused(IdentityError):
+    """The password in `field` breaks the password policy, for the reasons listed."""
+
+    def __init__(self, field: str, violations: Sequence[PolicyViolation]) -> None:
+        super().__init__("The password does not meet the password policy.")
+        self.field = field
+        self.field_errors = [(field, v.message, v.kind) for v in violations]
+
+
+class AccountError(IdentityError):
+    """A command the account aggregate refuses."""
 
 
 class AccountNotActive(AccountError):
@@ -57,14 +136,6 @@ class InvalidEmail(ValueError):
     """The text is not an email address we accept."""
 
 
-@dataclass(frozen=True)
-class PolicyViolation:
-    """Why a password is refused, for a 422 naming the field."""
-
-    message: str
-    kind: str
-
-
 # --- domain events ----------------------------------------------------------------------------
 
 
@@ -73,6 +144,8 @@ class AccountEvent(DomainEvent):
 
 
 class AccountRegistered(AccountEvent):
+    event_type = "AccountRegistered"
+    schema_version = 1
     account_id: UUID
     role: Role
     email_index: str
@@ -83,11 +156,15 @@ class AccountRegistered(AccountEvent):
 
 
 class ProfileUpdated(AccountEvent):
+    event_type = "ProfileUpdated"
+    schema_version = 1
     profile: Sealed
     updated_at: datetime
 
 
 class PasswordChanged(AccountEvent):
+    event_type = "PasswordChanged"
+    schema_version = 1
     password_hash: Sealed
     changed_at: datetime
 
@@ -95,25 +172,35 @@ class PasswordChanged(AccountEvent):
 class PasswordRehashed(AccountEvent):
     """The same password, hashed again with stronger parameters; its age does not change."""
 
+    event_type = "PasswordRehashed"
+    schema_version = 1
     password_hash: Sealed
 
 
 class TotpEnrolmentStarted(AccountEvent):
+    event_type = "TotpEnrolmentStarted"
+    schema_version = 1
     secret: Sealed
     started_at: datetime
 
 
 class TotpEnabled(AccountEvent):
+    event_type = "TotpEnabled"
+    schema_version = 1
     enabled_at: datetime
 
 
 class AccountClosed(AccountEvent):
+    event_type = "AccountClosed"
+    schema_version = 1
     closed_at: datetime
 
 
 class ProfileShredded(AccountEvent):
     """The profile data key was destroyed: every ciphertext of this account is unreadable."""
 
+    event_type = "ProfileShredded"
+    schema_version = 1
     key_id: UUID
     shredded_at: datetime
 
@@ -135,7 +222,9 @@ ACCOUNT_EVENTS: tuple[type[AccountEvent], ...] = (
 
 @dataclass
 class Account:
-    """An account rebuilt from its events; its methods decide and return new events."""
+    """An account rebuilt from its events. Commands check the rules, then record and apply new
+    events; `pending` holds what is to be appended after `version`, the version of the stream
+    the account was loaded at (0 for an account being opened)."""
 
     account_id: UUID
     role: Role
@@ -149,36 +238,122 @@ class Account:
     totp_secret: Sealed | None = None
     closed_at: datetime | None = None
     version: int = 0
+    pending: list[AccountEvent] = field(default_factory=list)
 
     @property
     def mfa_enabled(self) -> bool:
         return self.totp_secret is not None
 
     @classmethod
+    def register(
+        cls,
+        account_id: UUID,
+        role: Role,
+        email_index: str,
+        profile: Sealed,
+        password_hash: Sealed,
+        now: datetime,
+    ) -> Account:
+        """A new account, its registration pending."""
+        registered = AccountRegistered(
+            account_id=account_id,
+            role=role,
+            email_index=email_index,
+            profile=profile,
+            password_hash=password_hash,
+            registered_at=now,
+        )
+        account = cls._opened_by(registered)
+        account.pending.append(registered)
+        return account
+
+    @classmethod
     def from_events(cls, events: Iterable[DomainEvent]) -> Account:
-        """Rebuild an account; the first event must be its registration."""
+        """Rebuild an account from its stream; the first event must be its registration."""
         account: Account | None = None
+        version = 0
         for event in events:
             if account is None:
                 if not isinstance(event, AccountRegistered):
                     raise ValueError("an account stream starts with AccountRegistered")
-                account = cls(
-                    account_id=event.account_id,
-                    role=event.role,
-                    email_index=event.email_index,
-                    profile=event.profile,
-                    password_hash=event.password_hash,
-                    password_changed_at=event.registered_at,
-                    registered_at=event.registered_at,
-                    version=1,
-                )
+                account = cls._opened_by(event)
             else:
-                account.apply(event)
+                account._apply(event)
+            version += 1
         if account is None:
             raise ValueError("an empty stream is no account")
+        account.version = version
         return account
 
-    def apply(self, event: DomainEvent) -> None:
+    @classmethod
+    def _opened_by(cls, event: AccountRegistered) -> Account:
+        return cls(
+            account_id=event.account_id,
+            role=event.role,
+            email_index=event.email_index,
+            profile=event.profile,
+            password_hash=event.password_hash,
+            password_changed_at=event.registered_at,
+            registered_at=event.registered_at,
+        )
+
+    # -- commands ---------------------------------------------------------------------------
+
+    def update_profile(self, profile: Sealed, now: datetime) -> None:
+        self._require_active()
+        self._record(ProfileUpdated(profile=profile, updated_at=now))
+
+    def change_password(self, password_hash: Sealed, now: datetime) -> None:
+        self._require_active()
+        self._record(PasswordChanged(password_hash=password_hash, changed_at=now))
+
+    def rehash_password(self, password_hash: Sealed) -> None:
+        self._require_active()
+        self._record(PasswordRehashed(password_hash=password_hash))
+
+    def start_totp_enrolment(self, secret: Sealed, now: datetime) -> None:
+        """A new secret replaces an unconfirmed one; an enabled factor is never replaced
+        silently (that would let a stolen session disable the second factor)."""
+        self._require_active()
+        if self.mfa_enabled:
+            raise TotpAlreadyEnabled()
+        self._record(TotpEnrolmentStarted(secret=secret, started_at=now))
+
+    def confirm_totp(self, now: datetime) -> None:
+        self._require_active()
+        if self.mfa_enabled:
+            raise TotpAlreadyEnabled()
+        if self.totp_pending is None:
+            raise NoTotpEnrolment()
+        self._record(TotpEnabled(enabled_at=now))
+
+    def close(self, now: datetime) -> None:
+        self._require_active()
+        self._record(AccountClosed(closed_at=now))
+
+    def shred(self, key_id: UUID, now: datetime) -> None:
+        """Idempotent: a redelivered erasure records nothing twice."""
+        if self.status == "erased":
+            return
+        self._record(ProfileShredded(key_id=key_id, shredded_at=now))
+
+    # -- queries ----------------------------------------------------------------------------
+
+    def password_age_days(self, now: datetime) -> int:
+        """Days since the password was set: apps nudge, nobody forces rotation (NIST 800-63B)."""
+        return max(0, (now - self.password_changed_at).days)
+
+    # -- applying events --------------------------------------------------------------------
+
+    def _require_active(self) -> None:
+        if self.status != "active":
+            raise AccountNotActive()
+
+    def _record(self, event: AccountEvent) -> None:
+        self._apply(event)
+        self.pending.append(event)
+
+    def _apply(self, event: DomainEvent) -> None:
         """Move the state past one event (the read model does the same, in SQL)."""
         match event:
             case ProfileUpdated():
@@ -200,74 +375,6 @@ class Account:
                 self.email_index = None
             case _:
                 raise ValueError(f"{type(event).__name__} does not apply to an account")
-        self.version += 1
-
-    def _require_active(self) -> None:
-        if self.status != "active":
-            raise AccountNotActive()
-
-    def update_profile(self, profile: Sealed, now: datetime) -> list[AccountEvent]:
-        self._require_active()
-        return [ProfileUpdated(profile=profile, updated_at=now)]
-
-    def change_password(self, password_hash: Sealed, now: datetime) -> list[AccountEvent]:
-        self._require_active()
-        return [PasswordChanged(password_hash=password_hash, changed_at=now)]
-
-    def rehash_password(self, password_hash: Sealed) -> list[AccountEvent]:
-        self._require_active()
-        return [PasswordRehashed(password_hash=password_hash)]
-
-    def start_totp_enrolment(self, secret: Sealed, now: datetime) -> list[AccountEvent]:
-        """A new secret replaces an unconfirmed one; an enabled factor is never replaced
-        silently (that would let a stolen session disable the second factor)."""
-        self._require_active()
-        if self.mfa_enabled:
-            raise TotpAlreadyEnabled()
-        return [TotpEnrolmentStarted(secret=secret, started_at=now)]
-
-    def confirm_totp(self, now: datetime) -> list[AccountEvent]:
-        self._require_active()
-        if self.mfa_enabled:
-            raise TotpAlreadyEnabled()
-        if self.totp_pending is None:
-            raise NoTotpEnrolment()
-        return [TotpEnabled(enabled_at=now)]
-
-    def close(self, now: datetime) -> list[AccountEvent]:
-        self._require_active()
-        return [AccountClosed(closed_at=now)]
-
-    def shred(self, key_id: UUID, now: datetime) -> list[AccountEvent]:
-        """Idempotent: a redelivered erasure records nothing twice."""
-        if self.status == "erased":
-            return []
-        return [ProfileShredded(key_id=key_id, shredded_at=now)]
-
-    def password_age_days(self, now: datetime) -> int:
-        """Days since the password was set: apps nudge, nobody forces rotation (NIST 800-63B)."""
-        return max(0, (now - self.password_changed_at).days)
-
-
-def register(
-    account_id: UUID,
-    role: Role,
-    email_index: str,
-    profile: Sealed,
-    password_hash: Sealed,
-    now: datetime,
-) -> list[AccountEvent]:
-    """The events that open an account."""
-    return [
-        AccountRegistered(
-            account_id=account_id,
-            role=role,
-            email_index=email_index,
-            profile=profile,
-            password_hash=password_hash,
-            registered_at=now,
-        )
-    ]
 
 
 # --- email and password rules -----------------------------------------------------------------

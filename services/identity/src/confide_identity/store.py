@@ -1,5 +1,6 @@
 """Identity's tables, the account read model (a projection of the account events, updated in
-the transaction of each append) and the queries the handlers need.
+the transaction of each append), the repositories of the accounts, sessions, sign-in failures
+and TOTP steps: every SQL statement of identity's handlers.
 
 Nothing here holds personal data in plaintext: profile, password hash and TOTP secret are
 keyring ciphertexts; emails and client addresses appear only as keyed hashes; refresh tokens
@@ -8,13 +9,17 @@ only as SHA-256 digests; signing keys and service secrets only wrapped by the KE
 from __future__ import annotations
 
 import base64
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Final
 from uuid import UUID
 
+import psycopg
+from confide_toolkit.auth import Role
+from confide_toolkit.clock import Clock
 from confide_toolkit.database import NAMING_CONVENTION
-from confide_toolkit.event_store import RecordedEvent
-from confide_toolkit.keyring import join_data_keys
+from confide_toolkit.event_store import EventStore, RecordedEvent
+from confide_toolkit.keyring import WrappedDataKey, join_data_keys
 from sqlalchemy import (
     BigInteger,
     Column,
@@ -28,11 +33,15 @@ from sqlalchemy import (
     Table,
     Text,
     Uuid,
+    delete,
+    func,
     select,
     update,
 )
 from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.sql.elements import ColumnElement
 
 from confide_identity import domain
 
@@ -181,65 +190,338 @@ async def project_account(conn: AsyncConnection, recorded: RecordedEvent) -> Non
     )
 
 
-# --- queries ----------------------------------------------------------------------------------
+# --- the accounts -----------------------------------------------------------------------------
+
+EMAIL_INDEX_UNIQUE: Final = "uq_accounts_email_index"
+"""The unique constraint (named by the naming convention) that keeps one account per email."""
+
+_ACCOUNT_LOCK: Final = "confide.identity.account"
 
 
-async def account_by_email_index(conn: AsyncConnection, email_index: str) -> Row[Any] | None:
-    """The account row (with its profile data key joined on) registered under that email."""
-    statement = join_data_keys(
-        select(accounts).where(accounts.c.email_index == email_index),
-        accounts.c.account_id,
-        domain.PROFILE_CATEGORY,
+@dataclass(frozen=True)
+class AccountRecord:
+    """One account as the read model holds it: its ciphertexts, and the profile data key they
+    open with (read in the same query; None once shredded)."""
+
+    account_id: UUID
+    role: Role
+    status: domain.AccountStatus
+    email_index: str | None
+    profile: bytes
+    password_hash: bytes
+    password_changed_at: datetime
+    totp_pending: bytes | None
+    totp_secret: bytes | None
+    data_key: WrappedDataKey | None
+
+
+def _account_record(row: Row[Any]) -> AccountRecord:
+    return AccountRecord(
+        account_id=row.account_id,
+        role=row.role,
+        status=row.status,
+        email_index=row.email_index,
+        profile=bytes(row.profile),
+        password_hash=bytes(row.password_hash),
+        password_changed_at=row.password_changed_at,
+        totp_pending=None if row.totp_pending is None else bytes(row.totp_pending),
+        totp_secret=None if row.totp_secret is None else bytes(row.totp_secret),
+        data_key=WrappedDataKey.from_row(row),
     )
-    row: Row[Any] | None = (await conn.execute(statement)).first()
-    return row
 
 
-async def account_by_id(conn: AsyncConnection, account_id: UUID) -> Row[Any] | None:
-    """The account row with its profile data key joined on (None for an unknown id)."""
-    statement = join_data_keys(
-        select(accounts).where(accounts.c.account_id == account_id),
-        accounts.c.account_id,
-        domain.PROFILE_CATEGORY,
-    )
-    row: Row[Any] | None = (await conn.execute(statement)).first()
-    return row
+class Accounts:
+    """The account repository: loads and saves account aggregates through the event store (the
+    `accounts` read model follows in the same transaction), and reads that read model."""
+
+    def __init__(self, clock: Clock) -> None:
+        self.events = EventStore(domain.ACCOUNT_EVENTS, clock, projections=[project_account])
+
+    async def load(self, conn: AsyncConnection, account_id: UUID) -> domain.Account | None:
+        """The account as its stream stands (None for an unknown id)."""
+        recorded = await self.events.load(conn, account_id)
+        if not recorded:
+            return None
+        return domain.Account.from_events(r.event for r in recorded)
+
+    async def load_for_change(
+        self, conn: AsyncConnection, account_id: UUID
+    ) -> domain.Account | None:
+        """The account, locked until the transaction ends: commands on one account queue up
+        instead of racing (optimistic concurrency still guards the append)."""
+        await conn.execute(
+            select(
+                func.pg_advisory_xact_lock(
+                    func.hashtextextended(f"{_ACCOUNT_LOCK}:{account_id}", 0)
+                )
+            )
+        )
+        return await self.load(conn, account_id)
+
+    async def save(self, conn: AsyncConnection, account: domain.Account) -> list[RecordedEvent]:
+        """Append the account's pending events; raises `ConcurrencyConflict` if the stream moved
+        on, and `EmailAlreadyRegistered` if another account took the email meanwhile."""
+        try:
+            recorded = await self.events.append(
+                conn, account.account_id, account.version, account.pending
+            )
+        except IntegrityError as error:
+            # Two registrations of one email at the same moment: the unique index settles it.
+            if isinstance(error.orig, psycopg.Error) and (
+                error.orig.diag.constraint_name == EMAIL_INDEX_UNIQUE
+            ):
+                raise domain.EmailAlreadyRegistered() from None
+            raise
+        account.version += len(recorded)
+        account.pending.clear()
+        return recorded
+
+    async def by_id(self, conn: AsyncConnection, account_id: UUID) -> AccountRecord | None:
+        """The account's read-model record (None for an unknown id)."""
+        return await self._record(conn, accounts.c.account_id == account_id)
+
+    async def by_email_index(self, conn: AsyncConnection, email_index: str) -> AccountRecord | None:
+        """The record of the account registered under that email (by its keyed hash)."""
+        return await self._record(conn, accounts.c.email_index == email_index)
+
+    async def email_index_taken(self, conn: AsyncConnection, email_index: str) -> bool:
+        found = await conn.scalar(
+            select(accounts.c.account_id).where(accounts.c.email_index == email_index)
+        )
+        return found is not None
+
+    async def _record(
+        self, conn: AsyncConnection, condition: ColumnElement[bool]
+    ) -> AccountRecord | None:
+        statement = join_data_keys(
+            select(accounts).where(condition), accounts.c.account_id, domain.PROFILE_CATEGORY
+        )
+        row = (await conn.execute(statement)).first()
+        return None if row is None else _account_record(row)
 
 
-async def email_index_taken(conn: AsyncConnection, email_index: str) -> bool:
-    found = await conn.scalar(
-        select(accounts.c.account_id).where(accounts.c.email_index == email_index)
-    )
-    return found is not None
+# --- sessions and refresh tokens ---------------------------------------------------------------
 
 
-async def accept_totp_step(conn: AsyncConnection, account_id: UUID, step: int) -> bool:
-    """Record `step` as used; False when it (or a later one) was used already (a replay)."""
-    proposed = insert(totp_steps).values(account_id=account_id, last_step=step)
-    statement = proposed.on_conflict_do_update(
-        index_elements=[totp_steps.c.account_id],
-        set_={"last_step": proposed.excluded.last_step},
-        where=totp_steps.c.last_step < proposed.excluded.last_step,
-    ).returning(totp_steps.c.account_id)
-    row: Row[Any] | None = (await conn.execute(statement)).first()
-    return row is not None
+@dataclass(frozen=True)
+class PresentedRefreshToken:
+    """A refresh token found by its digest, with its session and the account's standing."""
+
+    spent_at: datetime | None
+    session_id: UUID
+    account_id: UUID
+    auth_time: datetime
+    expires_at: datetime
+    revoked_at: datetime | None
+    role: Role
+    account_status: domain.AccountStatus
 
 
-async def revoke_sessions(
-    conn: AsyncConnection,
-    account_id: UUID,
-    now: datetime,
-    because: str,
-    *,
-    except_session: UUID | None = None,
-) -> int:
-    """End every live session of an account (but `except_session`); returns how many."""
-    statement = (
-        update(sessions)
-        .where(sessions.c.account_id == account_id, sessions.c.revoked_at.is_(None))
-        .values(revoked_at=now, revoked_because=because)
-    )
-    if except_session is not None:
-        statement = statement.where(sessions.c.session_id != except_session)
-    result = await conn.execute(statement)
-    return int(result.rowcount or 0)
+@dataclass(frozen=True)
+class SessionLifetime:
+    revoked_at: datetime | None
+    expires_at: datetime
+
+
+class Sessions:
+    """Sign-in sessions and their refresh-token families."""
+
+    async def open(
+        self,
+        conn: AsyncConnection,
+        session_id: UUID,
+        account_id: UUID,
+        auth_time: datetime,
+        now: datetime,
+        expires_at: datetime,
+    ) -> None:
+        await conn.execute(
+            sessions.insert().values(
+                session_id=session_id,
+                account_id=account_id,
+                auth_time=auth_time,
+                created_at=now,
+                expires_at=expires_at,
+            )
+        )
+
+    async def add_refresh_token(
+        self, conn: AsyncConnection, token_hash: bytes, session_id: UUID, now: datetime
+    ) -> None:
+        await conn.execute(
+            refresh_tokens.insert().values(
+                token_hash=token_hash, session_id=session_id, issued_at=now
+            )
+        )
+
+    async def presented(
+        self, conn: AsyncConnection, token_hash: bytes
+    ) -> PresentedRefreshToken | None:
+        """The refresh token with that digest, locked until the transaction ends."""
+        row = (
+            await conn.execute(
+                select(
+                    refresh_tokens.c.spent_at,
+                    sessions.c.session_id,
+                    sessions.c.account_id,
+                    sessions.c.auth_time,
+                    sessions.c.expires_at,
+                    sessions.c.revoked_at,
+                    accounts.c.role,
+                    accounts.c.status,
+                )
+                .join(sessions, sessions.c.session_id == refresh_tokens.c.session_id)
+                .join(accounts, accounts.c.account_id == sessions.c.account_id)
+                .where(refresh_tokens.c.token_hash == token_hash)
+                .with_for_update(of=refresh_tokens)
+            )
+        ).first()
+        if row is None:
+            return None
+        return PresentedRefreshToken(
+            spent_at=row.spent_at,
+            session_id=row.session_id,
+            account_id=row.account_id,
+            auth_time=row.auth_time,
+            expires_at=row.expires_at,
+            revoked_at=row.revoked_at,
+            role=row.role,
+            account_status=row.status,
+        )
+
+    async def spend(self, conn: AsyncConnection, token_hash: bytes, now: datetime) -> bool:
+        """Mark the refresh token spent; False when it was spent already (a concurrent use)."""
+        result = await conn.execute(
+            update(refresh_tokens)
+            .where(refresh_tokens.c.token_hash == token_hash, refresh_tokens.c.spent_at.is_(None))
+            .values(spent_at=now)
+        )
+        return bool(result.rowcount)
+
+    async def lifetime(self, conn: AsyncConnection, session_id: UUID) -> SessionLifetime | None:
+        row = (
+            await conn.execute(
+                select(sessions.c.revoked_at, sessions.c.expires_at).where(
+                    sessions.c.session_id == session_id
+                )
+            )
+        ).first()
+        return None if row is None else SessionLifetime(row.revoked_at, row.expires_at)
+
+    async def revoke(
+        self, conn: AsyncConnection, session_id: UUID, now: datetime, because: str
+    ) -> None:
+        """End one session (if it is still live)."""
+        await conn.execute(
+            update(sessions)
+            .where(sessions.c.session_id == session_id, sessions.c.revoked_at.is_(None))
+            .values(revoked_at=now, revoked_because=because)
+        )
+
+    async def revoke_all_of(
+        self,
+        conn: AsyncConnection,
+        account_id: UUID,
+        now: datetime,
+        because: str,
+        *,
+        except_session: UUID | None = None,
+    ) -> int:
+        """End every live session of an account (but `except_session`); returns how many."""
+        statement = (
+            update(sessions)
+            .where(sessions.c.account_id == account_id, sessions.c.revoked_at.is_(None))
+            .values(revoked_at=now, revoked_because=because)
+        )
+        if except_session is not None:
+            statement = statement.where(sessions.c.session_id != except_session)
+        result = await conn.execute(statement)
+        return int(result.rowcount or 0)
+
+
+# --- sign-in failures ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FailureCount:
+    """Failed sign-ins counted under one throttle key (an email's or an address's keyed hash)
+    since `window_started_at`, and the lock they led to, if any."""
+
+    failures: int
+    window_started_at: datetime
+    locked_until: datetime | None
+
+
+class SignInFailures:
+    """The counts of failed sign-ins per throttle key."""
+
+    async def locked_until(self, conn: AsyncConnection, key: str) -> datetime | None:
+        """When the key's lock ends (None when it was never locked); it may be over already."""
+        locked_until: datetime | None = await conn.scalar(
+            select(sign_in_failures.c.locked_until).where(sign_in_failures.c.throttle_key == key)
+        )
+        return locked_until
+
+    async def count_for_update(
+        self, conn: AsyncConnection, key: str, now: datetime
+    ) -> FailureCount:
+        """The key's count (a fresh one from `now` on first failure), locked until the
+        transaction ends so that concurrent failures are all counted."""
+        await conn.execute(
+            insert(sign_in_failures)
+            .values(throttle_key=key, failures=0, window_started_at=now)
+            .on_conflict_do_nothing(index_elements=[sign_in_failures.c.throttle_key])
+        )
+        row = (
+            await conn.execute(
+                select(sign_in_failures)
+                .where(sign_in_failures.c.throttle_key == key)
+                .with_for_update()
+            )
+        ).one()
+        return FailureCount(row.failures, row.window_started_at, row.locked_until)
+
+    async def save(self, conn: AsyncConnection, key: str, count: FailureCount) -> None:
+        await conn.execute(
+            update(sign_in_failures)
+            .where(sign_in_failures.c.throttle_key == key)
+            .values(
+                failures=count.failures,
+                window_started_at=count.window_started_at,
+                locked_until=count.locked_until,
+            )
+        )
+
+    async def forget(self, conn: AsyncConnection, key: str) -> None:
+        """Drop the key's count (after a successful sign-in)."""
+        await conn.execute(delete(sign_in_failures).where(sign_in_failures.c.throttle_key == key))
+
+    async def forget_stale(
+        self, conn: AsyncConnection, window_ended_before: datetime, now: datetime
+    ) -> None:
+        """Drop the counts whose window ended and whose lock (if any) is over."""
+        await conn.execute(
+            delete(sign_in_failures).where(
+                sign_in_failures.c.window_started_at < window_ended_before,
+                (sign_in_failures.c.locked_until.is_(None))
+                | (sign_in_failures.c.locked_until < now),
+            )
+        )
+
+
+# --- TOTP steps --------------------------------------------------------------------------------
+
+
+class TotpSteps:
+    """The last accepted TOTP time step per account."""
+
+    async def accept(self, conn: AsyncConnection, account_id: UUID, step: int) -> bool:
+        """Record `step` as used; False when it (or a later one) was used already (a replay)."""
+        proposed = insert(totp_steps).values(account_id=account_id, last_step=step)
+        statement = proposed.on_conflict_do_update(
+            index_elements=[totp_steps.c.account_id],
+            set_={"last_step": proposed.excluded.last_step},
+            where=totp_steps.c.last_step < proposed.excluded.last_step,
+        ).returning(totp_steps.c.account_id)
+        row = (await conn.execute(statement)).first()
+        return row is not None
