@@ -202,6 +202,16 @@ services_up() {
     wait_for "$name" 60 curl -fsS "http://127.0.0.1:$port/readyz"
     log "$name ready on http://127.0.0.1:$port (docs: /docs, OpenAPI: /openapi.json)"
   done
+  seed_dev_data
+}
+
+seed_dev_data() { # development data only: no migration seeds it, a deployment never gets it
+  [ -f "$ROOT/services/consent/pyproject.toml" ] || return 0
+  CONFIDE_SERVICE_NAME=consent CONFIDE_DATABASE_URL="$CONFIDE_CONSENT_DATABASE_URL" \
+    CONFIDE_KEK_FILE="$STACK/keys/consent.kek.json" \
+    "$ROOT/.venv/bin/python" -m confide_consent.cli seed-dev-recipients >>"$STACK/logs/consent.log" 2>&1 \
+    || die "seeding consent's development recipients failed: $STACK/logs/consent.log"
+  log "consent's development recipients registered (python -m confide_consent.cli seed-dev-recipients)"
 }
 
 stop_pidfile() {
