@@ -39,7 +39,7 @@ lint: install ## ruff, mypy --strict and the import-linter architecture contract
 	@$(UV) run --frozen ruff check .
 	@$(UV) run --frozen ruff format --check .
 	@$(UV) run --frozen mypy shared/events/src shared/toolkit/src shared/testing/src services/*/src bench
-	@$(UV) run --frozen lint-imports
+	@$(UV) run --frozen python .ci/lint_imports.py
 
 format: install ## apply ruff's formatting and safe fixes
 	@$(UV) run --frozen ruff format .
