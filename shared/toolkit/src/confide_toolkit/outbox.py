@@ -70,8 +70,8 @@ $$"""
 NOTIFY_TRIGGER = """CREATE TRIGGER outbox_notify AFTER INSERT ON outbox
 FOR EACH STATEMENT EXECUTE FUNCTION confide_outbox_notify()"""
 """The relay's wake-up: one NOTIFY per INSERT statement into `outbox`, delivered at commit.
-Services' migrations create it (`migrations.create_outbox_notify_trigger`); `create_all`
-(tests) creates it with the table."""
+The toolkit's migration history creates it (`core_0001`) in every service's database;
+`create_all` (tests) creates it with the table."""
 
 # SQLAlchemy's DDL() is not annotated.
 event.listen(outbox, "after_create", DDL(NOTIFY_FUNCTION))  # type: ignore[no-untyped-call]
