@@ -135,9 +135,10 @@ def test_grant_refusals_record_nothing(
 
 
 def test_validity_starts_at_grant_and_ends_at_revocation(ledger: ConsentLedger) -> None:
-    consent = ledger.grant(**grant_args())
+    granted = ledger.grant(**grant_args())
     revoked_at = T0 + timedelta(hours=1)
-    assert ledger.revoke(consent.consent_id, revoked_at)
+    assert ledger.revoke(granted.consent_id, revoked_at)
+    consent = ledger.consent(granted.consent_id)
     assert not consent.valid_at(T0 - timedelta(microseconds=1))
     assert consent.valid_at(T0)
     assert consent.valid_at(revoked_at - timedelta(microseconds=1))
@@ -150,7 +151,7 @@ def test_revoking_twice_records_one_revocation(ledger: ConsentLedger) -> None:
     assert ledger.revoke(consent.consent_id, T0 + timedelta(minutes=1))
     assert not ledger.revoke(consent.consent_id, T0 + timedelta(minutes=2))
     assert [type(e) for e in ledger.pending] == [ConsentGranted, ConsentRevoked]
-    assert consent.revoked_at == T0 + timedelta(minutes=1)
+    assert ledger.consent(consent.consent_id).revoked_at == T0 + timedelta(minutes=1)
 
 
 def test_revoking_a_consent_not_in_the_ledger_is_refused(ledger: ConsentLedger) -> None:
@@ -166,9 +167,11 @@ def test_closing_withdraws_every_active_consent_with_the_reason(ledger: ConsentL
 
     withdrawn = ledger.close(closed_at)
 
-    assert [c.consent_id for c in withdrawn] == [second.consent_id]
-    assert (second.revoked_at, second.revoke_reason) == (closed_at, "account_closed")
-    assert first.revoke_reason == "subject_withdrew"
+    assert [(c.consent_id, c.revoked_at, c.revoke_reason) for c in withdrawn] == [
+        (second.consent_id, closed_at, "account_closed")
+    ]
+    assert ledger.consent(second.consent_id) == withdrawn[0]
+    assert ledger.consent(first.consent_id).revoke_reason == "subject_withdrew"
     assert ledger.close(closed_at) == []
     with pytest.raises(AccountIsClosed):
         ledger.grant(**grant_args())

@@ -18,6 +18,7 @@ from uuid import UUID
 
 from confide_events.consent import CollectionMethod, RevocationReason
 from confide_events.vocabulary import DataCategory
+from confide_toolkit.consents import ConsentRecord
 from confide_toolkit.event_store import DomainEvent
 from pydantic import TypeAdapter
 
@@ -215,30 +216,21 @@ class Receipt:
     issued_at: datetime
 
 
-@dataclass
-class Consent:
-    """One consent as the ledger knows it now."""
+@dataclass(frozen=True, kw_only=True)
+class Consent(ConsentRecord):
+    """One consent as the ledger knows it now: its terms and validity interval (what every
+    read model of consents shares, `valid_at` included), how it was collected, and its receipt.
 
-    consent_id: UUID
-    subject_id: UUID
-    purpose: str
-    recipient_id: UUID | None
-    data_categories: tuple[DataCategory, ...]
-    policy_version: str
-    policy_hash: str
+    A value: revoking records a new `Consent` in the ledger, so read the ledger again for the
+    consent after a command."""
+
     method: CollectionMethod
-    granted_at: datetime
-    revoked_at: datetime | None = None
-    revoke_reason: RevocationReason | None = None
     receipt: Receipt | None = None
 
     @property
     def status(self) -> Literal["active", "revoked"]:
+        """Whether the consent is in force now (`active`) or ended (`revoked`)."""
         return "active" if self.revoked_at is None else "revoked"
-
-    def valid_at(self, at: datetime) -> bool:
-        """Whether the consent was in force at `at`: granted by then and not yet revoked."""
-        return self.granted_at <= at and (self.revoked_at is None or at < self.revoked_at)
 
 
 RecipientKind = Literal["healthcare_provider", "research_institution"]
@@ -427,18 +419,18 @@ class ConsentLedger:
         refuse new ones. Returns the consents withdrawn; closing again withdraws nothing."""
         if self.closed_at is not None:
             return []
-        withdrawn = [c for c in self.consents.values() if c.revoked_at is None]
-        for consent in withdrawn:
+        active = [c.consent_id for c in self.consents.values() if c.revoked_at is None]
+        for consent_id in active:
             # A grant that raced the closing ends the moment it began: never valid, and its
             # interval still well-formed.
-            revoked_at = max(closed_at, consent.granted_at)
+            revoked_at = max(closed_at, self._consents[consent_id].granted_at)
             self._record(
                 ConsentRevoked(
-                    consent_id=consent.consent_id, revoked_at=revoked_at, reason="account_closed"
+                    consent_id=consent_id, revoked_at=revoked_at, reason="account_closed"
                 )
             )
         self._record(LedgerClosed(closed_at=closed_at))
-        return withdrawn
+        return [self._consents[consent_id] for consent_id in active]
 
     # -- queries ----------------------------------------------------------------------------
 
@@ -470,8 +462,11 @@ class ConsentLedger:
         elif isinstance(event, ReceiptIssued):
             self.receipt_ids[event.consent_id] = event.receipt_id
         elif isinstance(event, ConsentRevoked):
-            consent = self.consents[event.consent_id]
-            consent.revoked_at, consent.revoke_reason = event.revoked_at, event.reason
+            self._consents[event.consent_id] = replace(
+                self.consents[event.consent_id],
+                revoked_at=event.revoked_at,
+                revoke_reason=event.reason,
+            )
         elif isinstance(event, LedgerClosed):
             self.closed_at = event.closed_at
         else:

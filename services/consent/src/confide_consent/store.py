@@ -19,6 +19,7 @@ from typing import Any, Final, Literal, cast
 
 from confide_toolkit.auth import public_jwk
 from confide_toolkit.clock import Clock
+from confide_toolkit.consents import valid_at_clause
 from confide_toolkit.database import NAMING_CONVENTION
 from confide_toolkit.event_store import EventStore, RecordedEvent, Snapshot
 from confide_toolkit.keyring import Erased, Keyring
@@ -37,7 +38,6 @@ from sqlalchemy import (
     func,
     insert,
     literal,
-    or_,
     select,
     update,
 )
@@ -209,20 +209,8 @@ def _consent(row: Any) -> Consent:
         if row.receipt_id is not None
         else None
     )
-    return Consent(
-        consent_id=row.consent_id,
-        subject_id=row.subject_id,
-        purpose=row.purpose,
-        recipient_id=row.recipient_id,
-        data_categories=tuple(row.data_categories),
-        policy_version=row.policy_version,
-        policy_hash=row.policy_hash,
-        method=row.method,
-        granted_at=row.granted_at,
-        revoked_at=row.revoked_at,
-        revoke_reason=row.revoke_reason,
-        receipt=receipt,
-    )
+    # The terms map as in every read model of consents; the ledger adds method and receipt.
+    return Consent.from_row(row, method=row.method, receipt=receipt)
 
 
 async def find_consent(conn: AsyncConnection, consent_id: uuid.UUID) -> Consent | None:
@@ -250,10 +238,7 @@ async def list_consents(
         revoked = consents.c.revoked_at.is_not(None)
         statement = statement.where(revoked if status == "revoked" else ~revoked)
     if valid_at is not None:
-        statement = statement.where(
-            consents.c.granted_at <= valid_at,
-            or_(consents.c.revoked_at.is_(None), consents.c.revoked_at > valid_at),
-        )
+        statement = statement.where(valid_at_clause(consents, valid_at))
     rows = await conn.execute(statement.order_by(consents.c.consent_id.desc()).limit(limit))
     return [_consent(row) for row in rows]
 
@@ -288,7 +273,10 @@ async def recipient_name_taken(conn: AsyncConnection, name: str) -> bool:
 
 
 async def add_recipient(
-    conn: AsyncConnection, recipient: Recipient, registered_at: datetime, registered_by: uuid.UUID
+    conn: AsyncConnection,
+    recipient: Recipient,
+    registered_at: datetime,
+    registered_by: uuid.UUID | None,
 ) -> None:
     await conn.execute(
         insert(recipients).values(

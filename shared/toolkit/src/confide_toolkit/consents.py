@@ -12,13 +12,20 @@ database, then asks `find_valid_consent` before each disclosure::
     if consent is None:
         raise Forbidden("No valid consent covers this disclosure.")
 
-The table lives on `toolkit_metadata` but only once this module is imported: a service that
-uses it imports it in its `migrations/env.py` (so autogenerate creates `consent_view`).
+The table is an optional part of the toolkit's migration history: a service that keeps it
+says so in its `migrations/env.py`, `run_migrations(store.metadata,
+toolkit_parts=[CONSENT_VIEW])` (`confide_toolkit.migrations`).
 
 The view is an interval per consent: valid from `granted_at` until `revoked_at` (exclusive),
 so it answers for any moment, past or present. The handlers are idempotent and commutative: a
 revocation that arrives before its grant (a grant replayed from the dead-letter topic, say) is
 kept, and the grant then fills in the rest of the row without reopening the consent.
+
+What a consent is, and when it is valid, is written here once for every read model of consents,
+the consent service's own included: `ConsentRecord` (its terms, `valid_at`, `covers`, and
+`from_row`, the mapping of a row) and `valid_at_clause` (the same rule in SQL, for any table
+with `granted_at` and `revoked_at` columns). The consent service's `Consent` extends the record
+with what only the ledger knows (how it was collected, its receipt).
 """
 
 from __future__ import annotations
@@ -26,12 +33,26 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Self
 from uuid import UUID
 
 from confide_events import IntegrationEvent
-from confide_events.consent import ConsentGranted, ConsentRevoked
-from sqlalchemy import Column, DateTime, Index, String, Table, Text, Uuid, func, or_, select
+from confide_events.consent import ConsentGranted, ConsentRevoked, RevocationReason
+from confide_events.vocabulary import DataCategory
+from sqlalchemy import (
+    Column,
+    ColumnElement,
+    DateTime,
+    Index,
+    String,
+    Table,
+    Text,
+    Uuid,
+    and_,
+    func,
+    or_,
+    select,
+)
 from sqlalchemy.dialects.postgresql import ARRAY, insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -58,20 +79,24 @@ consent_view = Table(
 """A service's copy of every consent: who allowed what, to whom, from when until when."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ConsentRecord:
-    """A consent as the read model knows it."""
+    """A consent's terms and its validity interval: who allowed what, to whom, under which
+    policy text, from `granted_at` until `revoked_at` (exclusive; None while in force).
+
+    Every read model of consents answers with it (or, in the consent service, its subclass
+    `Consent`); `valid_at` is the rule, and `valid_at_clause` the same rule in SQL."""
 
     consent_id: UUID
     subject_id: UUID
     purpose: str
     recipient_id: UUID | None
-    data_categories: tuple[str, ...]
+    data_categories: tuple[DataCategory, ...]
     policy_version: str
     policy_hash: str
     granted_at: datetime
-    revoked_at: datetime | None
-    revoke_reason: str | None
+    revoked_at: datetime | None = None
+    revoke_reason: RevocationReason | None = None
 
     def valid_at(self, at: datetime) -> bool:
         """Whether the consent was in force at `at`: granted by then, not yet revoked."""
@@ -80,6 +105,34 @@ class ConsentRecord:
     def covers(self, categories: Collection[str]) -> bool:
         """Whether the consent covers every one of `categories`."""
         return set(categories) <= set(self.data_categories)
+
+    @classmethod
+    def from_row(cls, row: Any, **more: Any) -> Self:
+        """The record of a row that has the record's columns (`consent_view`, or the consent
+        service's `consents`); `more` gives the fields a subclass adds."""
+        return cls(
+            consent_id=row.consent_id,
+            subject_id=row.subject_id,
+            purpose=row.purpose,
+            recipient_id=row.recipient_id,
+            data_categories=tuple(row.data_categories),
+            policy_version=row.policy_version,
+            policy_hash=row.policy_hash,
+            granted_at=row.granted_at,
+            revoked_at=row.revoked_at,
+            revoke_reason=row.revoke_reason,
+            **more,
+        )
+
+
+def valid_at_clause(table: Table, at: datetime) -> ColumnElement[bool]:
+    """`ConsentRecord.valid_at` in SQL, for a table with `granted_at` and `revoked_at` columns:
+    granted by `at` and not revoked by then. A row without `granted_at` (a revocation that
+    arrived before its grant) is never valid."""
+    return and_(
+        table.c.granted_at <= at,
+        or_(table.c.revoked_at.is_(None), table.c.revoked_at > at),
+    )
 
 
 async def record_consent_granted(event: ConsentGranted, ctx: EventContext) -> None:
@@ -134,21 +187,6 @@ def consent_handlers() -> Mapping[type[IntegrationEvent], EventHandler]:
     return {ConsentGranted: record_consent_granted, ConsentRevoked: record_consent_revoked}
 
 
-def _record(row: Any) -> ConsentRecord:
-    return ConsentRecord(
-        consent_id=row.consent_id,
-        subject_id=row.subject_id,
-        purpose=row.purpose,
-        recipient_id=row.recipient_id,
-        data_categories=tuple(row.data_categories),
-        policy_version=row.policy_version,
-        policy_hash=row.policy_hash,
-        granted_at=row.granted_at,
-        revoked_at=row.revoked_at,
-        revoke_reason=row.revoke_reason,
-    )
-
-
 async def find_consent(conn: AsyncConnection, consent_id: UUID) -> ConsentRecord | None:
     """One consent by id (e.g. the consent a disclosure cited), or None if it was never
     granted as far as this service has seen."""
@@ -159,7 +197,7 @@ async def find_consent(conn: AsyncConnection, consent_id: UUID) -> ConsentRecord
             )
         )
     ).first()
-    return None if row is None else _record(row)
+    return None if row is None else ConsentRecord.from_row(row)
 
 
 async def find_valid_consent(
@@ -173,7 +211,8 @@ async def find_valid_consent(
     """A consent of `subject_id` for `purpose` and `recipient_id` (None: a consent that names no
     recipient) that covers every one of `categories` and was valid at `at`, or None.
 
-    Valid means `granted_at <= at` and not revoked by then (`revoked_at` null or after `at`).
+    Valid means `granted_at <= at` and not revoked by then (`revoked_at` null or after `at`),
+    as `ConsentRecord.valid_at` says.
     When several qualify, the most recently granted one is returned. Raises `ValueError` for
     no categories: a disclosure always says what it discloses."""
     if not categories:
@@ -191,11 +230,10 @@ async def find_valid_consent(
                 consent_view.c.purpose == purpose,
                 recipient,
                 consent_view.c.data_categories.contains(sorted(set(categories))),
-                consent_view.c.granted_at <= at,
-                or_(consent_view.c.revoked_at.is_(None), consent_view.c.revoked_at > at),
+                valid_at_clause(consent_view, at),
             )
             .order_by(consent_view.c.granted_at.desc())
             .limit(1)
         )
     ).first()
-    return None if row is None else _record(row)
+    return None if row is None else ConsentRecord.from_row(row)
