@@ -7,6 +7,8 @@ and the next successful sign-in stores a stronger one."""
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import ctypes.util
 import functools
 import os
 import re
@@ -20,6 +22,28 @@ from confide_identity.domain import PolicyViolation, password_violations
 _SALT_BYTES = 16
 _HASH_BYTES = 32
 _PARAMETERS = re.compile(r"^\$argon2id\$v=19\$m=(\d+),t=(\d+),p=(\d+)\$")
+
+_M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number
+_MMAP_THRESHOLD_BYTES = 1 << 20
+
+
+@functools.cache
+def give_hash_memory_back_to_the_system() -> bool:
+    """Make every allocation of 1 MiB or more its own mapping, returned to the system when freed.
+
+    Each Argon2id computation allocates its whole memory cost (19 MiB and up) in a worker
+    thread. glibc raises its mapping threshold after the first such buffer is freed, so later
+    ones come from per-thread heaps that keep the memory: an idle identity process then held
+    ~115 MiB more than one that never hashed. A threshold set explicitly stays put. Returns
+    whether it could be set (False off glibc, where nothing changes)."""
+    libc_name = ctypes.util.find_library("c")
+    if libc_name is None:
+        return False
+    try:
+        mallopt = ctypes.CDLL(libc_name).mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_BYTES))
 
 
 @functools.cache
@@ -52,6 +76,7 @@ class PasswordHasher:
         self.lanes = lanes
         self._slots = asyncio.Semaphore(max_concurrency)
         self._dummy: str | None = None
+        give_hash_memory_back_to_the_system()
 
     def _kdf(self, salt: bytes) -> Argon2id:
         return Argon2id(
