@@ -6,7 +6,9 @@ import uuid
 
 import pytest
 from confide_events.topics import IDENTITY_EVENTS
+from confide_identity.domain import Account, EmailAlreadyRegistered
 from confide_testing import eventually
+from confide_toolkit.ids import uuid7
 from sqlalchemy import text
 
 from .conftest import STRONG_PASSWORD, RunningIdentity, bearer, events_about, registration
@@ -64,6 +66,25 @@ async def test_an_email_already_used_in_any_case_is_refused_with_409(
     assert response.status_code == 409
     assert response.headers["content-type"] == "application/problem+json"
     assert body["email"] not in response.text.lower()
+
+
+async def test_the_store_refuses_a_second_account_for_one_email(
+    identity: RunningIdentity,
+) -> None:
+    # Two registrations of one email racing past the check: the unique index settles it, and
+    # the store says so in the domain's words.
+    deps, email_index = identity.deps, f"index-{uuid.uuid4().hex}"
+
+    async def open_account() -> None:
+        account = Account.register(
+            uuid7(), "client", email_index, "cA==", "aA==", identity.clock.now()
+        )
+        async with deps.engine.begin() as conn:
+            await deps.accounts.save(conn, account)
+
+    await open_account()
+    with pytest.raises(EmailAlreadyRegistered):
+        await open_account()
 
 
 @pytest.mark.parametrize(

@@ -268,10 +268,10 @@ class Account:
         return account
 
     @classmethod
-    def from_events(cls, events: Iterable[DomainEvent]) -> Account:
-        """Rebuild an account from its stream; the first event must be its registration."""
+    def replay(cls, events: Iterable[DomainEvent], version: int) -> Account:
+        """The account as its recorded events left it, at stream `version`; the first event
+        must be its registration."""
         account: Account | None = None
-        version = 0
         for event in events:
             if account is None:
                 if not isinstance(event, AccountRegistered):
@@ -279,7 +279,6 @@ class Account:
                 account = cls._opened_by(event)
             else:
                 account._apply(event)
-            version += 1
         if account is None:
             raise ValueError("an empty stream is no account")
         account.version = version

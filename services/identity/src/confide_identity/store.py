@@ -242,7 +242,7 @@ class Accounts:
         recorded = await self.events.load(conn, account_id)
         if not recorded:
             return None
-        return domain.Account.from_events(r.event for r in recorded)
+        return domain.Account.replay((r.event for r in recorded), recorded[-1].version)
 
     async def load_for_change(
         self, conn: AsyncConnection, account_id: UUID
