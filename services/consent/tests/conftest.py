@@ -1,5 +1,6 @@
 """Fixtures for the consent service's tests: the service running in-process against the real
-Kafka broker and PostgreSQL, signed-in callers, and valid request payloads."""
+Kafka broker and PostgreSQL, with two registered recipients, signed-in callers, and valid
+request payloads."""
 
 from __future__ import annotations
 
@@ -12,19 +13,16 @@ from typing import Any
 import httpx
 import pytest
 from confide_consent.app import create_app
+from confide_consent.cli import NORTHSIDE_CLINIC, RIVERSIDE_HOSPITAL, seed_dev_recipients
 from confide_consent.handlers import Dependencies
 from confide_consent.settings import ConsentSettings
 from confide_testing import Infrastructure, TokenMinter, scratch_database, serving
 from confide_toolkit.service import Service
 from fastapi import FastAPI
 
-NORTHSIDE_CLINIC = uuid.UUID("01950000-0000-7000-8000-000000000001")
-"""A recipient seeded by the initial migration."""
-RIVERSIDE_HOSPITAL = uuid.UUID("01950000-0000-7000-8000-000000000002")
-
 
 def share_with_provider(**overrides: Any) -> dict[str, Any]:
-    """A valid grant of share_with_provider to a seeded clinic."""
+    """A valid grant of share_with_provider to a development clinic (registered per test)."""
     return {
         "purpose": "share_with_provider",
         "recipient_id": str(NORTHSIDE_CLINIC),
@@ -110,8 +108,11 @@ async def consent(
 ) -> AsyncIterator[ConsentService]:
     app = create_app(consent_settings)
     async with serving(app) as http:
+        service = ConsentService(app, http, token_minter, consent_settings)
+        # No migration registers recipients: the tests name the development stack's two.
+        await seed_dev_recipients(service.deps.engine, service.deps.clock)
         await token_minter.wait_until_known(app.state.service.engine)
-        yield ConsentService(app, http, token_minter, consent_settings)
+        yield service
 
 
 @pytest.fixture

@@ -21,8 +21,9 @@ from confide_consent.store import (
     receipt_signing_keys,
 )
 from confide_testing import serving
-from confide_toolkit.event_store import stored_events
+from confide_toolkit.event_store import ConcurrencyConflict, stored_events
 from confide_toolkit.outbox import outbox
+from confide_toolkit.problem import problem_type
 from sqlalchemy import delete, func, select, update
 
 from .conftest import ConsentService, Payloads
@@ -284,6 +285,21 @@ async def test_concurrent_grants_by_one_person_are_all_recorded(
     granted = await asyncio.gather(*(consent.grant(payloads.research()) for _ in range(6)))
     listed = (await consent.http.get("/v1/consents", headers=consent.as_client())).json()
     assert {c["consent_id"] for c in listed["items"]} == {g["consent_id"] for g in granted}
+
+
+async def test_grant_that_keeps_meeting_other_writers_gives_up_with_409_concurrent_change(
+    consent: ConsentService, payloads: type[Payloads], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def another_writer_got_there_first(conn: Any, ledger: Any) -> None:
+        raise ConcurrencyConflict(ledger.subject_id, ledger.version)
+
+    monkeypatch.setattr(consent.deps.ledgers, "save", another_writer_got_there_first)
+    response = await consent.http.post(
+        "/v1/consents", json=payloads.research(), headers=consent.as_client()
+    )
+    assert response.status_code == 409
+    assert response.json()["type"] == problem_type("concurrent-change")
+    assert await recorded_for(consent) == (0, 0)
 
 
 async def test_compliance_registers_a_recipient_that_consents_can_then_name(

@@ -1,5 +1,5 @@
-"""The consent service's HTTP API (contract: API.md, "consent"): parse, authorise, call a
-handler or read the projection, answer.
+"""The consent service's HTTP API (contract: API.md, "consent"): parse, authorise, call one
+handler, answer. The handlers' refusals answer as `problems.PROBLEM_TYPES` declares.
 
 Who may do what:
 - anyone: the purposes and their policy texts, the receipt verification keys;
@@ -11,7 +11,6 @@ A consent someone may not see answers 404, as if it did not exist.
 
 # No `from __future__ import annotations` here: FastAPI must evaluate the route annotations,
 # and the caller dependencies they name are local to `router`.
-import re
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Annotated, Any, Generic, Literal, TypeVar
@@ -19,32 +18,13 @@ from uuid import UUID
 
 from confide_events.consent import RevocationReason
 from confide_events.vocabulary import DataCategory, PolicyCode, Sha256Hex, VersionCode
-from confide_toolkit.auth import Caller, require_role
-from confide_toolkit.problem import (
-    Conflict,
-    FieldError,
-    NotFound,
-    Problem,
-    UnprocessableContent,
-    problem_response,
-)
-from confide_toolkit.service import Service
-from fastapi import APIRouter, Depends, Query, Request, Response
+from confide_toolkit.auth import Caller, CallerDependency, require_role
+from confide_toolkit.problem import NotFound
+from fastapi import APIRouter, Depends, Query, Response
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
-from starlette.responses import Response as StarletteResponse
 
-from confide_consent import handlers, store
-from confide_consent.domain import (
-    AccountIsClosed,
-    Consent,
-    ConsentError,
-    ConsentNotFound,
-    PolicyHashMismatch,
-    Recipient,
-    RecipientAlreadyRegistered,
-    RecipientKind,
-    StalePolicyVersion,
-)
+from confide_consent import handlers
+from confide_consent.domain import Consent, Recipient, RecipientKind
 from confide_consent.handlers import Dependencies
 from confide_consent.purposes import PURPOSES, Purpose
 from confide_consent.receipts import receipt_payload
@@ -232,58 +212,15 @@ def _page(items: Sequence[T], limit: int, cursor_of: Any) -> tuple[list[T], str 
     return list(items), None
 
 
-def _kebab(name: str) -> str:
-    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "-", name).lower()
-
-
-def problem_for(error: ConsentError) -> Problem:
-    """The one place that turns the ledger's refusals into problem+json answers."""
-    slug = _kebab(type(error).__name__)
-    if isinstance(error, ConsentNotFound):
-        return NotFound(str(error), slug=slug)
-    if isinstance(error, StalePolicyVersion):
-        return Conflict(
-            str(error),
-            slug=slug,
-            title="Stale policy version",
-            extensions={"current_policy_version": error.current_version},
-        )
-    if isinstance(error, PolicyHashMismatch | AccountIsClosed | RecipientAlreadyRegistered):
-        return Conflict(str(error), slug=slug)
-    field = f"body.{error.field}" if error.field else "body"
-    return UnprocessableContent(
-        str(error),
-        slug=slug,
-        errors=[FieldError(field=field, message=str(error), type=slug.replace("-", "_"))],
-    )
-
-
-async def answer_consent_error(request: Request, error: Exception) -> StarletteResponse:
-    """Exception handler for `ConsentError` (installed by app.py)."""
-    assert isinstance(error, ConsentError)
-    return problem_response(problem_for(error))
-
-
 # --- routes ----------------------------------------------------------------------------------
 
 
-def router(service: Service, deps: Dependencies) -> APIRouter:
-    """The /v1 routes of the consent service."""
+def router(deps: Dependencies, current_caller: CallerDependency) -> APIRouter:
+    """The /v1 routes of the consent service, bound to its dependencies and its token check."""
     api = APIRouter(prefix="/v1", tags=["consent"])
-    signed_in = Annotated[Caller, Depends(service.current_caller)]
-    client = Annotated[Caller, Depends(require_role("client", caller=service.current_caller))]
-    compliance = Annotated[
-        Caller, Depends(require_role("compliance", caller=service.current_caller))
-    ]
-
-    async def visible_consent(consent_id: UUID, caller: Caller) -> Consent:
-        async with deps.engine.connect() as conn:
-            consent = await store.find_consent(conn, consent_id)
-        if consent is None or (
-            caller.role != "compliance" and consent.subject_id != caller.subject_id
-        ):
-            raise ConsentNotFound(consent_id)
-        return consent
+    signed_in = Annotated[Caller, Depends(current_caller)]
+    client = Annotated[Caller, Depends(require_role("client", caller=current_caller))]
+    compliance = Annotated[Caller, Depends(require_role("compliance", caller=current_caller))]
 
     # -- purposes and policies ----------------------------------------------------------------
 
@@ -343,16 +280,15 @@ def router(service: Service, deps: Dependencies) -> APIRouter:
         cursor: Cursor = None,
         status: Annotated[Literal["active", "revoked"] | None, Query()] = None,
     ) -> Page[ConsentOut]:
-        async with deps.engine.connect() as conn:
-            found = await store.list_consents(
-                conn, caller.subject_id, limit=limit + 1, after=cursor, status=status
-            )
+        found = await handlers.list_consents(
+            deps, caller.subject_id, limit=limit + 1, after=cursor, status=status
+        )
         items, next_cursor = _page(found, limit, lambda c: c.consent_id)
         return Page[ConsentOut](items=[_consent_out(c) for c in items], next_cursor=next_cursor)
 
     @api.get("/consents/{consent_id}", summary="One consent (its subject, or compliance)")
     async def get_consent(consent_id: UUID, caller: signed_in) -> ConsentOut:
-        return _consent_out(await visible_consent(consent_id, caller))
+        return _consent_out(await handlers.visible_consent(deps, consent_id, caller))
 
     @api.delete(
         "/consents/{consent_id}",
@@ -365,7 +301,7 @@ def router(service: Service, deps: Dependencies) -> APIRouter:
 
     @api.get("/consents/{consent_id}/receipt", summary="The signed consent receipt")
     async def get_receipt(consent_id: UUID, caller: signed_in) -> ReceiptOut:
-        return _receipt_out(await visible_consent(consent_id, caller))
+        return _receipt_out(await handlers.visible_consent(deps, consent_id, caller))
 
     @api.get(
         "/consents/{consent_id}/validity",
@@ -379,7 +315,7 @@ def router(service: Service, deps: Dependencies) -> APIRouter:
             Query(description="RFC 3339 time with an offset; now when omitted."),
         ] = None,
     ) -> ValidityOut:
-        consent = await visible_consent(consent_id, caller)
+        consent = await handlers.visible_consent(deps, consent_id, caller)
         moment = at or deps.clock.now()
         return ValidityOut(
             consent_id=consent.consent_id,
@@ -401,10 +337,9 @@ def router(service: Service, deps: Dependencies) -> APIRouter:
         limit: Limit = 50,
         cursor: Cursor = None,
     ) -> Page[ConsentOut]:
-        async with deps.engine.connect() as conn:
-            found = await store.list_consents(
-                conn, subject_id, limit=limit + 1, after=cursor, valid_at=valid_at
-            )
+        found = await handlers.list_consents(
+            deps, subject_id, limit=limit + 1, after=cursor, valid_at=valid_at
+        )
         items, next_cursor = _page(found, limit, lambda c: c.consent_id)
         return Page[ConsentOut](items=[_consent_out(c) for c in items], next_cursor=next_cursor)
 
@@ -412,15 +347,13 @@ def router(service: Service, deps: Dependencies) -> APIRouter:
 
     @api.get("/receipt-keys", summary="JWKS: the public keys that verify consent receipts")
     async def get_receipt_keys() -> Jwks:
-        async with deps.engine.begin() as conn:
-            return Jwks.model_validate(await deps.receipt_keys.jwks(conn))
+        return Jwks.model_validate(await handlers.receipt_keys(deps))
 
     @api.get("/recipients", summary="The registered recipients a consent can name")
     async def get_recipients(
         caller: signed_in, limit: Limit = 50, cursor: Cursor = None
     ) -> Page[RecipientOut]:
-        async with deps.engine.connect() as conn:
-            found = await store.list_recipients(conn, limit=limit + 1, after=cursor)
+        found = await handlers.list_recipients(deps, limit=limit + 1, after=cursor)
         items, next_cursor = _page(found, limit, lambda r: r.recipient_id)
         return Page[RecipientOut](items=[_recipient_out(r) for r in items], next_cursor=next_cursor)
 

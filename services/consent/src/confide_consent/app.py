@@ -1,5 +1,5 @@
 """Wiring of the consent service: settings, the toolkit runtime, handlers' dependencies,
-consumers and routes."""
+consumers, routes and how refusals answer."""
 
 from __future__ import annotations
 
@@ -7,14 +7,12 @@ from pathlib import Path
 
 from confide_events.consent import ConsentGranted, ConsentRevoked
 from confide_toolkit.clock import Clock
-from confide_toolkit.event_store import ConcurrencyConflict
-from confide_toolkit.problem import ProblemType
 from confide_toolkit.service import Service, run
 from fastapi import FastAPI
 
 from confide_consent import api, consumers
-from confide_consent.domain import ConsentError
 from confide_consent.handlers import Dependencies
+from confide_consent.problems import PROBLEM_TYPES
 from confide_consent.receipts import ReceiptIssuer
 from confide_consent.settings import ConsentSettings
 from confide_consent.store import Ledgers, ReceiptKeys
@@ -28,14 +26,13 @@ Every grant answers a consent receipt signed with the service's Ed25519 key (ver
 never call this API: they keep their own read model from the `ConsentGranted` and
 `ConsentRevoked` events on `consent.events` (`confide_toolkit.consents`).
 
-Recipients are registered third parties (organisations): two are seeded by the first
-migration, and compliance staff register more with `POST /v1/recipients`."""
+Recipients are registered third parties (organisations): compliance staff register them with
+`POST /v1/recipients` (a development stack starts with two, registered by
+`python -m confide_consent.cli seed-dev-recipients`)."""
 
 
-def create_app(settings: ConsentSettings | None = None, clock: Clock | None = None) -> FastAPI:
-    """The consent service's application; `app.state.service` and `app.state.deps` expose its
-    runtime to tests and tools."""
-    settings = settings or ConsentSettings()  # from the environment
+def build(settings: ConsentSettings, clock: Clock | None = None) -> tuple[Service, Dependencies]:
+    """The service runtime and the handlers' dependencies, built once."""
     service = Service(settings, migrations=MIGRATIONS, clock=clock)
     deps = Dependencies(
         engine=service.engine,
@@ -49,17 +46,23 @@ def create_app(settings: ConsentSettings | None = None, clock: Clock | None = No
             jurisdiction=settings.receipt_jurisdiction,
         ),
     )
+    return service, deps
+
+
+def create_app(settings: ConsentSettings | None = None, clock: Clock | None = None) -> FastAPI:
+    """The consent service's application; `app.state.service` and `app.state.deps` expose its
+    runtime to tests and tools."""
+    settings = settings or ConsentSettings()  # from the environment
+    service, deps = build(settings, clock)
     consumers.subscribe(service, deps)
     service.document_publications([ConsentGranted, ConsentRevoked])
-    app = service.create_app(
+    return service.create_app(
         title="Confide consent",
         description=DESCRIPTION,
-        routers=[api.router(service, deps)],
+        routers=[api.router(deps, service.current_caller)],
         deps=deps,
-        problem_types={ConcurrencyConflict: ProblemType(409, "Concurrent change")},
+        problem_types=PROBLEM_TYPES,
     )
-    app.add_exception_handler(ConsentError, api.answer_consent_error)
-    return app
 
 
 def main() -> None:

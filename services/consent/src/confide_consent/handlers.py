@@ -1,17 +1,21 @@
-"""The consent service's commands and consumed events, one function each.
+"""The consent service's commands, consumed events and reads, one function each.
 
 Each command loads the person's ledger, lets the domain decide, and in one transaction appends
 the ledger's new events (the `consents` projection follows in the same transaction) and puts
-the integration events in the outbox. A refused command raises before anything is written.
-Two writers on the same ledger at once are settled by the event store's optimistic
-concurrency: the loser reloads and decides again.
+the integration events in the outbox. A refused command raises its domain exception before
+anything is written. Two writers on the same ledger at once are settled by the event store's
+optimistic concurrency and the toolkit's one retry policy (`run_command`): the loser reloads
+and decides again, and after repeated conflicts gives up with `ConcurrentChange`.
+
+Reads answer from the `consents` projection and the recipients, never from the ledgers.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from datetime import datetime
+from typing import Any, Literal
 from uuid import UUID
 
 from confide_events import IntegrationEvent
@@ -19,8 +23,9 @@ from confide_events import consent as published
 from confide_events.consent import CollectionMethod
 from confide_events.identity import AccountClosed
 from confide_events.vocabulary import DataCategory
+from confide_toolkit.auth import Caller
 from confide_toolkit.clock import Clock
-from confide_toolkit.event_store import ConcurrencyConflict
+from confide_toolkit.commands import run_command
 from confide_toolkit.ids import uuid7
 from confide_toolkit.outbox import Outbox
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -29,6 +34,7 @@ from confide_consent import store
 from confide_consent.domain import (
     Consent,
     ConsentLedger,
+    ConsentNotFound,
     Receipt,
     RecipientAlreadyRegistered,
     RecipientKind,
@@ -39,12 +45,8 @@ from confide_consent.domain import Recipient as RecipientRecord
 from confide_consent.receipts import ReceiptIssuer, receipt_claims, sign_receipt
 from confide_consent.store import Ledgers, ReceiptKeys
 
-T = TypeVar("T")
-
 Publish = Callable[[IntegrationEvent], Awaitable[Any]]
 """Puts an integration event in the outbox, in the transaction at hand."""
-
-CONFLICT_ATTEMPTS = 5
 
 
 @dataclass(frozen=True)
@@ -76,18 +78,6 @@ class RegisterRecipient:
     kind: RecipientKind
     purposes: Sequence[str]
     registered_by: UUID
-
-
-async def _in_transaction(deps: Dependencies, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
-    """Run `work` in a transaction, again from the start if another writer moved the ledger."""
-    for attempt in range(1, CONFLICT_ATTEMPTS + 1):
-        try:
-            async with deps.engine.begin() as conn:
-                return await work(conn)
-        except ConcurrencyConflict:
-            if attempt == CONFLICT_ATTEMPTS:
-                raise
-    raise AssertionError("unreachable")
 
 
 def _granted(consent: Consent) -> published.ConsentGranted:
@@ -148,7 +138,7 @@ async def grant_consent(deps: Dependencies, command: GrantConsent) -> Consent:
         await deps.outbox.put(conn, _granted(consent))
         return receipted
 
-    return await _in_transaction(deps, work)
+    return await run_command(deps.engine, work)
 
 
 async def revoke_consent(deps: Dependencies, subject_id: UUID, consent_id: UUID) -> Consent:
@@ -164,7 +154,7 @@ async def revoke_consent(deps: Dependencies, subject_id: UUID, consent_id: UUID)
             await deps.outbox.put(conn, _revoked(ledger.consent(consent_id)))
         return ledger.consent(consent_id)
 
-    return await _in_transaction(deps, work)
+    return await run_command(deps.engine, work)
 
 
 async def withdraw_all_on_account_closed(
@@ -191,4 +181,48 @@ async def register_recipient(deps: Dependencies, command: RegisterRecipient) -> 
         await store.add_recipient(conn, recipient, deps.clock.now(), command.registered_by)
         return recipient
 
-    return await _in_transaction(deps, work)
+    return await run_command(deps.engine, work)
+
+
+# --- reads -----------------------------------------------------------------------------------
+
+
+async def visible_consent(deps: Dependencies, consent_id: UUID, caller: Caller) -> Consent:
+    """The consent, for its subject or compliance staff. Raises `ConsentNotFound` for anyone
+    else too: a consent someone may not see is, to them, a consent that does not exist."""
+    async with deps.engine.connect() as conn:
+        consent = await store.find_consent(conn, consent_id)
+    if consent is None or (caller.role != "compliance" and consent.subject_id != caller.subject_id):
+        raise ConsentNotFound(consent_id)
+    return consent
+
+
+async def list_consents(
+    deps: Dependencies,
+    subject_id: UUID,
+    *,
+    limit: int,
+    after: UUID | None = None,
+    valid_at: datetime | None = None,
+    status: Literal["active", "revoked"] | None = None,
+) -> list[Consent]:
+    """A person's consents, newest first, after the cursor `after`: all of them, those in
+    force at `valid_at`, or those `active` or `revoked` now."""
+    async with deps.engine.connect() as conn:
+        return await store.list_consents(
+            conn, subject_id, limit=limit, after=after, valid_at=valid_at, status=status
+        )
+
+
+async def list_recipients(
+    deps: Dependencies, *, limit: int, after: UUID | None = None
+) -> list[RecipientRecord]:
+    """The registered recipients, in id order, after the cursor `after`."""
+    async with deps.engine.connect() as conn:
+        return await store.list_recipients(conn, limit=limit, after=after)
+
+
+async def receipt_keys(deps: Dependencies) -> dict[str, list[dict[str, Any]]]:
+    """The JWKS of every key receipts were ever signed with (creating the first key if none)."""
+    async with deps.engine.begin() as conn:
+        return await deps.receipt_keys.jwks(conn)
