@@ -143,6 +143,30 @@ async def test_revoked_consent_stops_next_disclosure(
     assert not await valid(toolkit_engine, grant, T0 - timedelta(seconds=1))
 
 
+async def test_the_rule_in_sql_and_the_record_agree_at_the_edges_of_the_interval(
+    toolkit_engine: AsyncEngine, reader: InboxConsumer
+) -> None:
+    grant = granted(uuid.uuid4())
+    revoked_at = T0 + timedelta(hours=1)
+    await reader.consume(record(grant))
+    await reader.consume(record(revoked(grant, revoked_at)))
+    async with toolkit_engine.connect() as conn:
+        stored = await find_consent(conn, grant.consent_id)
+    assert stored is not None
+
+    tick = timedelta(microseconds=1)
+    expected = {
+        T0 - tick: False,
+        T0: True,  # valid from the moment of the grant
+        revoked_at - tick: True,
+        revoked_at: False,  # and no longer at the moment of the revocation
+        revoked_at + tick: False,
+    }
+    for at, answer in expected.items():
+        assert stored.valid_at(at) is answer, at
+        assert await valid(toolkit_engine, grant, at) is answer, at
+
+
 async def test_redelivered_consent_events_have_no_second_effect(
     toolkit_engine: AsyncEngine, reader: InboxConsumer
 ) -> None:
