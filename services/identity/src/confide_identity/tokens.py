@@ -26,24 +26,21 @@ from typing import Final
 from uuid import UUID
 
 from confide_events.identity import PublicSigningKey, SigningKeyPublished
-from confide_toolkit.auth import public_jwk, signing_keys
+from confide_toolkit.auth import public_jwk
 from confide_toolkit.clock import Clock
 from confide_toolkit.ids import uuid7
 from confide_toolkit.kek import KeyEncryptionKeys
 from confide_toolkit.outbox import Outbox
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
-from sqlalchemy import func, literal, select, update
-from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from confide_identity.store import identity_signing_keys, service_secrets
+from confide_identity import store
 
 REFRESH_TOKEN_PREFIX: Final = "crt_"  # noqa: S105 (a prefix, not a secret)
 _REFRESH_TOKEN_BYTES = 32
 # Covers clock skew between identity and the services verifying (their leeway is 30 s).
 _RETIREMENT_MARGIN = timedelta(minutes=2)
-_ROTATION_LOCK = "confide.identity.signing-key-rotation"
 _SECRET_BYTES = 32
 
 
@@ -90,16 +87,12 @@ class SigningKeys:
         it; safe to call from every replica at any time."""
         now = self._clock.now()
         async with self._engine.connect() as conn:
-            if not self._rotation_due(await self._newest(conn), now):
+            if not self._rotation_due(await store.newest_signing_key(conn), now):
                 return
         async with self._engine.begin() as conn:
             # Replicas racing to rotate: the lock orders them and the second sees the first's key.
-            await conn.execute(
-                select(
-                    func.pg_advisory_xact_lock(func.hashtextextended(literal(_ROTATION_LOCK), 0))
-                )
-            )
-            newest = await self._newest(conn)
+            await store.lock_signing_key_rotation(conn)
+            newest = await store.newest_signing_key(conn)
             if not self._rotation_due(newest, now):
                 return
             if newest is None:
@@ -118,47 +111,19 @@ class SigningKeys:
         _, activates_at = newest
         return now >= activates_at + self._rotation - self._publish_ahead
 
-    async def _newest(self, conn: AsyncConnection) -> tuple[str, datetime] | None:
-        row = (
-            await conn.execute(
-                select(identity_signing_keys.c.kid, identity_signing_keys.c.activates_at)
-                .order_by(identity_signing_keys.c.activates_at.desc())
-                .limit(1)
-            )
-        ).first()
-        return None if row is None else (row.kid, row.activates_at)
-
     async def _create(self, conn: AsyncConnection, activates_at: datetime) -> None:
         now = self._clock.now()
         private_key = Ed25519PrivateKey.generate()
         kid = f"ik-{uuid7().hex}"
         raw = private_key.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
         kek_version, wrapped = self._keks.wrap(raw)
-        await conn.execute(
-            identity_signing_keys.insert().values(
-                kid=kid,
-                kek_version=kek_version,
-                wrapped_private_key=wrapped,
-                created_at=now,
-                activates_at=activates_at,
-            )
-        )
+        await store.add_signing_key(conn, kid, kek_version, wrapped, now, activates_at)
         await self._outbox.put(conn, _published(private_key, kid, now, None))
         self._unwrapped[kid] = private_key
 
     async def _retire(self, conn: AsyncConnection, kid: str, not_after: datetime) -> None:
-        row = (
-            await conn.execute(
-                update(identity_signing_keys)
-                .where(identity_signing_keys.c.kid == kid)
-                .values(not_after=not_after)
-                .returning(
-                    identity_signing_keys.c.kek_version,
-                    identity_signing_keys.c.wrapped_private_key,
-                )
-            )
-        ).one()
-        private_key = self._unwrap(kid, row.kek_version, bytes(row.wrapped_private_key))
+        kek_version, wrapped = await store.retire_signing_key(conn, kid, not_after)
+        private_key = self._unwrap(kid, kek_version, wrapped)
         # Republishing with not_after is how every verifier learns when the key retires.
         await self._outbox.put(conn, _published(private_key, kid, self._clock.now(), not_after))
 
@@ -170,23 +135,10 @@ class SigningKeys:
         deadline = loop.time() + self._wait_for_first_key
         while True:
             async with self._engine.connect() as conn:
-                row = (
-                    await conn.execute(
-                        select(
-                            identity_signing_keys.c.kid,
-                            identity_signing_keys.c.kek_version,
-                            identity_signing_keys.c.wrapped_private_key,
-                        )
-                        .join(signing_keys, signing_keys.c.kid == identity_signing_keys.c.kid)
-                        .where(identity_signing_keys.c.activates_at <= self._clock.now())
-                        .order_by(identity_signing_keys.c.activates_at.desc())
-                        .limit(1)
-                    )
-                ).first()
-            if row is not None:
-                return SigningKey(
-                    row.kid, self._unwrap(row.kid, row.kek_version, bytes(row.wrapped_private_key))
-                )
+                known = await store.signing_key_in_use(conn, self._clock.now())
+            if known is not None:
+                kid, kek_version, wrapped = known
+                return SigningKey(kid, self._unwrap(kid, kek_version, wrapped))
             if loop.time() >= deadline:
                 raise SigningKeyUnavailable()
             await asyncio.sleep(0.05)
@@ -230,28 +182,15 @@ class ServiceSecrets:
             return cached
         async with self._engine.begin() as conn:
             version, wrapped = self._keks.wrap(secrets.token_bytes(_SECRET_BYTES))
-            await conn.execute(
-                insert(service_secrets)
-                .values(
-                    name=name,
-                    kek_version=version,
-                    wrapped_secret=wrapped,
-                    created_at=self._clock.now(),
-                )
-                .on_conflict_do_nothing(index_elements=[service_secrets.c.name])
+            # The first replica's secret is kept; the others read it back.
+            kept_version, kept = await store.keep_service_secret(
+                conn, name, version, wrapped, self._clock.now()
             )
-            row = (
-                await conn.execute(select(service_secrets).where(service_secrets.c.name == name))
-            ).one()
-            secret = self._keks.unwrap(row.kek_version, bytes(row.wrapped_secret))
-            if row.kek_version != self._keks.current_version:
+            secret = self._keks.unwrap(kept_version, kept)
+            if kept_version != self._keks.current_version:
                 # Keep it readable after the old KEK version retires.
                 version, wrapped = self._keks.wrap(secret)
-                await conn.execute(
-                    update(service_secrets)
-                    .where(service_secrets.c.name == name)
-                    .values(kek_version=version, wrapped_secret=wrapped)
-                )
+                await store.rewrap_service_secret(conn, name, version, wrapped)
         self._cache[name] = secret
         return secret
 
