@@ -180,9 +180,14 @@ async def test_bad_profile_changes_are_refused(identity: RunningIdentity) -> Non
     _, body = await identity.register()
     headers = bearer(await identity.tokens(body))
 
-    for change in ({"phone": "call me maybe"}, {"display_name": None}, {"email": "x@y.org"}):
+    for change, field in (
+        ({"phone": "call me maybe"}, "body.phone"),
+        ({"display_name": None}, "body.display_name"),
+        ({"email": "x@y.org"}, "body.email"),
+    ):
         response = await identity.client.patch("/v1/accounts/me", json=change, headers=headers)
         assert response.status_code == 422, change
+        assert [e["field"] for e in response.json()["errors"]] == [field]
 
 
 async def test_changing_the_password_ends_other_sessions_and_emits_password_changed(

@@ -1,5 +1,6 @@
 """The account aggregate: a person's account as the stream of its domain events, the rules
-that decide which events a command produces, and the password policy. No I/O here.
+that decide which events a command produces, the password policy, and every refusal of
+identity's commands (plain exceptions that know nothing of HTTP). No I/O here.
 
 Personal data never appears in a domain event in plaintext: the handlers encrypt the profile,
 the password hash and the TOTP secret under the person's `identity.profile` data key and the
