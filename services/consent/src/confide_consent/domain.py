@@ -150,6 +150,8 @@ class ConsentGranted(DomainEvent):
     """The person consented; valid from `granted_at`."""
 
     stream_type = STREAM_TYPE
+    event_type = "ConsentGranted"
+    schema_version = 1
     consent_id: UUID
     purpose: str
     recipient_id: UUID | None
@@ -164,6 +166,8 @@ class ReceiptIssued(DomainEvent):
     """The signed receipt of a grant (a compact JWS), kept with the ledger so it is replayable."""
 
     stream_type = STREAM_TYPE
+    event_type = "ReceiptIssued"
+    schema_version = 1
     consent_id: UUID
     receipt_id: UUID
     kid: str
@@ -175,6 +179,8 @@ class ConsentRevoked(DomainEvent):
     """The consent ends at `revoked_at`: nothing may rely on it from then on."""
 
     stream_type = STREAM_TYPE
+    event_type = "ConsentRevoked"
+    schema_version = 1
     consent_id: UUID
     revoked_at: datetime
     reason: RevocationReason
@@ -184,6 +190,8 @@ class LedgerClosed(DomainEvent):
     """The person's account closed: every consent was withdrawn, and no new one is recorded."""
 
     stream_type = STREAM_TYPE
+    event_type = "LedgerClosed"
+    schema_version = 1
     closed_at: datetime
 
 
