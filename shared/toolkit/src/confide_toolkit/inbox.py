@@ -4,8 +4,8 @@ no second effect. A failing event is retried with backoff, then goes to the dead
 with the error in its headers, so a partition is never blocked forever and nothing is dropped.
 
 A consumer's position travels with the data it produced: `consumer_positions` holds, per topic
-partition, the offset of the next record to read, written in the transaction of the batch's
-effects. When partitions are assigned, `PositionsInDatabase` seeks each to the position the
+partition, the offset of the next record to read, written in the transaction of a batch's
+effects (at most once a second per partition: a position may lag, never lead). When partitions are assigned, `PositionsInDatabase` seeks each to the position the
 database holds (the beginning when it holds none), not to the group's offsets in Kafka. So a
 database restored from an older backup resumes where its data ends and applies again what came
 after, erasures included; the inbox makes the records it had already applied harmless. The
@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import time
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -70,6 +71,10 @@ consumer_positions = Table(
 )
 """Where each consumer of this database goes on reading each partition (see the module's
 docstring)."""
+
+POSITION_INTERVAL = 1.0
+"""Seconds between two writes of a partition's position: after a restart or a restore, at most
+about this much of the history is read again (and recognised by the inbox)."""
 
 BATCH_MAX_RECORDS = 500
 """Records a batch subscriber hands to `InboxConsumer.consume_batch` at most (one poll)."""
@@ -193,6 +198,7 @@ class InboxConsumer:
         self._handlers = dict(handlers)
         self._dead_letters = dead_letters
         self._retry = retry or RetryPolicy()
+        self._position_written: dict[tuple[str, int], float] = {}
 
     @property
     def event_types(self) -> list[type[IntegrationEvent]]:
@@ -339,10 +345,18 @@ class InboxConsumer:
     async def _advance_positions(
         self, conn: AsyncConnection, records: Sequence[ConsumedRecord]
     ) -> None:
+        # A position may lag what is applied (the records in between are read again and the
+        # inbox knows them), never lead it: so it is written with a batch's effects, but at
+        # most once per POSITION_INTERVAL per partition, not with every small batch.
+        now = time.monotonic()
         next_offsets: dict[tuple[str, int], int] = {}
         for record in records:
             key = (record.topic, record.partition)
-            next_offsets[key] = max(next_offsets.get(key, 0), record.offset + 1)
+            if now - self._position_written.get(key, -POSITION_INTERVAL) >= POSITION_INTERVAL:
+                next_offsets[key] = max(next_offsets.get(key, 0), record.offset + 1)
+        if not next_offsets:
+            return
+        self._position_written.update(dict.fromkeys(next_offsets, now))
         await conn.execute(
             _ADVANCE,
             [
