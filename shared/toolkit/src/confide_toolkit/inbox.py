@@ -5,11 +5,12 @@ with the error in its headers, so a partition is never blocked forever and nothi
 
 A consumer's position travels with the data it produced: `consumer_positions` holds, per topic
 partition, the offset of the next record to read, written in the transaction of a batch's
-effects (at most once a second per partition: a position may lag, never lead). When partitions are assigned, `PositionsInDatabase` seeks each to the position the
-database holds (the beginning when it holds none), not to the group's offsets in Kafka. So a
-database restored from an older backup resumes where its data ends and applies again what came
-after, erasures included; the inbox makes the records it had already applied harmless. The
-group's offsets are still committed to Kafka, where tools read a consumer's lag."""
+effects (at most once a second per partition: a position may lag, never lead). When partitions
+are assigned, `PositionsInDatabase` seeks each to the position the database holds (the
+beginning when it holds none), not to the group's offsets in Kafka. So a database restored from
+an older backup resumes where its data ends and applies again what came after, erasures
+included; the inbox makes the records it had already applied harmless. The group's offsets are
+still committed to Kafka, where tools read a consumer's lag."""
 
 from __future__ import annotations
 
