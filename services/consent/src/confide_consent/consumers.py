@@ -15,6 +15,6 @@ def subscribe(service: Service, deps: Dependencies) -> None:
     """Register the consent service's consumers (idempotent through the toolkit's inbox)."""
 
     async def on_account_closed(event: AccountClosed, ctx: EventContext) -> None:
-        await handlers.withdraw_all_on_account_closed(deps, ctx.conn, event, ctx.emit)
+        await handlers.withdraw_all_on_account_closed(deps, event, ctx)
 
     service.subscribe(IDENTITY_EVENTS, {AccountClosed: on_account_closed})

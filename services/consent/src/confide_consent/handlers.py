@@ -12,13 +12,12 @@ Reads answer from the `consents` projection and the recipients, never from the l
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 from uuid import UUID
 
-from confide_events import IntegrationEvent
 from confide_events import consent as published
 from confide_events.consent import CollectionMethod
 from confide_events.identity import AccountClosed
@@ -27,6 +26,7 @@ from confide_toolkit.auth import Caller
 from confide_toolkit.clock import Clock
 from confide_toolkit.commands import run_command
 from confide_toolkit.ids import uuid7
+from confide_toolkit.inbox import EventContext
 from confide_toolkit.outbox import Outbox
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -44,9 +44,6 @@ from confide_consent.domain import (
 from confide_consent.domain import Recipient as RecipientRecord
 from confide_consent.receipts import ReceiptIssuer, receipt_claims, sign_receipt
 from confide_consent.store import Ledgers, ReceiptKeys
-
-Publish = Callable[[IntegrationEvent], Awaitable[Any]]
-"""Puts an integration event in the outbox, in the transaction at hand."""
 
 
 @dataclass(frozen=True)
@@ -158,16 +155,17 @@ async def revoke_consent(deps: Dependencies, subject_id: UUID, consent_id: UUID)
 
 
 async def withdraw_all_on_account_closed(
-    deps: Dependencies, conn: AsyncConnection, event: AccountClosed, publish: Publish
+    deps: Dependencies, event: AccountClosed, ctx: EventContext
 ) -> list[Consent]:
     """A closed account's consents all end at the closing time, with reason `account_closed`;
-    one `ConsentRevoked` each. A redelivered `AccountClosed` withdraws nothing more."""
-    ledger: ConsentLedger = await deps.ledgers.load_for_change(conn, event.subject_id)
+    one `ConsentRevoked` each, in the consumed event's transaction. A redelivered
+    `AccountClosed` withdraws nothing more."""
+    ledger: ConsentLedger = await deps.ledgers.load_for_change(ctx.conn, event.subject_id)
     withdrawn = ledger.close(event.closed_at)
     if ledger.pending:
-        await deps.ledgers.save(conn, ledger)
+        await deps.ledgers.save(ctx.conn, ledger)
     for consent in withdrawn:
-        await publish(_revoked(consent))
+        await ctx.emit(_revoked(consent))
     return withdrawn
 
 
