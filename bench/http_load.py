@@ -798,6 +798,7 @@ def http_result(run: HttpRun) -> ScenarioResult:
         and grant_p99 <= 3 * bare_p99
         and grant.error_count == 0
     )
+    grant_cpu, bare_cpu = _server_cpu_ms(grant, "consent"), _server_cpu_ms(bare, "bare")
     hash_label = f"Argon2id alone, {argon2.concurrency} threads"
     figures = [
         Figure(
@@ -855,6 +856,8 @@ def http_result(run: HttpRun) -> ScenarioResult:
             "requests/s",
             bare.rate,
             "bare endpoint",
+            "≥ 0.5x bare endpoint",
+            grant.rate >= 0.5 * bare.rate,
         ),
         Figure(
             "2 HTTP",
@@ -886,10 +889,12 @@ def http_result(run: HttpRun) -> ScenarioResult:
         Figure(
             "2 HTTP",
             "grant consent, CPU per request (service + PostgreSQL)",
-            _server_cpu_ms(grant, "consent"),
+            grant_cpu,
             "ms",
-            _server_cpu_ms(bare, "bare"),
+            bare_cpu,
             "bare endpoint",
+            "≤ 2x bare endpoint",
+            grant_cpu is not None and bare_cpu is not None and grant_cpu <= 2 * bare_cpu,
         ),
     ]
     # The ledger is replayed whole on every grant, and each worker grants on its own account.

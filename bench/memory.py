@@ -31,6 +31,21 @@ def memory_result(run: HttpRun) -> ScenarioResult:
                 "idle",
             )
         )
+    identity_idle, consent_idle = run.idle_mib.get("identity"), run.idle_mib.get("consent")
+    figures.append(
+        Figure(
+            "5 memory",
+            "identity RSS idle, beside consent's (Argon2id buffers given back)",
+            identity_idle,
+            "MiB",
+            consent_idle,
+            "consent idle",
+            "≤ 1.3x consent",
+            identity_idle is not None
+            and consent_idle is not None
+            and identity_idle <= 1.3 * consent_idle,
+        )
+    )
     per_phase = "; ".join(
         f"{phase}: "
         + ", ".join(f"{name} {mib:.0f}" for name, mib in sorted(result.memory_peak_mib.items()))
