@@ -32,6 +32,8 @@ async def create_staff(
             deps, email, password, display_name, "compliance"
         )
     finally:
+        # Nothing was started but the engine; the dead-letter producer is closed unused.
+        await service.dead_letters.stop()
         await service.engine.dispose()
     return str(account_id)
 
