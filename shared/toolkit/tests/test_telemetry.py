@@ -13,6 +13,7 @@ from confide_toolkit.telemetry import (
     instrument_fastapi,
     kafka_trace_headers,
     traceparent_from_kafka_headers,
+    tracer_provider,
 )
 from fastapi import FastAPI
 from opentelemetry import trace
@@ -179,3 +180,31 @@ async def test_health_probes_are_not_traced(
 
 def test_no_span_stays_current_after_the_tests_above() -> None:
     assert not trace.get_current_span().get_span_context().is_valid
+
+
+def test_without_an_exporter_spans_are_not_recorded_but_keep_their_trace() -> None:
+    provider = tracer_provider("confide-test", "none")
+    recorded = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(recorded))
+    tracer = provider.get_tracer("test")
+    with tracer.start_as_current_span("handle request") as request:
+        traceparent = current_traceparent()
+    with tracer.start_as_current_span(
+        "consume", context=context_from_traceparent(traceparent)
+    ) as consumer:
+        pass
+    assert not request.is_recording() and recorded.get_finished_spans() == ()
+    # The ids still flow into the outbox, the Kafka headers and the logs.
+    assert request.get_span_context().is_valid
+    assert consumer.get_span_context().trace_id == request.get_span_context().trace_id
+
+
+def test_without_an_exporter_a_trace_sampled_upstream_is_still_recorded() -> None:
+    provider = tracer_provider("confide-test", "none")
+    recorded = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(recorded))
+    with provider.get_tracer("test").start_as_current_span(
+        "consume", context=context_from_traceparent(INCOMING)
+    ):
+        pass
+    assert [span.name for span in recorded.get_finished_spans()] == ["consume"]

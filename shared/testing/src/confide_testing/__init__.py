@@ -36,6 +36,7 @@ from confide_toolkit.database import (
 from confide_toolkit.ids import uuid7
 from confide_toolkit.migrations import TOOLKIT_VERSION_TABLE
 from confide_toolkit.relay import idempotent_producer
+from confide_toolkit.telemetry import configure_telemetry
 from confide_toolkit.topics import ensure_topics, suite_topics
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fastapi import FastAPI
@@ -48,6 +49,12 @@ HOW_TO_PROVIDE = (
     "CONFIDE_TEST_POSTGRES_URL=postgresql+psycopg://superuser:password@host:port/postgres, "
     "or make a Docker engine reachable for testcontainers."
 )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """The tests read spans from memory: have the process record them, although no exporter
+    ships them (a service on its own records nothing without an exporter)."""
+    configure_telemetry("confide-tests", "none", record_spans=True)
 
 
 @dataclass(frozen=True)

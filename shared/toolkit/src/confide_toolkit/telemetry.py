@@ -26,6 +26,7 @@ from opentelemetry.sdk.trace.export import (
     ConsoleSpanExporter,
     SimpleSpanProcessor,
 )
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, ParentBased
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from opentelemetry.util.types import AttributeValue
 
@@ -75,30 +76,45 @@ def _scrub_server_span(span: trace.Span, scope: Mapping[str, Any]) -> None:
             span.set_attribute(name, value.split("?", 1)[0])
 
 
-def configure_telemetry(service_name: str, exporter: Exporter) -> TracerProvider:
+def tracer_provider(
+    service_name: str, exporter: Exporter, *, record_spans: bool | None = None
+) -> TracerProvider:
+    """A tracer provider for `exporter` (see `configure_telemetry`), not yet installed."""
+    record = exporter != "none" if record_spans is None else record_spans
+    provider = TracerProvider(
+        resource=Resource.create({SERVICE_NAME: service_name}),
+        sampler=ParentBased(ALWAYS_ON if record else ALWAYS_OFF),
+    )
+    if exporter == "console":
+        provider.add_span_processor(SimpleSpanProcessor(ConsoleSpanExporter()))
+    elif exporter == "otlp":
+        # Imported here: only processes that export need the OTLP machinery loaded.
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    elif exporter != "none":
+        raise ValueError(f"unknown exporter {exporter!r}")
+    return provider
+
+
+def configure_telemetry(
+    service_name: str, exporter: Exporter, *, record_spans: bool | None = None
+) -> TracerProvider:
     """Install the process's tracer provider (once; later calls return the same provider).
 
-    `exporter`: "none" still creates spans and trace ids (they flow into events and logs) but
-    ships nothing; "console" prints spans; "otlp" sends them over HTTP to the collector named
+    `exporter`: "none" still gives every span its trace and span ids (they flow into events,
+    Kafka headers and logs) but records nothing, since nothing would ship it: spans no exporter
+    reads cost a consumer about a quarter of its CPU. A trace an upstream caller sampled is
+    still recorded. "console" prints spans; "otlp" sends them over HTTP to the collector named
     by the standard `OTEL_EXPORTER_OTLP_ENDPOINT` / `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`.
+    `record_spans` overrides whether spans are recorded (tests that read spans in memory).
     """
     global _provider
     with _configure_lock:
-        if _provider is not None:
-            return _provider
-        provider = TracerProvider(resource=Resource.create({SERVICE_NAME: service_name}))
-        if exporter == "console":
-            provider.add_span_processor(SimpleSpanProcessor(ConsoleSpanExporter()))
-        elif exporter == "otlp":
-            # Imported here: only processes that export need the OTLP machinery loaded.
-            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-
-            provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
-        elif exporter != "none":
-            raise ValueError(f"unknown exporter {exporter!r}")
-        trace.set_tracer_provider(provider)
-        _provider = provider
-        return provider
+        if _provider is None:
+            _provider = tracer_provider(service_name, exporter, record_spans=record_spans)
+            trace.set_tracer_provider(_provider)
+        return _provider
 
 
 def instrument_fastapi(app: FastAPI, tracer_provider: TracerProvider | None = None) -> None:
