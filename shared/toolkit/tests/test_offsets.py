@@ -27,6 +27,7 @@ from confide_toolkit.inbox import (
     DeferredOffsetCommits,
     EventContext,
     InboxConsumer,
+    PositionsInDatabase,
     kafka_batch_handler,
     subscribe_batches,
 )
@@ -286,3 +287,47 @@ async def test_a_batch_subscriber_commits_what_it_applied_and_its_successor_star
     assert sorted((r.partition, r.offset) for r in received) == sorted(
         (tp.partition, ends[tp]) for tp in fresh
     )
+
+
+class SeekingKafkaConsumer:
+    """Records the seeks a rebalance listener makes."""
+
+    def __init__(self) -> None:
+        self.seeks: dict[TopicPartition, int | str] = {}
+
+    def seek(self, partition: TopicPartition, offset: int) -> None:
+        self.seeks[partition] = offset
+
+    async def seek_to_beginning(self, partition: TopicPartition) -> None:
+        self.seeks[partition] = "beginning"
+
+
+class RestartingDatabaseInbox:
+    """An inbox consumer whose database answers positions only after `failures` refusals."""
+
+    name = "test"
+
+    def __init__(self, failures: int, held: dict[tuple[str, int], int]) -> None:
+        self.failures = failures
+        self.held = held
+
+    async def positions(self, topics: Any) -> dict[tuple[str, int], int]:
+        if self.failures:
+            self.failures -= 1
+            raise ConnectionRefusedError("the database is restarting")
+        return self.held
+
+
+async def test_assigned_partitions_seek_to_the_database_positions_once_it_answers() -> None:
+    inbox = RestartingDatabaseInbox(failures=2, held={("a.events", 0): 42})
+    listener = PositionsInDatabase(inbox)  # type: ignore[arg-type]
+    kafka = SeekingKafkaConsumer()
+    listener.subscriber = type("Subscriber", (), {"consumer": kafka})()
+    assigned = {TopicPartition("a.events", 0), TopicPartition("a.events", 1)}
+    await listener.on_partitions_assigned(assigned)
+    assert kafka.seeks == {
+        TopicPartition("a.events", 0): 42,
+        # A partition the database never read starts from the beginning, not from Kafka's
+        # group offsets: they may be ahead of what a restored database holds.
+        TopicPartition("a.events", 1): "beginning",
+    }

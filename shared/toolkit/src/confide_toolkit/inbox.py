@@ -73,6 +73,10 @@ consumer_positions = Table(
 """Where each consumer of this database goes on reading each partition (see the module's
 docstring)."""
 
+POSITION_READ_ATTEMPTS = 10
+"""Tries, a second apart, to read the positions when partitions are assigned (the database may
+be restarting); a rebalance must not wait much longer."""
+
 POSITION_INTERVAL = 1.0
 """Seconds between two writes of a partition's position: after a restart or a restore, at most
 about this much of the history is read again (and recognised by the inbox)."""
@@ -514,7 +518,21 @@ class PositionsInDatabase(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         kafka_consumer = self.subscriber.consumer
-        positions = await self._consumer.positions({tp.topic for tp in assigned})
+        topics = {tp.topic for tp in assigned}
+        for attempt in range(1, POSITION_READ_ATTEMPTS + 1):
+            try:
+                positions = await self._consumer.positions(topics)
+                break
+            except Exception as error:
+                if attempt == POSITION_READ_ATTEMPTS:
+                    # The group's offsets in Kafka then say where to read: nothing is lost,
+                    # only a restored database would not re-apply what came after its backup.
+                    logger.error(
+                        "consumer positions unreadable; reading from the group's offsets",
+                        extra={"consumer": self._consumer.name, "error": type(error).__name__},
+                    )
+                    return
+                await asyncio.sleep(1.0)
         for partition in assigned:
             position = positions.get((partition.topic, partition.partition))
             if position is None:
