@@ -232,7 +232,9 @@ async def test_a_database_outage_answers_503_and_the_service_recovers_by_itself(
 
     app = service.create_app(title="Probe", description="outage", routers=[router], deps=None)
     async with serving(app) as http:
-        assert (await http.get("/v1/count")).json() == {"events": 0}
+        # A warm pool: several connections that the outage will leave stale.
+        warm = await asyncio.gather(*(http.get("/v1/count") for _ in range(8)))
+        assert [r.json() for r in warm] == [{"events": 0}] * 8
 
         await cable.unplug()
         # At once (before the watch has noticed) and afterwards: 503, never 500.
@@ -244,11 +246,16 @@ async def test_a_database_outage_answers_503_and_the_service_recovers_by_itself(
         assert ready.json()["checks"] == {"database": False, "kafka": True}
 
         await cable.plug()
+        answers: list[int] = []
 
         async def serving_again() -> bool:
-            return (await http.get("/v1/count")).status_code == 200
+            answers.append((await http.get("/v1/count")).status_code)
+            return answers[-1] == 200
 
         await eventually(serving_again, timeout=20)
+        # Stale pooled connections cost at most a 503 each, never a 500; then all is served.
+        assert set(answers) <= {200, 503}
+        assert [(await http.get("/v1/count")).status_code for _ in range(20)] == [200] * 20
         assert (await http.get("/readyz")).status_code == 200
     await cable.unplug()
 
