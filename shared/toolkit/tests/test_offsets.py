@@ -27,11 +27,11 @@ from confide_toolkit.inbox import (
     DeferredOffsetCommits,
     EventContext,
     InboxConsumer,
-    PositionsInDatabase,
     kafka_batch_handler,
     subscribe_batches,
 )
 from confide_toolkit.outbox import Outbox
+from confide_toolkit.positions import PositionsInDatabase
 from confide_toolkit.relay import idempotent_producer
 from faststream.kafka import KafkaBroker
 from sqlalchemy import Column, MetaData, Table, func, select
@@ -302,16 +302,16 @@ class SeekingKafkaConsumer:
         self.seeks[partition] = "beginning"
 
 
-class RestartingDatabaseInbox:
-    """An inbox consumer whose database answers positions only after `failures` refusals."""
+class RestartingDatabasePositions:
+    """A consumer's positions whose database answers only after `failures` refusals."""
 
-    name = "test"
+    consumer = "test"
 
     def __init__(self, failures: int, held: dict[tuple[str, int], int]) -> None:
         self.failures = failures
         self.held = held
 
-    async def positions(self, topics: Any) -> dict[tuple[str, int], int]:
+    async def read(self, topics: Any) -> dict[tuple[str, int], int]:
         if self.failures:
             self.failures -= 1
             raise ConnectionRefusedError("the database is restarting")
@@ -319,8 +319,8 @@ class RestartingDatabaseInbox:
 
 
 async def test_assigned_partitions_seek_to_the_database_positions_once_it_answers() -> None:
-    inbox = RestartingDatabaseInbox(failures=2, held={("a.events", 0): 42})
-    listener = PositionsInDatabase(inbox)  # type: ignore[arg-type]
+    positions = RestartingDatabasePositions(failures=2, held={("a.events", 0): 42})
+    listener = PositionsInDatabase(positions)  # type: ignore[arg-type]
     kafka = SeekingKafkaConsumer()
     listener.subscriber = type("Subscriber", (), {"consumer": kafka})()
     assigned = {TopicPartition("a.events", 0), TopicPartition("a.events", 1)}

@@ -3,27 +3,20 @@ the Kafka offset is committed only afterwards. A redelivered event finds its inb
 no second effect. A failing event is retried with backoff, then goes to the dead-letter topic
 with the error in its headers, so a partition is never blocked forever and nothing is dropped.
 
-A consumer's position travels with the data it produced: `consumer_positions` holds, per topic
-partition, the offset of the next record to read, written in the transaction of a batch's
-effects (at most once a second per partition: a position may lag, never lead). When partitions
-are assigned, `PositionsInDatabase` seeks each to the position the database holds (the
-beginning when it holds none), not to the group's offsets in Kafka. So a database restored from
-an older backup resumes where its data ends and applies again what came after, erasures
-included; the inbox makes the records it had already applied harmless. The group's offsets are
-still committed to Kafka, where tools read a consumer's lag."""
+Each partition is read from the position the consumer's own database holds
+(`confide_toolkit.positions`), written with the batch's effects, so a database restored from a
+backup re-applies what came after it; the inbox makes what it had already applied harmless."""
 
 from __future__ import annotations
 
 import asyncio
 import enum
 import logging
-import time
-from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiokafka import AIOKafkaProducer, TopicPartition
-from aiokafka.abc import ConsumerRebalanceListener
 from confide_events import (
     Envelope,
     IntegrationEvent,
@@ -36,7 +29,7 @@ from confide_events.topics import dead_letter_topic
 from faststream.kafka import KafkaBroker, KafkaMessage
 from faststream.middlewares import AckPolicy
 from opentelemetry import trace
-from sqlalchemy import BigInteger, Column, DateTime, Integer, String, Table, func, select
+from sqlalchemy import BigInteger, Column, DateTime, Integer, String, Table, func
 from sqlalchemy.dialects.postgresql import UUID as PG_UUID
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -44,6 +37,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from confide_toolkit.availability import database_outage
 from confide_toolkit.database import toolkit_metadata
 from confide_toolkit.outbox import Outbox
+from confide_toolkit.positions import ConsumerPositions, PositionsInDatabase
 from confide_toolkit.telemetry import context_from_traceparent
 
 logger = logging.getLogger(__name__)
@@ -61,26 +55,6 @@ inbox = Table(
     Column("handled_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
 )
 
-consumer_positions = Table(
-    "consumer_positions",
-    toolkit_metadata,
-    Column("consumer", String(128), primary_key=True),
-    Column("topic", String(255), primary_key=True),
-    Column("partition", Integer, primary_key=True),
-    Column("next_offset", BigInteger, nullable=False),
-    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
-)
-"""Where each consumer of this database goes on reading each partition (see the module's
-docstring)."""
-
-POSITION_READ_ATTEMPTS = 10
-"""Tries, a second apart, to read the positions when partitions are assigned (the database may
-be restarting); a rebalance must not wait much longer."""
-
-POSITION_INTERVAL = 1.0
-"""Seconds between two writes of a partition's position: after a restart or a restore, at most
-about this much of the history is read again (and recognised by the inbox)."""
-
 BATCH_MAX_RECORDS = 500
 """Records a batch subscriber hands to `InboxConsumer.consume_batch` at most (one poll)."""
 BATCH_TIMEOUT_MS = 5
@@ -92,17 +66,6 @@ per second and subscriber."""
 
 # Compiled once; many rows go out as one multi-row INSERT (SQLAlchemy's insertmanyvalues).
 _CLAIM = insert(inbox).on_conflict_do_nothing().returning(inbox.c.event_id)
-_proposed_position = insert(consumer_positions)
-# A position only moves forward: a batch replayed after a restore never moves it back.
-_ADVANCE = _proposed_position.on_conflict_do_update(
-    index_elements=[
-        consumer_positions.c.consumer,
-        consumer_positions.c.topic,
-        consumer_positions.c.partition,
-    ],
-    set_={"next_offset": _proposed_position.excluded.next_offset, "updated_at": func.now()},
-    where=consumer_positions.c.next_offset < _proposed_position.excluded.next_offset,
-)
 
 
 class Outcome(enum.Enum):
@@ -203,27 +166,11 @@ class InboxConsumer:
         self._handlers = dict(handlers)
         self._dead_letters = dead_letters
         self._retry = retry or RetryPolicy()
-        self._position_written: dict[tuple[str, int], float] = {}
+        self.positions = ConsumerPositions(name, engine)
 
     @property
     def event_types(self) -> list[type[IntegrationEvent]]:
         return list(self._handlers)
-
-    async def positions(self, topics: Collection[str]) -> dict[tuple[str, int], int]:
-        """The offset of the next record to read, per (topic, partition) of `topics`, as this
-        consumer's database holds them (partitions it never read are absent)."""
-        async with self._engine.connect() as conn:
-            rows = await conn.execute(
-                select(
-                    consumer_positions.c.topic,
-                    consumer_positions.c.partition,
-                    consumer_positions.c.next_offset,
-                ).where(
-                    consumer_positions.c.consumer == self.name,
-                    consumer_positions.c.topic.in_(list(topics)),
-                )
-            )
-            return {(row.topic, row.partition): row.next_offset for row in rows}
 
     async def consume(self, raw: Any) -> Outcome:
         """Handle one Kafka record; returns once its outcome is durable (applied in the
@@ -303,7 +250,7 @@ class InboxConsumer:
     ) -> list[Outcome]:
         """Claim the handled events in the inbox and apply each newly claimed one, in order,
         in the caller's transaction, and move the partitions' positions past them."""
-        await self._advance_positions(conn, [record for record, _, _ in decoded])
+        await self.positions.advance(conn, (record for record, _, _ in decoded))
         wanted = [item for item in decoded if type(item[2]) in self._handlers]
         claimed: set[Any] = set()
         if wanted:
@@ -346,29 +293,6 @@ class InboxConsumer:
         if run:
             await self._project(conn, run)
         return outcomes
-
-    async def _advance_positions(
-        self, conn: AsyncConnection, records: Sequence[ConsumedRecord]
-    ) -> None:
-        # A position may lag what is applied (the records in between are read again and the
-        # inbox knows them), never lead it: so it is written with a batch's effects, but at
-        # most once per POSITION_INTERVAL per partition, not with every small batch.
-        now = time.monotonic()
-        next_offsets: dict[tuple[str, int], int] = {}
-        for record in records:
-            key = (record.topic, record.partition)
-            if now - self._position_written.get(key, -POSITION_INTERVAL) >= POSITION_INTERVAL:
-                next_offsets[key] = max(next_offsets.get(key, 0), record.offset + 1)
-        if not next_offsets:
-            return
-        self._position_written.update(dict.fromkeys(next_offsets, now))
-        await conn.execute(
-            _ADVANCE,
-            [
-                {"consumer": self.name, "topic": t, "partition": p, "next_offset": o}
-                for (t, p), o in next_offsets.items()
-            ],
-        )
 
     async def _project(
         self,
@@ -504,43 +428,6 @@ def kafka_batch_handler(
     return on_batch
 
 
-class PositionsInDatabase(ConsumerRebalanceListener):  # type: ignore[misc]
-    """Seeks each partition assigned to the subscriber to the position its consumer's database
-    holds (`consumer_positions`), or to the beginning when it holds none: what the database
-    has applied, not the group's offsets in Kafka, says where to go on reading."""
-
-    def __init__(self, consumer: InboxConsumer) -> None:
-        self._consumer = consumer
-        self.subscriber: Any = None  # the FastStream subscriber, once created
-
-    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
-        return None
-
-    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        kafka_consumer = self.subscriber.consumer
-        topics = {tp.topic for tp in assigned}
-        for attempt in range(1, POSITION_READ_ATTEMPTS + 1):
-            try:
-                positions = await self._consumer.positions(topics)
-                break
-            except Exception as error:
-                if attempt == POSITION_READ_ATTEMPTS:
-                    # The group's offsets in Kafka then say where to read: nothing is lost,
-                    # only a restored database would not re-apply what came after its backup.
-                    logger.error(
-                        "consumer positions unreadable; reading from the group's offsets",
-                        extra={"consumer": self._consumer.name, "error": type(error).__name__},
-                    )
-                    return
-                await asyncio.sleep(1.0)
-        for partition in assigned:
-            position = positions.get((partition.topic, partition.partition))
-            if position is None:
-                await kafka_consumer.seek_to_beginning(partition)
-            else:
-                kafka_consumer.seek(partition, position)
-
-
 def subscribe_batches(
     broker: KafkaBroker,
     topic: str,
@@ -555,7 +442,7 @@ def subscribe_batches(
     position the consumer's database holds (`PositionsInDatabase`), the record values left as
     bytes for the inbox to decode. `documentation` (title, description) goes to the AsyncAPI
     document. Returns the subscriber."""
-    positions = PositionsInDatabase(consumer)
+    positions = PositionsInDatabase(consumer.positions)
     subscriber = broker.subscriber(
         topic,
         group_id=group,

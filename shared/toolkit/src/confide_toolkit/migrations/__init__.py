@@ -43,7 +43,15 @@ from sqlalchemy import (
 )
 
 # Every table of the toolkit is in `toolkit_metadata` once its module is imported.
-from confide_toolkit import auth, consents, event_store, inbox, keyring, outbox  # noqa: F401
+from confide_toolkit import (  # noqa: F401
+    auth,
+    consents,
+    event_store,
+    inbox,
+    keyring,
+    outbox,
+    positions,
+)
 from confide_toolkit.database import toolkit_metadata
 
 logger = logging.getLogger(__name__)
