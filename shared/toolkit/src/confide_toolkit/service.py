@@ -122,7 +122,8 @@ class Service:
         self._subscriptions: dict[str, dict[type[IntegrationEvent], Handler]] = {}
         self._consumers: dict[str, InboxConsumer] = {}
         self._start_hooks: list[Callable[[], Awaitable[None]]] = []
-        self._relay_stop = asyncio.Event()
+        # Set at stop: ends the relay and the dependency watch.
+        self._stopping = asyncio.Event()
         self._relay_task: asyncio.Task[None] | None = None
         self.availability = Availability(
             {"database": self._database_ok, "kafka": self._kafka_ok},
@@ -192,10 +193,10 @@ class Service:
         await asyncio.to_thread(upgrade_database, self.settings.database_url, self.migrations)
         await self.dead_letters.start()
         await self.broker.start()
-        self._relay_stop.clear()
-        self._relay_task = asyncio.create_task(self.relay.run(self._relay_stop), name="relay")
+        self._stopping.clear()
+        self._relay_task = asyncio.create_task(self.relay.run(self._stopping), name="relay")
         self._watch_task = asyncio.create_task(
-            self.availability.watch(self._relay_stop), name="dependency-watch"
+            self.availability.watch(self._stopping), name="dependency-watch"
         )
         for hook in self._start_hooks:
             await hook()
@@ -204,7 +205,7 @@ class Service:
     async def stop(self) -> None:
         """Stop taking events, finish the ones in flight, flush the outbox, close connections."""
         await self.broker.stop()
-        self._relay_stop.set()
+        self._stopping.set()
         if self._relay_task is not None:
             await self._relay_task
         if self._watch_task is not None:
