@@ -119,6 +119,8 @@ async def test_retention_expiry_shreds_the_profile_and_the_account_can_no_longer
         if e.type == "confide.identity.SubjectDataShredded"
     ]
     assert announcement.data["category"] == "identity.profile"
+    assert announcement.data["outcome"] == "shredded"
+    assert announcement.data["key_id"] is not None
     view = await accounts.read_account(identity.deps, user_id)
     assert view.status == "erased"
     assert view.profile.email is ERASED and view.profile.display_name is ERASED
@@ -151,3 +153,36 @@ async def test_an_open_account_whose_profile_is_shredded_cannot_sign_in_or_use_i
     await eventually(erased)
     assert (await identity.sign_in(body)).status_code == 401
     assert (await identity.client.get("/v1/accounts/me", headers=bearer(tokens))).status_code == 401
+
+
+async def test_an_expiry_for_a_person_identity_never_saw_is_answered_nothing_held(
+    identity: RunningIdentity, kafka_bootstrap: str
+) -> None:
+    stranger = uuid.uuid4()
+    erasure_case_id = uuid.uuid4()
+
+    await publish(
+        kafka_bootstrap,
+        RETENTION_EVENTS,
+        RetentionExpired(
+            subject_id=stranger,
+            category="identity.profile",
+            policy="identity.profile.erasure_request",
+            due_at=datetime.now(UTC),
+            erasure_case_id=erasure_case_id,
+        ),
+    )
+
+    async def answers() -> list[dict[str, object]]:
+        events = await events_about(kafka_bootstrap, IDENTITY_EVENTS, str(stranger))
+        return [e.data for e in events if e.type == "confide.identity.SubjectDataShredded"]
+
+    async def answered() -> bool:
+        return bool(await answers())
+
+    await eventually(answered)
+    [answer] = await answers()
+    assert answer["outcome"] == "nothing_held"
+    assert answer["key_id"] is None
+    assert answer["category"] == "identity.profile"
+    assert answer["erasure_case_id"] == str(erasure_case_id)

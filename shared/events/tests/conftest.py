@@ -48,8 +48,15 @@ def sample_events() -> list[IntegrationEvent]:
             published_at=NOW,
             not_after=NOW + timedelta(days=90),
         ),
-        identity.SubjectDataShredded(
+        identity.SubjectDataShreddedV1(
             subject_id=SUBJECT, category="identity.profile", key_id=an_id(), shredded_at=NOW
+        ),
+        identity.SubjectDataShredded(
+            subject_id=SUBJECT,
+            category="identity.profile",
+            outcome="shredded",
+            key_id=an_id(),
+            answered_at=NOW,
         ),
         consent.ConsentGrantedV1(
             consent_id=an_id(),
@@ -110,11 +117,18 @@ def sample_events() -> list[IntegrationEvent]:
             data_categories=("messaging.session_notes",),
             disclosed_at=NOW,
         ),
-        messaging.SubjectDataShredded(
+        messaging.SubjectDataShreddedV1(
             subject_id=SUBJECT,
             category="messaging.messages",
             key_id=an_id(),
             shredded_at=NOW,
+            erasure_case_id=an_id(),
+        ),
+        messaging.SubjectDataShredded(
+            subject_id=SUBJECT,
+            category="messaging.session_notes",
+            outcome="nothing_held",
+            answered_at=NOW,
             erasure_case_id=an_id(),
         ),
         billing.PaymentMethodAdded(
@@ -147,11 +161,18 @@ def sample_events() -> list[IntegrationEvent]:
             reason="session_cancelled",
             issued_at=NOW,
         ),
-        billing.SubjectDataShredded(
+        billing.SubjectDataShreddedV1(
             subject_id=SUBJECT,
             category="billing.payment_methods",
             key_id=an_id(),
             shredded_at=NOW,
+        ),
+        billing.SubjectDataShredded(
+            subject_id=SUBJECT,
+            category="billing.payment_methods",
+            outcome="shredded",
+            key_id=an_id(),
+            answered_at=NOW,
         ),
         retention.ErasureRequested(
             erasure_case_id=an_id(),

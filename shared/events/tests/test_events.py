@@ -136,7 +136,12 @@ def test_disclosure_cites_exactly_one_justification(subject_id: UUID, now: datet
 
 
 def test_each_producer_shreds_only_its_own_categories(subject_id: UUID, now: datetime) -> None:
-    fields: dict[str, Any] = {"subject_id": subject_id, "key_id": subject_id, "shredded_at": now}
+    fields: dict[str, Any] = {
+        "subject_id": subject_id,
+        "outcome": "shredded",
+        "key_id": subject_id,
+        "answered_at": now,
+    }
 
     with pytest.raises(ValidationError, match="category"):
         identity.SubjectDataShredded(**fields, category="messaging.messages")  # type: ignore[arg-type]
@@ -154,6 +159,23 @@ def test_shredding_events_have_a_type_per_producer() -> None:
         "confide.messaging.SubjectDataShredded",
         "confide.billing.SubjectDataShredded",
     }
+
+
+def test_a_shredding_names_its_key_and_nothing_held_names_none(
+    subject_id: UUID, now: datetime
+) -> None:
+    fields: dict[str, Any] = {
+        "subject_id": subject_id,
+        "category": "identity.profile",
+        "answered_at": now,
+    }
+
+    with pytest.raises(ValidationError, match="key_id"):
+        identity.SubjectDataShredded(**fields, outcome="shredded")
+    with pytest.raises(ValidationError, match="key_id"):
+        identity.SubjectDataShredded(**fields, outcome="nothing_held", key_id=subject_id)
+    answer = identity.SubjectDataShredded(**fields, outcome="nothing_held")
+    assert answer.key_id is None
 
 
 def test_an_erasure_outcome_explains_itself(now: datetime) -> None:

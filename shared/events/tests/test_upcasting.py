@@ -11,6 +11,8 @@ from confide_events import (
     consent,
     decode_event,
     encode_envelope,
+    identity,
+    messaging,
 )
 from confide_events.envelope import Envelope
 from confide_events.upcasting import Upcasters
@@ -49,6 +51,55 @@ def test_v1_data_is_checked_against_the_frozen_v1_model() -> None:
 
     with pytest.raises(MalformedEventData, match="ConsentGrantedV1"):
         decode_event(json.dumps(document).encode())
+
+
+# An identity SubjectDataShredded exactly as identity wrote it under schema version 1, when
+# every answer named a key. Kept verbatim, like the consent record above.
+SUBJECT_DATA_SHREDDED_V1_RECORD = (
+    b'{"id":"0195a3c2-8888-7abc-8def-0123456789ab","source":"/confide/identity",'
+    b'"type":"confide.identity.SubjectDataShredded","specversion":"1.0",'
+    b'"time":"2026-11-02T08:00:00Z","subject":"0195a3c2-1111-7abc-8def-0123456789ab",'
+    b'"datacontenttype":"application/json",'
+    b'"dataschema":"urn:confide:events:confide.identity.SubjectDataShredded:v1",'
+    b'"schemaversion":1,"correlationid":"0195a3c2-6666-7abc-8def-0123456789ab",'
+    b'"data":{"subject_id":"0195a3c2-1111-7abc-8def-0123456789ab",'
+    b'"category":"identity.profile","key_id":"0195a3c2-9999-7abc-8def-0123456789ab",'
+    b'"shredded_at":"2026-11-02T07:59:59Z","erasure_case_id":null}}'
+)
+
+
+def test_a_v1_shredding_is_read_as_v2_with_its_key_and_time() -> None:
+    event = decode_event(SUBJECT_DATA_SHREDDED_V1_RECORD)
+
+    assert isinstance(event, identity.SubjectDataShredded)
+    assert event.schema_version == 2
+    assert event.outcome == "shredded"
+    assert event.key_id == UUID("0195a3c2-9999-7abc-8def-0123456789ab")
+    assert event.answered_at.isoformat() == "2026-11-02T07:59:59+00:00"
+    assert event.category == "identity.profile"
+
+
+def test_a_v1_shredding_without_a_key_is_refused() -> None:
+    document = json.loads(SUBJECT_DATA_SHREDDED_V1_RECORD)
+    document["data"]["key_id"] = None
+
+    with pytest.raises(MalformedEventData, match="SubjectDataShreddedV1"):
+        decode_event(json.dumps(document).encode())
+
+
+def test_every_producer_reads_its_v1_shreddings_as_v2() -> None:
+    document = json.loads(SUBJECT_DATA_SHREDDED_V1_RECORD)
+    document.update(
+        source="/confide/messaging",
+        type="confide.messaging.SubjectDataShredded",
+        dataschema="urn:confide:events:confide.messaging.SubjectDataShredded:v1",
+    )
+    document["data"]["category"] = "messaging.session_notes"
+
+    event = decode_event(json.dumps(document).encode())
+
+    assert isinstance(event, messaging.SubjectDataShredded)
+    assert (event.outcome, event.category) == ("shredded", "messaging.session_notes")
 
 
 def test_the_upcaster_does_not_alter_the_data_it_reads() -> None:

@@ -11,6 +11,7 @@ from pydantic import Field
 
 from confide_events.base import IntegrationEvent
 from confide_events.shredding import SubjectDataShredded as _SubjectDataShredded
+from confide_events.shredding import SubjectDataShreddedV1 as _SubjectDataShreddedV1
 from confide_events.vocabulary import BillingCategory, CurrencyCode, UtcDateTime
 
 PRODUCER = "billing"
@@ -107,6 +108,19 @@ class RefundIssued(IntegrationEvent):
 
 
 class SubjectDataShredded(_SubjectDataShredded):
+    """Billing's answer to a `RetentionExpired` for one of its categories: the person's
+    key destroyed (`shredded`), or no data held for them (`nothing_held`)."""
+
+    event_type: ClassVar[str] = "confide.billing.SubjectDataShredded"
+    schema_version: ClassVar[int] = 2
+    producer: ClassVar[str] = PRODUCER
+
+    category: BillingCategory
+
+
+# Version 1 of `SubjectDataShredded`, frozen: do not edit; read as version 2 through
+# `shredding.upcast_subject_data_shredded_v1`. (Its docstring is its committed schema's.)
+class SubjectDataShreddedV1(_SubjectDataShreddedV1):
     """Billing destroyed a person's key for their payment methods or financial records."""
 
     event_type: ClassVar[str] = "confide.billing.SubjectDataShredded"

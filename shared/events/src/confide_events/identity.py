@@ -7,6 +7,7 @@ from pydantic import BaseModel, ConfigDict, StringConstraints, model_validator
 
 from confide_events.base import IntegrationEvent
 from confide_events.shredding import SubjectDataShredded as _SubjectDataShredded
+from confide_events.shredding import SubjectDataShreddedV1 as _SubjectDataShreddedV1
 from confide_events.vocabulary import IdentityCategory, KeyId, UtcDateTime
 
 PRODUCER = "identity"
@@ -102,6 +103,19 @@ class SigningKeyPublished(IntegrationEvent):
 
 
 class SubjectDataShredded(_SubjectDataShredded):
+    """Identity's answer to a `RetentionExpired` for one of its categories: the person's
+    key destroyed (`shredded`), or no data held for them (`nothing_held`)."""
+
+    event_type: ClassVar[str] = "confide.identity.SubjectDataShredded"
+    schema_version: ClassVar[int] = 2
+    producer: ClassVar[str] = PRODUCER
+
+    category: IdentityCategory
+
+
+# Version 1 of `SubjectDataShredded`, frozen: do not edit; read as version 2 through
+# `shredding.upcast_subject_data_shredded_v1`. (Its docstring is its committed schema's.)
+class SubjectDataShreddedV1(_SubjectDataShreddedV1):
     """Identity destroyed a person's profile key."""
 
     event_type: ClassVar[str] = "confide.identity.SubjectDataShredded"

@@ -13,6 +13,7 @@ from pydantic import Field, model_validator
 
 from confide_events.base import IntegrationEvent
 from confide_events.shredding import SubjectDataShredded as _SubjectDataShredded
+from confide_events.shredding import SubjectDataShreddedV1 as _SubjectDataShreddedV1
 from confide_events.vocabulary import DataCategory, MessagingCategory, UtcDateTime
 
 PRODUCER = "messaging"
@@ -112,6 +113,19 @@ class RecordsDisclosed(IntegrationEvent):
 
 
 class SubjectDataShredded(_SubjectDataShredded):
+    """Messaging's answer to a `RetentionExpired` for one of its categories: the person's
+    key destroyed (`shredded`), or no data held for them (`nothing_held`)."""
+
+    event_type: ClassVar[str] = "confide.messaging.SubjectDataShredded"
+    schema_version: ClassVar[int] = 2
+    producer: ClassVar[str] = PRODUCER
+
+    category: MessagingCategory
+
+
+# Version 1 of `SubjectDataShredded`, frozen: do not edit; read as version 2 through
+# `shredding.upcast_subject_data_shredded_v1`. (Its docstring is its committed schema's.)
+class SubjectDataShreddedV1(_SubjectDataShreddedV1):
     """Messaging destroyed a person's key for their messages or session notes."""
 
     event_type: ClassVar[str] = "confide.messaging.SubjectDataShredded"

@@ -11,7 +11,7 @@ from types import MappingProxyType
 from typing import Final
 from uuid import UUID
 
-from confide_events import billing, consent, identity, messaging, retention
+from confide_events import billing, consent, identity, messaging, retention, shredding
 from confide_events.base import IntegrationEvent
 from confide_events.envelope import Envelope, dataschema_uri, decode_envelope, source_uri
 from confide_events.errors import MalformedEnvelope, MissingUpcaster, UnknownEventType
@@ -148,6 +148,7 @@ CATALOGUE: Final[tuple[type[IntegrationEvent], ...]] = (
     identity.PasswordChanged,
     identity.AccountLocked,
     identity.SigningKeyPublished,
+    identity.SubjectDataShreddedV1,
     identity.SubjectDataShredded,
     consent.ConsentGrantedV1,
     consent.ConsentGranted,
@@ -157,12 +158,14 @@ CATALOGUE: Final[tuple[type[IntegrationEvent], ...]] = (
     messaging.SessionNoteRecorded,
     messaging.RecordAccessed,
     messaging.RecordsDisclosed,
+    messaging.SubjectDataShreddedV1,
     messaging.SubjectDataShredded,
     billing.PaymentMethodAdded,
     billing.PaymentMethodRemoved,
     billing.ChargeSucceeded,
     billing.ChargeFailed,
     billing.RefundIssued,
+    billing.SubjectDataShreddedV1,
     billing.SubjectDataShredded,
     retention.ErasureRequested,
     retention.LegalHoldPlaced,
@@ -175,6 +178,9 @@ CATALOGUE: Final[tuple[type[IntegrationEvent], ...]] = (
 UPCASTERS: Final[Mapping[UpcasterKey, Upcaster]] = MappingProxyType(
     {
         ("confide.consent.ConsentGranted", 1): consent.upcast_consent_granted_v1,
+        ("confide.identity.SubjectDataShredded", 1): shredding.upcast_subject_data_shredded_v1,
+        ("confide.messaging.SubjectDataShredded", 1): shredding.upcast_subject_data_shredded_v1,
+        ("confide.billing.SubjectDataShredded", 1): shredding.upcast_subject_data_shredded_v1,
     }
 )
 """Every upcaster, keyed by (type, the version it reads)."""

@@ -248,13 +248,23 @@ async def close_account(deps: Dependencies, account_id: UUID) -> None:
 
 async def shred_profile(deps: Dependencies, event: RetentionExpired, ctx: EventContext) -> None:
     """RetentionExpired for identity.profile: destroy the person's profile key (profile,
-    password hash and TOTP secret with it), end their sessions, and say so."""
+    password hash and TOTP secret with it), end their sessions, and answer: shredded with the
+    key's id, or nothing held when identity never had a profile for them. Retention counts on
+    an answer to every expiry of a category identity owns."""
     if event.category != domain.PROFILE_CATEGORY:
         return
     conn = ctx.conn
     tombstone = await deps.sealing.shred(conn, event.subject_id)
     if tombstone is None:
-        # Identity never held data for this subject: there is no key to report.
+        await ctx.emit(
+            contract.SubjectDataShredded(
+                subject_id=event.subject_id,
+                category="identity.profile",
+                outcome="nothing_held",
+                answered_at=deps.clock.now(),
+                erasure_case_id=event.erasure_case_id,
+            )
+        )
         return
     account = await deps.accounts.load(conn, event.subject_id)
     if account is not None:
@@ -265,8 +275,9 @@ async def shred_profile(deps: Dependencies, event: RetentionExpired, ctx: EventC
         contract.SubjectDataShredded(
             subject_id=event.subject_id,
             category="identity.profile",
+            outcome="shredded",
             key_id=tombstone.key_id,
-            shredded_at=tombstone.shredded_at,
+            answered_at=tombstone.shredded_at,
             erasure_case_id=event.erasure_case_id,
         )
     )
