@@ -1,0 +1,1 @@
+"""Confide messaging service: conversations, messages, session notes and disclosures."""
