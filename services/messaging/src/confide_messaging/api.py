@@ -294,7 +294,7 @@ def router(deps: Dependencies, current_caller: CallerDependency) -> APIRouter:
         client_id: UUID, caller: signed_in, limit: Limit = 50, cursor: Cursor = None
     ) -> Page[NoteOut]:
         found = await handlers.read_notes(
-            deps, caller.subject_id, client_id, limit=limit + 1, before=cursor
+            deps, caller.subject_id, client_id, limit=limit, before=cursor
         )
         items, next_cursor = _page(found, limit, lambda n: n.note_id)
         return Page[NoteOut](items=[_note_out(n) for n in items], next_cursor=next_cursor)

@@ -371,15 +371,23 @@ async def read_notes(
     limit: int,
     before: UUID | None,
 ) -> list[SessionNote]:
-    """A page of the notes the therapist recorded about the client, newest first; each note
-    read writes one `RecordAccessed` in the same transaction, or nothing is read."""
+    """A page of at most `limit` notes the therapist recorded about the client, newest first,
+    and one more when a next page exists (it says so, and is neither shown nor audited); each
+    note read writes one `RecordAccessed` in the same transaction, or nothing is read."""
     async with deps.engine.begin() as conn:
         if await store.latest_conversation_between(conn, client_id, therapist_id) is None:
             raise ClientNotFound(client_id)
         notes = await store.list_notes(
-            conn, deps.keyring, client_id, therapist_id=therapist_id, limit=limit, before=before
+            conn,
+            deps.keyring,
+            client_id,
+            therapist_id=therapist_id,
+            limit=limit + 1,
+            before=before,
         )
-        await _audit_note_reads(deps, conn, notes, therapist_id, "therapist", deps.clock.now())
+        await _audit_note_reads(
+            deps, conn, notes[:limit], therapist_id, "therapist", deps.clock.now()
+        )
         return notes
 
 
