@@ -1,5 +1,5 @@
 """Fixtures for the messaging service's tests: the service running in-process against the real
-Kafka broker and PostgreSQL (one instance per test module, for speed; every test registers
+Kafka broker and PostgreSQL (one instance for the whole session, for speed; every test registers
 people of its own), identity's and consent's events published for real on their topics, and a
 tap on `messaging.events`."""
 
@@ -25,13 +25,15 @@ from confide_events import (
     encode_envelope,
     to_envelope,
 )
+from confide_events.consent import ConsentRevoked
 from confide_events.identity import Role, UserRegistered
-from confide_events.topics import IDENTITY_EVENTS, MESSAGING_EVENTS
+from confide_events.topics import CONSENT_EVENTS, IDENTITY_EVENTS, MESSAGING_EVENTS
 from confide_messaging.app import create_app
 from confide_messaging.handlers import Dependencies
 from confide_messaging.settings import MessagingSettings
 from confide_messaging.store import people
 from confide_testing import Infrastructure, TokenMinter, eventually, scratch_database, serving
+from confide_toolkit.consents import consent_view
 from confide_toolkit.ids import uuid7
 from confide_toolkit.relay import idempotent_producer
 from fastapi import FastAPI
@@ -98,6 +100,31 @@ class MessagingService:
 
         await eventually(known)
 
+    async def until_consuming_consents(self) -> None:
+        """Wait until the consumer of consent.events has joined and applies what comes (a
+        revocation of a consent nobody granted: it never makes a consent valid)."""
+        consent_id = uuid.uuid4()
+        await self.publish(
+            CONSENT_EVENTS,
+            ConsentRevoked(
+                consent_id=consent_id,
+                subject_id=uuid.uuid4(),
+                revoked_at=datetime.now(UTC),
+                reason="subject_withdrew",
+            ),
+        )
+
+        async def applied() -> bool:
+            async with self.deps.engine.connect() as conn:
+                found = await conn.scalar(
+                    select(func.count())
+                    .select_from(consent_view)
+                    .where(consent_view.c.consent_id == consent_id)
+                )
+            return found == 1
+
+        await eventually(applied)
+
     async def cast(self) -> Cast:
         cast = Cast(*(uuid.uuid4() for _ in range(5)))
         await self.register(
@@ -131,7 +158,7 @@ class MessagingService:
         return response.json()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 async def messaging(
     infrastructure: Infrastructure, kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[MessagingService]:
@@ -150,8 +177,10 @@ async def messaging(
         await producer.start()
         try:
             async with serving(app) as http:
+                service = MessagingService(app, http, minter, producer)
                 await minter.wait_until_known(app.state.service.engine)
-                yield MessagingService(app, http, minter, producer)
+                await service.until_consuming_consents()
+                yield service
         finally:
             await producer.stop()
 
