@@ -1,6 +1,6 @@
 """Identity and consent as two real processes that trust each other only through Kafka:
-consent verifies identity's tokens with the keys identity published as events, and withdraws a
-closed account's consents when identity's AccountClosed event reaches it."""
+consent verifies identity's tokens with the keys identity published as events, refuses a closed
+account's tokens and withdraws its consents when identity's events reach it."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
+import sqlalchemy
 
 ServiceStarter = Callable[..., Any]  # the `start_service` fixture of conftest.py
 
@@ -82,20 +83,29 @@ def test_consent_granted_with_an_identity_token_is_withdrawn_when_the_account_cl
     closed = httpx.post(f"{identity.url}/v1/accounts/me/close", headers=headers, timeout=10)
     assert closed.status_code == 202, closed.text
 
-    # The token still works at consent until it expires: only identity tracks sessions.
-    # Consent never calls identity: it learns of the closure from identity.events.
-    def withdrawn() -> dict[str, Any] | None:
-        answer = httpx.get(
-            f"{consent.url}/v1/consents/{consent_id}/validity",
-            params={"at": "2999-01-01T00:00:00Z"},
-            headers=headers,
-            timeout=10,
-        )
-        body = answer.json() if answer.status_code == 200 else None
-        return body if body and not body["valid"] else None
+    # Consent never calls identity: it learns of the closure from identity.events, refuses the
+    # closed session's token (SessionsRevoked) and withdraws the consents (AccountClosed).
+    def refused() -> bool:
+        answer = httpx.get(f"{consent.url}/v1/consents", headers=headers, timeout=10)
+        return answer.status_code == 401
 
-    validity = until(withdrawn, what="consent to withdraw the closed account's consent")
-    assert validity["revoke_reason"] == "account_closed"
+    until(refused, what="consent to refuse the closed session's token")
+
+    def withdrawn() -> str | None:
+        # Read in consent's own database: nobody may sign in as the closed account any more.
+        engine = sqlalchemy.create_engine(consent.database_url)
+        try:
+            with engine.connect() as connection:
+                reason: str | None = connection.scalar(
+                    sqlalchemy.text("SELECT revoke_reason FROM consents WHERE consent_id = :id"),
+                    {"id": consent_id},
+                )
+                return reason
+        finally:
+            engine.dispose()
+
+    reason = until(withdrawn, what="consent to withdraw the closed account's consent")
+    assert reason == "account_closed"
 
     # Both stop cleanly on SIGTERM, as an orchestrator stops them: uvicorn finishes the
     # shutdown (consumers drained, relay flushed) and then re-raises the signal.

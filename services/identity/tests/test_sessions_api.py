@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives.twofactor.totp import TOTP
 from sqlalchemy import select
 
 from .conftest import (
+    STRONG_PASSWORD,
     RunningIdentity,
     SettingsFactory,
     bearer,
@@ -49,6 +50,8 @@ async def test_sign_in_answers_a_bearer_pair_with_the_documented_claims(
     assert claims["exp"] - claims["iat"] == identity.settings.access_token_ttl_seconds
     assert claims["auth_time"] == int(identity.clock.now().timestamp())
     assert claims["jti"]
+    # The session, which a revocation names for every other service.
+    assert uuid.UUID(claims["sid"])
 
 
 def _without_trace(response: Any) -> dict[str, Any]:
@@ -309,3 +312,51 @@ async def test_bad_sign_in_bodies_get_422_naming_the_field(identity: RunningIden
         response = await identity.client.post("/v1/sessions", json=body)
         assert response.status_code == 422
         assert field in [e["field"] for e in response.json()["errors"]]
+
+
+def _session_of(tokens: dict[str, Any]) -> str:
+    claims = jwt.decode(tokens["access_token"], options={"verify_signature": False})
+    session: str = claims["sid"]
+    return session
+
+
+async def test_every_way_a_session_ends_is_announced_naming_the_session(
+    identity: RunningIdentity, kafka_bootstrap: str
+) -> None:
+    user_id, body = await identity.register()
+    changing, other = await identity.tokens(body), await identity.tokens(body)
+    body["password"] = "saffron-glacier-meadow-41"
+    changed = await identity.client.post(
+        "/v1/accounts/me/password",
+        json={"current_password": STRONG_PASSWORD, "new_password": body["password"]},
+        headers=bearer(changing),
+    )
+    assert changed.status_code == 204, changed.text
+    await identity.client.delete("/v1/sessions/current", headers=bearer(changing))
+    stolen = await identity.tokens(body)
+    for _ in range(2):  # the second use of a spent refresh token revokes its family
+        await identity.client.post(
+            "/v1/sessions/refresh", json={"refresh_token": stolen["refresh_token"]}
+        )
+    closing = await identity.tokens(body)
+    closed = await identity.client.post("/v1/accounts/me/close", headers=bearer(closing))
+    assert closed.status_code == 202, closed.text
+
+    async def announcements() -> list[tuple[str, list[str]]]:
+        events = await events_about(kafka_bootstrap, IDENTITY_EVENTS, str(user_id))
+        return [
+            (e.data["reason"], e.data["session_ids"])
+            for e in events
+            if e.type == "confide.identity.SessionsRevoked"
+        ]
+
+    async def all_announced() -> bool:
+        return len(await announcements()) == 4
+
+    await eventually(all_announced)
+    assert await announcements() == [
+        ("password_changed", [_session_of(other)]),
+        ("signed_out", [_session_of(changing)]),
+        ("refresh_token_reused", [_session_of(stolen)]),
+        ("account_closed", [_session_of(closing)]),
+    ]

@@ -39,6 +39,13 @@ def sample_events() -> list[IntegrationEvent]:
         identity.UserRegistered(subject_id=SUBJECT, role="client", registered_at=NOW),
         identity.AccountClosed(subject_id=SUBJECT, closed_at=NOW),
         identity.PasswordChanged(subject_id=SUBJECT, changed_at=NOW),
+        identity.SessionsRevoked(
+            subject_id=SUBJECT,
+            session_ids=(an_id(), an_id()),
+            reason="password_changed",
+            revoked_at=NOW,
+            tokens_expire_by=NOW + timedelta(minutes=10),
+        ),
         identity.AccountLocked(
             subject_id=SUBJECT, locked_at=NOW, locked_until=NOW + timedelta(minutes=15)
         ),

@@ -291,8 +291,8 @@ async def test_revoked_token_is_refused(
     await keys.publish("k1")
     revoked = {"jti-logged-out"}
 
-    async def is_revoked(token_id: str) -> bool:
-        return token_id in revoked
+    async def is_revoked(caller: Caller) -> bool:
+        return caller.token_id in revoked
 
     verifier = TokenVerifier(toolkit_engine, clock, is_revoked=is_revoked)
     assert (await verifier.verify(keys.token("k1", token_id="jti-live"))).token_id == "jti-live"

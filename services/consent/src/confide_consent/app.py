@@ -54,6 +54,8 @@ def create_app(settings: ConsentSettings | None = None, clock: Clock | None = No
     runtime to tests and tools."""
     settings = settings or ConsentSettings()  # from the environment
     service, deps = build(settings, clock)
+    # A signed-out or closed session's tokens are refused here too, not only at identity.
+    service.refuse_revoked_sessions()
     consumers.subscribe(service, deps)
     service.document_publications([ConsentGranted, ConsentRevoked])
     return service.create_app(

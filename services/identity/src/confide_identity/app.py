@@ -6,6 +6,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from confide_events import identity as contract
+from confide_toolkit.auth import Caller
 from confide_toolkit.clock import Clock
 from confide_toolkit.service import Service, run
 from fastapi import FastAPI
@@ -73,11 +74,11 @@ def create_app(settings: IdentitySettings | None = None, clock: Clock | None = N
     settings = settings or IdentitySettings()  # from the environment
     service, deps = build(settings, clock)
 
-    async def is_revoked(token_id: str) -> bool:
-        return await sessions.is_token_revoked(deps, token_id)
+    async def is_revoked(caller: Caller) -> bool:
+        return await sessions.is_token_revoked(deps, caller.token_id)
 
-    # Identity's own routes also refuse tokens of ended sessions (sign-out, closure, reuse);
-    # other services see those tokens expire within the access-token lifetime.
+    # Identity's own routes refuse tokens of ended sessions (sign-out, closure, reuse) from its
+    # own sessions table, at once; other services learn of them from SessionsRevoked.
     service.check_token_revocation(is_revoked)
     # The first key (or a due successor) goes out at start, so it has reached every service
     # long before anyone signs in.
@@ -89,6 +90,7 @@ def create_app(settings: IdentitySettings | None = None, clock: Clock | None = N
             contract.UserRegistered,
             contract.AccountClosed,
             contract.PasswordChanged,
+            contract.SessionsRevoked,
             contract.AccountLocked,
             contract.SigningKeyPublished,
             contract.SubjectDataShredded,

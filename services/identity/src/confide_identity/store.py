@@ -412,13 +412,15 @@ class Sessions:
 
     async def revoke(
         self, conn: AsyncConnection, session_id: UUID, now: datetime, because: str
-    ) -> None:
-        """End one session (if it is still live)."""
-        await conn.execute(
+    ) -> list[UUID]:
+        """End one session (if it is still live); returns it, or nothing when it had ended."""
+        result = await conn.execute(
             update(sessions)
             .where(sessions.c.session_id == session_id, sessions.c.revoked_at.is_(None))
             .values(revoked_at=now, revoked_because=because)
+            .returning(sessions.c.session_id)
         )
+        return list(result.scalars())
 
     async def revoke_all_of(
         self,
@@ -428,17 +430,18 @@ class Sessions:
         because: str,
         *,
         except_session: UUID | None = None,
-    ) -> int:
-        """End every live session of an account (but `except_session`); returns how many."""
+    ) -> list[UUID]:
+        """End every live session of an account (but `except_session`); returns those ended."""
         statement = (
             update(sessions)
             .where(sessions.c.account_id == account_id, sessions.c.revoked_at.is_(None))
             .values(revoked_at=now, revoked_because=because)
+            .returning(sessions.c.session_id)
         )
         if except_session is not None:
             statement = statement.where(sessions.c.session_id != except_session)
         result = await conn.execute(statement)
-        return int(result.rowcount or 0)
+        return list(result.scalars())
 
 
 # --- sign-in failures ------------------------------------------------------------------------

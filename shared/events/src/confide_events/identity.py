@@ -3,7 +3,7 @@
 from typing import Annotated, ClassVar, Literal, Self
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, StringConstraints, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from confide_events.base import IntegrationEvent
 from confide_events.shredding import SubjectDataShredded as _SubjectDataShredded
@@ -47,6 +47,39 @@ class PasswordChanged(IntegrationEvent):
 
     subject_id: UUID
     changed_at: UtcDateTime
+
+
+SessionRevocationReason = Literal[
+    "signed_out",
+    "password_changed",
+    "account_closed",
+    "refresh_token_reused",
+    "profile_erased",
+]
+"""Why identity ended sessions: a sign-out, a password change (every session but the one that
+changed it), a closed account, a spent refresh token presented again (its family, i.e. its
+session, is presumed stolen), or an erased profile."""
+
+
+class SessionsRevoked(IntegrationEvent):
+    """Identity ended sessions of a person: from `revoked_at` on, every service refuses the
+    access tokens issued for them (a token names its session in its `sid` claim), without
+    asking identity.
+
+    No session revoked here issues another token, so `tokens_expire_by` (`revoked_at` plus the
+    access-token lifetime) is when the last of their tokens expires: a read model of
+    revocations may forget these sessions after it.
+    """
+
+    event_type: ClassVar[str] = "confide.identity.SessionsRevoked"
+    schema_version: ClassVar[int] = 1
+    producer: ClassVar[str] = PRODUCER
+
+    subject_id: UUID
+    session_ids: Annotated[tuple[UUID, ...], Field(min_length=1)]
+    reason: SessionRevocationReason
+    revoked_at: UtcDateTime
+    tokens_expire_by: UtcDateTime
 
 
 class AccountLocked(IntegrationEvent):

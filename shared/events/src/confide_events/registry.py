@@ -147,6 +147,7 @@ CATALOGUE: Final[tuple[type[IntegrationEvent], ...]] = (
     identity.AccountClosed,
     identity.PasswordChanged,
     identity.AccountLocked,
+    identity.SessionsRevoked,
     identity.SigningKeyPublished,
     identity.SubjectDataShreddedV1,
     identity.SubjectDataShredded,

@@ -7,7 +7,9 @@ The claim names live here, on both sides: `sign_access_token` (identity) and
 `TokenVerifier.verify` (everyone).
 
 A token is a JWT with header `{"alg": "EdDSA", "typ": "at+jwt", "kid": ...}` and claims
-`iss`, `aud`, `sub` (the person's UUID), `role`, `jti`, `iat`, `exp`, `auth_time`.
+`iss`, `aud`, `sub` (the person's UUID), `role`, `jti`, `iat`, `exp`, `auth_time`, and `sid`
+(the session the token was issued for, which identity's `SessionsRevoked` names; tokens issued
+before the claim existed have none, and are refused only once they expire).
 """
 
 # No `from __future__ import annotations`: FastAPI resolves the annotations of the dependency
@@ -73,6 +75,8 @@ class Caller:
     auth_time: datetime
     expires_at: datetime | None = None
     """When the token expires; lets a revocation list forget a `token_id` after it."""
+    session_id: UUID | None = None
+    """The session the token was issued for (its `sid` claim), which a revocation names."""
 
 
 # --- keys as JWKs ---------------------------------------------------------------------------
@@ -214,11 +218,12 @@ def sign_access_token(
     clock: Clock,
     auth_time: datetime,
     token_id: str,
+    session_id: UUID | None = None,
 ) -> str:
     """A signed access token for `subject_id`, valid for `ttl` from now.
 
     `auth_time` is when the person last proved who they are (it survives refreshes);
-    `token_id` becomes the `jti` that revocation checks use.
+    `token_id` becomes the `jti`, `session_id` the `sid` that revocations name.
     """
     if role not in ROLES:
         raise ValueError(f"unknown role {role!r}")
@@ -233,6 +238,8 @@ def sign_access_token(
         "exp": int((now + ttl).timestamp()),
         "auth_time": int(auth_time.timestamp()),
     }
+    if session_id is not None:
+        claims["sid"] = str(session_id)
     return jwt.encode(
         claims,
         private_key,
@@ -248,7 +255,8 @@ def _invalid(detail: str = "The access token is invalid.") -> Unauthorized:
     return Unauthorized(detail, bearer_error="invalid_token")
 
 
-RevocationCheck = Callable[[str], Awaitable[bool]]
+RevocationCheck = Callable[[Caller], Awaitable[bool]]
+"""Whether a verified caller's token has been revoked (by its `token_id` or `session_id`)."""
 
 
 class TokenVerifier:
@@ -340,7 +348,7 @@ class TokenVerifier:
             raise _invalid() from exc
 
         caller = self._caller_from(claims, now)
-        if self._is_revoked is not None and await self._is_revoked(caller.token_id):
+        if self._is_revoked is not None and await self._is_revoked(caller):
             raise _invalid("The access token has been revoked.")
         return caller
 
@@ -350,7 +358,8 @@ class TokenVerifier:
             issued_at = _timestamp(claims["iat"])
             auth_time = _timestamp(claims["auth_time"])
             subject_id = UUID(claims["sub"])
-        except (TypeError, ValueError, OverflowError) as exc:
+            session_id = None if claims.get("sid") is None else UUID(claims["sid"])
+        except (TypeError, ValueError, OverflowError, AttributeError) as exc:
             raise _invalid() from exc
         if now > expires_at + self._leeway:
             raise _invalid("The access token has expired.")
@@ -360,7 +369,7 @@ class TokenVerifier:
         token_id = claims["jti"]
         if role not in ROLES or not isinstance(token_id, str) or not token_id:
             raise _invalid()
-        return Caller(subject_id, role, token_id, auth_time, expires_at)
+        return Caller(subject_id, role, token_id, auth_time, expires_at, session_id)
 
 
 def _timestamp(value: Any) -> datetime:

@@ -26,7 +26,13 @@ from faststream.kafka import KafkaBroker
 from faststream.specification import AsyncAPI
 from sqlalchemy import text
 
-from confide_toolkit.auth import Caller, TokenVerifier, caller_dependency, record_signing_key
+from confide_toolkit.auth import (
+    Caller,
+    RevocationCheck,
+    TokenVerifier,
+    caller_dependency,
+    record_signing_key,
+)
 from confide_toolkit.availability import (
     Availability,
     RefuseWhileUnavailable,
@@ -56,6 +62,7 @@ from confide_toolkit.problem import (
     problem_response,
 )
 from confide_toolkit.relay import OutboxRelay, idempotent_producer
+from confide_toolkit.revocations import RevokedSessions, revocation_handlers
 from confide_toolkit.settings import ServiceSettings
 from confide_toolkit.telemetry import configure_telemetry, instrument_fastapi
 
@@ -150,11 +157,22 @@ class Service:
             schema=Envelope,
         )
 
-    def check_token_revocation(self, is_revoked: Callable[[str], Awaitable[bool]]) -> None:
-        """Refuse access tokens whose id `is_revoked` (identity ends sessions this way; other
-        services see a revoked token expire within its short lifetime). Call before create_app."""
+    def check_token_revocation(self, is_revoked: RevocationCheck) -> None:
+        """Refuse the access tokens of the callers `is_revoked` says were revoked (identity
+        checks its own sessions this way; other services call `refuse_revoked_sessions`).
+        Call before create_app."""
         self.token_verifier = TokenVerifier(self.engine, self.clock, is_revoked=is_revoked)
         self.current_caller = caller_dependency(self.token_verifier)
+
+    def refuse_revoked_sessions(self) -> None:
+        """Refuse, for every authenticated caller, the access tokens of the sessions identity
+        ended (sign-out, password change, closure, a stolen refresh token), within about a
+        second of the `SessionsRevoked` event instead of when they expire: keeps the
+        `session_revocations` read model from identity.events (`confide_toolkit.revocations`).
+        The service's migrations must opt into the `SESSION_REVOCATIONS` toolkit part. Call
+        before create_app."""
+        self.subscribe(IDENTITY_EVENTS, revocation_handlers())
+        self.check_token_revocation(RevokedSessions(self.engine, self.clock).is_revoked)
 
     def after_start(self, hook: Callable[[], Awaitable[None]]) -> None:
         """Run `hook` once the service has started (consumers and relay running)."""

@@ -3,6 +3,7 @@
 - `accounts`: registration, reading the account, profile changes, password change, closing,
   and shredding the profile when retention says so;
 - `sessions`: sign-in, refresh-token families, sign-out and the revocation check;
+- `revocation`: ending sessions and announcing it (`SessionsRevoked`) to every service;
 - `throttling`: counting failed sign-ins and locking emails and client addresses;
 - `totp`: enrolling and confirming the second factor, and matching its codes;
 - `sealing`: personal data sealed under each person's `identity.profile` data key.

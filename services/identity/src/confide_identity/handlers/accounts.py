@@ -28,7 +28,7 @@ from confide_identity.domain import (
     PolicyViolation,
     SignInLocked,
 )
-from confide_identity.handlers import Dependencies, throttling
+from confide_identity.handlers import Dependencies, revocation, throttling
 from confide_identity.handlers.sealing import Profile, profile_document
 from confide_identity.passwords import check_password
 from confide_identity.store import AccountRecord
@@ -206,10 +206,17 @@ async def change_password(
         sealed = await deps.sealing.seal(conn, account_id, "password", new_hash.encode("ascii"))
         account.change_password(sealed, now)
         await deps.accounts.save(conn, account)
-        await deps.sessions.revoke_all_of(
-            conn, account_id, now, "password-changed", except_session=session_of(caller.token_id)
+        revoked = await revocation.end_sessions_of(
+            deps,
+            conn,
+            account_id,
+            now,
+            "password_changed",
+            except_session=caller.session_id or session_of(caller.token_id),
         )
         await deps.outbox.put(conn, contract.PasswordChanged(subject_id=account_id, changed_at=now))
+        if revoked is not None:
+            await deps.outbox.put(conn, revoked)
 
     await run_command(deps.engine, work)
 
@@ -237,8 +244,10 @@ async def close_account(deps: Dependencies, account_id: UUID) -> None:
         now = deps.clock.now()
         account.close(now)
         await deps.accounts.save(conn, account)
-        await deps.sessions.revoke_all_of(conn, account_id, now, "account-closed")
+        revoked = await revocation.end_sessions_of(deps, conn, account_id, now, "account_closed")
         await deps.outbox.put(conn, contract.AccountClosed(subject_id=account_id, closed_at=now))
+        if revoked is not None:
+            await deps.outbox.put(conn, revoked)
 
     await run_command(deps.engine, work)
 
@@ -270,7 +279,11 @@ async def shred_profile(deps: Dependencies, event: RetentionExpired, ctx: EventC
     if account is not None:
         account.shred(tombstone.key_id, tombstone.shredded_at)
         await deps.accounts.save(conn, account)
-    await deps.sessions.revoke_all_of(conn, event.subject_id, deps.clock.now(), "profile-erased")
+    revoked = await revocation.end_sessions_of(
+        deps, conn, event.subject_id, deps.clock.now(), "profile_erased"
+    )
+    if revoked is not None:
+        await ctx.emit(revoked)
     await ctx.emit(
         contract.SubjectDataShredded(
             subject_id=event.subject_id,

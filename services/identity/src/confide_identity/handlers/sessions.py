@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from confide_identity import domain
 from confide_identity.domain import InvalidRefreshToken, InvalidTotpCode, SignInLocked, TotpRequired
-from confide_identity.handlers import Dependencies, throttling
+from confide_identity.handlers import Dependencies, revocation, throttling
 from confide_identity.handlers.accounts import email_index, rehash_password
 from confide_identity.handlers.totp import matching_step
 from confide_identity.store import AccountRecord, PresentedRefreshToken, SessionLifetime
@@ -185,6 +185,7 @@ async def _issue(
         deps.clock,
         auth_time,
         token_id=access_token_id(session_id),
+        session_id=session_id,
     )
     return TokenPair(access_token, refresh_token, int(deps.access_token_ttl.total_seconds()))
 
@@ -201,7 +202,11 @@ async def refresh_session(deps: Dependencies, refresh_token: str) -> TokenPair:
         token = await deps.sessions.presented(conn, digest)
         verdict = refresh_verdict(token, now)
         if verdict is RefreshVerdict.REUSED and token is not None:
-            await deps.sessions.revoke(conn, token.session_id, now, "refresh-token-reuse")
+            revoked = await revocation.end_session(
+                deps, conn, token.account_id, token.session_id, now, "refresh_token_reused"
+            )
+            if revoked is not None:
+                await deps.outbox.put(conn, revoked)
     if verdict is not RefreshVerdict.USABLE or token is None:
         raise InvalidRefreshToken()
     key = await deps.signing_keys.current()  # before the transaction: see sign_in
@@ -214,12 +219,17 @@ async def refresh_session(deps: Dependencies, refresh_token: str) -> TokenPair:
 
 
 async def sign_out(deps: Dependencies, caller: Caller) -> None:
-    """End the caller's session: its refresh token and access tokens stop working."""
-    session_id = session_of(caller.token_id)
+    """End the caller's session: its refresh token and access tokens stop working, here at
+    once and in every other service once it has read the `SessionsRevoked` announcement."""
+    session_id = caller.session_id or session_of(caller.token_id)
     if session_id is None:
         return
     async with deps.engine.begin() as conn:
-        await deps.sessions.revoke(conn, session_id, deps.clock.now(), "signed-out")
+        revoked = await revocation.end_session(
+            deps, conn, caller.subject_id, session_id, deps.clock.now(), "signed_out"
+        )
+        if revoked is not None:
+            await deps.outbox.put(conn, revoked)
 
 
 async def is_token_revoked(deps: Dependencies, token_id: str) -> bool:

@@ -51,6 +51,7 @@ from confide_toolkit import (  # noqa: F401
     keyring,
     outbox,
     positions,
+    revocations,
 )
 from confide_toolkit.database import toolkit_metadata
 
@@ -77,14 +78,20 @@ class ToolkitPart:
 CONSENT_VIEW = ToolkitPart("consent_view", (consents.consent_view,))
 """The read model of consents (`confide_toolkit.consents`), for the services that keep it."""
 
+SESSION_REVOCATIONS = ToolkitPart("session_revocations", (revocations.session_revocations,))
+"""The read model of the sessions identity ended (`confide_toolkit.revocations`), for the
+services that refuse their tokens (`Service.refuse_revoked_sessions`)."""
+
+_OPTIONAL_TABLES = (*CONSENT_VIEW.tables, *SESSION_REVOCATIONS.tables)
+
 CORE = ToolkitPart(
     "core",
-    tuple(table for table in toolkit_metadata.sorted_tables if table not in CONSENT_VIEW.tables),
+    tuple(table for table in toolkit_metadata.sorted_tables if table not in _OPTIONAL_TABLES),
 )
 """The tables every service has: every table of the toolkit's modules (imported above) but
 those of the optional parts. A new toolkit table is a new revision of the `core` branch."""
 
-TOOLKIT_PARTS = {part.name: part for part in (CORE, CONSENT_VIEW)}
+TOOLKIT_PARTS = {part.name: part for part in (CORE, CONSENT_VIEW, SESSION_REVOCATIONS)}
 
 COMBINED_HISTORY_HEAD = "0003"
 """The newest revision of identity's and consent's histories from when each service's history
