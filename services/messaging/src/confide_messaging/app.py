@@ -12,6 +12,7 @@ from confide_events.messaging import (
     RecordAccessed,
     RecordsDisclosed,
     SessionNoteRecorded,
+    SubjectDataShredded,
 )
 from confide_toolkit.clock import Clock
 from confide_toolkit.service import Service, run
@@ -58,7 +59,14 @@ def create_app(settings: MessagingSettings | None = None, clock: Clock | None = 
     service, deps = build(settings, clock)
     consumers.subscribe(service, deps)
     service.document_publications(
-        [ConversationStarted, MessageSent, SessionNoteRecorded, RecordAccessed, RecordsDisclosed]
+        [
+            ConversationStarted,
+            MessageSent,
+            SessionNoteRecorded,
+            RecordAccessed,
+            RecordsDisclosed,
+            SubjectDataShredded,
+        ]
     )
     return service.create_app(
         title="Confide messaging",

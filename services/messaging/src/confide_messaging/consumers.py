@@ -1,10 +1,12 @@
 """The events the messaging service consumes: who is who and who closed their account (from
-identity), and the consents disclosures check (the toolkit's `consent_view`)."""
+identity), the consents disclosures check (the toolkit's `consent_view`), and the expiries of
+its categories (from retention)."""
 
 from __future__ import annotations
 
 from confide_events.identity import AccountClosed, UserRegistered
-from confide_events.topics import CONSENT_EVENTS, IDENTITY_EVENTS
+from confide_events.retention import RetentionExpired
+from confide_events.topics import CONSENT_EVENTS, IDENTITY_EVENTS, RETENTION_EVENTS
 from confide_toolkit.consents import consent_handlers
 from confide_toolkit.inbox import EventContext
 from confide_toolkit.service import Service
@@ -25,4 +27,9 @@ def subscribe(service: Service, deps: Dependencies) -> None:
     service.subscribe(
         IDENTITY_EVENTS, {UserRegistered: on_user_registered, AccountClosed: on_account_closed}
     )
+
+    async def on_retention_expired(event: RetentionExpired, ctx: EventContext) -> None:
+        await handlers.shred_on_retention_expired(deps, event, ctx)
+
     service.subscribe(CONSENT_EVENTS, consent_handlers())
+    service.subscribe(RETENTION_EVENTS, {RetentionExpired: on_retention_expired})

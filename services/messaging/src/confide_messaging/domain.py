@@ -18,7 +18,7 @@ from typing import Any, Final
 from uuid import UUID
 
 from confide_events.messaging import ParticipantRole
-from confide_events.vocabulary import DataCategory
+from confide_events.vocabulary import DataCategory, MessagingCategory
 from confide_toolkit.event_store import DomainEvent
 
 STREAM_TYPE: Final = "conversation"
@@ -108,6 +108,14 @@ class NotHeldHere(MessagingError):
         super().__init__(
             f"Messaging holds only {', '.join(MESSAGING_CATEGORIES)}; not {', '.join(categories)}."
         )
+
+
+class RecordsErased(MessagingError):
+    """The client's key for this category was shredded; the keyring refuses to write under a
+    new one for them (an erasure must stay true for what is written next)."""
+
+    def __init__(self, category: str) -> None:
+        super().__init__(f"The client's {category} were erased; nothing new is stored for them.")
 
 
 class DownloadNotAvailable(MessagingError):
@@ -393,3 +401,12 @@ def disclosable(categories: Iterable[str]) -> tuple[DataCategory, ...]:
     if foreign:
         raise NotHeldHere(foreign)
     return tuple(c for c in MESSAGING_CATEGORIES if c in requested)
+
+
+def messaging_category(category: str) -> MessagingCategory | None:
+    """`category` when messaging owns it, else None (an expiry of another owner's data)."""
+    if category == MESSAGES:
+        return MESSAGES
+    if category == SESSION_NOTES:
+        return SESSION_NOTES
+    return None

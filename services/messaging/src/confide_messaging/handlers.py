@@ -22,13 +22,14 @@ from uuid import UUID
 
 from confide_events import messaging as published
 from confide_events.identity import AccountClosed, UserRegistered
+from confide_events.retention import RetentionExpired
 from confide_events.vocabulary import MessagingCategory
 from confide_toolkit.clock import Clock
 from confide_toolkit.commands import run_command
 from confide_toolkit.consents import find_valid_consent
 from confide_toolkit.ids import uuid7
 from confide_toolkit.inbox import EventContext
-from confide_toolkit.keyring import Keyring
+from confide_toolkit.keyring import DataKeyShredded, Keyring
 from confide_toolkit.outbox import Outbox
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -46,9 +47,11 @@ from confide_messaging.domain import (
     DownloadNotAvailable,
     IdempotencyKeyReused,
     Message,
+    RecordsErased,
     SessionNote,
     TherapistNotAvailable,
     disclosable,
+    messaging_category,
 )
 from confide_messaging.store import Conversations, DisclosureRecord, EarlierPost
 
@@ -154,9 +157,7 @@ async def post_message(deps: Dependencies, command: PostMessage) -> EarlierPost:
         conversation.check_open()
         assert conversation.client_id is not None
         message_id = uuid7()
-        sealed = await deps.keyring.encrypt(
-            conn, conversation.client_id, MESSAGES, str(message_id), command.body.encode()
-        )
+        sealed = await _seal(deps, conn, conversation.client_id, MESSAGES, message_id, command.body)
         posted = conversation.post(message_id, command.sender_id, sealed, deps.clock.now())
         await deps.conversations.save(conn, conversation)
         await deps.outbox.put(
@@ -190,9 +191,7 @@ async def record_note(
             raise ClientNotFound(client_id)
         conversation = await deps.conversations.load_for_change(conn, conversation_id)
         note_id = uuid7()
-        sealed = await deps.keyring.encrypt(
-            conn, client_id, SESSION_NOTES, str(note_id), body.encode()
-        )
+        sealed = await _seal(deps, conn, client_id, SESSION_NOTES, note_id, body)
         recorded = conversation.record_note(note_id, therapist_id, sealed, deps.clock.now())
         await deps.conversations.save(conn, conversation)
         await deps.outbox.put(
@@ -208,6 +207,20 @@ async def record_note(
         return note_id, recorded.recorded_at
 
     return await run_command(deps.engine, work)
+
+
+async def _seal(
+    deps: Dependencies,
+    conn: AsyncConnection,
+    client_id: UUID,
+    category: str,
+    record_id: UUID,
+    body: str,
+) -> bytes:
+    try:
+        return await deps.keyring.encrypt(conn, client_id, category, str(record_id), body.encode())
+    except DataKeyShredded:
+        raise RecordsErased(category) from None
 
 
 async def disclose(deps: Dependencies, command: Disclose) -> Disclosure:
@@ -326,6 +339,30 @@ async def close_conversations_on_account_closed(
         conversation = await deps.conversations.load_for_change(ctx.conn, conversation_id)
         if conversation.close(event.closed_at):
             await deps.conversations.save(ctx.conn, conversation)
+
+
+async def shred_on_retention_expired(
+    deps: Dependencies, event: RetentionExpired, ctx: EventContext
+) -> None:
+    """RetentionExpired for messaging.messages or messaging.session_notes: destroy the
+    client's key for that category (every message or note under it reads as erased from the
+    commit on) and answer, shredded with the key's id or nothing held when messaging never had
+    a key for them. Retention counts on an answer to every expiry of a category messaging owns;
+    a redelivered expiry answers the same tombstone again."""
+    category = messaging_category(event.category)
+    if category is None:
+        return
+    tombstone = await deps.keyring.shred(ctx.conn, event.subject_id, category)
+    await ctx.emit(
+        published.SubjectDataShredded(
+            subject_id=event.subject_id,
+            category=category,
+            outcome="nothing_held" if tombstone is None else "shredded",
+            key_id=None if tombstone is None else tombstone.key_id,
+            answered_at=deps.clock.now() if tombstone is None else tombstone.shredded_at,
+            erasure_case_id=event.erasure_case_id,
+        )
+    )
 
 
 # --- reads -----------------------------------------------------------------------------------

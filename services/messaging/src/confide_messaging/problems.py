@@ -21,6 +21,7 @@ from confide_messaging.domain import (
     DownloadNotAvailable,
     IdempotencyKeyReused,
     NotHeldHere,
+    RecordsErased,
     TherapistNotAvailable,
 )
 
@@ -33,6 +34,7 @@ PROBLEM_TYPES: ProblemTypes = {
     DownloadNotAvailable: _NOT_FOUND,
     ConversationClosed: ProblemType(409, "Conversation closed", slug="conversation-closed"),
     ClientNotAvailable: ProblemType(409, "Conflict", slug="account-not-open"),
+    RecordsErased: ProblemType(409, "Conflict", slug="records-erased"),
     ConsentRequired: ProblemType(403, "Consent required", slug="consent-required"),
     TherapistNotAvailable: _REFUSED_FIELD,
     NotHeldHere: _REFUSED_FIELD,
