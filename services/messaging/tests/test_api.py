@@ -4,14 +4,16 @@ their therapist, who may see what, idempotent posting, pagination, limits, closu
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from confide_events.identity import AccountClosed
+from confide_events.identity import AccountClosed, SessionsRevoked
 from confide_events.topics import IDENTITY_EVENTS
 from confide_messaging.store import messages
 from confide_testing import eventually
+from confide_toolkit.auth import sign_access_token
+from confide_toolkit.clock import SystemClock
 from sqlalchemy import func, select
 
 from .conftest import Cast, MessagingService, TopicTap
@@ -252,3 +254,56 @@ async def test_a_participants_closed_account_closes_the_conversation_to_new_mess
     )
     assert history.status_code == 200
     assert "before" in {m["body"] for m in history.json()["items"]}
+
+
+async def test_a_revoked_sessions_token_is_refused_on_every_endpoint(
+    messaging: MessagingService, cast: Cast
+) -> None:
+    conversation_id = await messaging.open_conversation(cast)
+    session_id = uuid.uuid4()
+    token = sign_access_token(
+        messaging.minter.private_key,
+        messaging.minter.kid,
+        cast.client,
+        "client",
+        timedelta(minutes=5),
+        SystemClock(),
+        datetime.now(UTC),
+        token_id=uuid.uuid4().hex,
+        session_id=session_id,
+    )
+    headers = {"Authorization": f"Bearer {token}"}
+    messages_path = f"/v1/conversations/{conversation_id}/messages"
+    assert (await messaging.http.get(messages_path, headers=headers)).status_code == 200
+
+    now = datetime.now(UTC)
+    await messaging.publish(
+        IDENTITY_EVENTS,
+        SessionsRevoked(
+            subject_id=cast.client,
+            session_ids=(session_id,),
+            reason="signed_out",
+            revoked_at=now,
+            tokens_expire_by=now + timedelta(minutes=10),
+        ),
+    )
+
+    async def refused() -> bool:
+        return (await messaging.http.get(messages_path, headers=headers)).status_code == 401
+
+    await eventually(refused, timeout=10)
+    for method, path, payload in (
+        ("POST", "/v1/conversations", {"therapist_id": str(cast.therapist)}),
+        ("GET", "/v1/conversations", None),
+        ("POST", messages_path, {"body": "x"}),
+        ("POST", f"/v1/clients/{cast.client}/notes", {"body": "x"}),
+        ("GET", f"/v1/clients/{cast.client}/notes", None),
+        ("GET", "/v1/compliance/conversations", None),
+        (
+            "POST",
+            "/v1/disclosures",
+            {"recipient_id": str(uuid.uuid4()), "data_categories": ["messaging.messages"]},
+        ),
+    ):
+        response = await messaging.http.request(method, path, json=payload, headers=headers)
+        assert response.status_code == 401, (method, path)

@@ -57,6 +57,8 @@ def create_app(settings: MessagingSettings | None = None, clock: Clock | None = 
     runtime to tests and tools."""
     settings = settings or MessagingSettings()  # from the environment
     service, deps = build(settings, clock)
+    # A signed-out or closed session's tokens are refused here too, not only at identity.
+    service.refuse_revoked_sessions()
     consumers.subscribe(service, deps)
     service.document_publications(
         [

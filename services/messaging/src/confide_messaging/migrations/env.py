@@ -1,7 +1,8 @@
-"""Alembic environment of the messaging service: the toolkit's history (core, and the
-`consent_view` it checks before each disclosure), then the service's own tables."""
+"""Alembic environment of the messaging service: the toolkit's history (core, the
+`consent_view` it checks before each disclosure, and the revoked sessions whose tokens it
+refuses), then the service's own tables."""
 
 from confide_messaging import store
-from confide_toolkit.migrations import CONSENT_VIEW, run_migrations
+from confide_toolkit.migrations import CONSENT_VIEW, SESSION_REVOCATIONS, run_migrations
 
-run_migrations(store.metadata, toolkit_parts=[CONSENT_VIEW])
+run_migrations(store.metadata, toolkit_parts=[CONSENT_VIEW, SESSION_REVOCATIONS])
