@@ -307,3 +307,15 @@ async def test_a_revoked_sessions_token_is_refused_on_every_endpoint(
     ):
         response = await messaging.http.request(method, path, json=payload, headers=headers)
         assert response.status_code == 401, (method, path)
+
+
+async def test_the_asyncapi_document_names_what_messaging_publishes_and_consumes(
+    messaging: MessagingService,
+) -> None:
+    document = (await messaging.http.get("/asyncapi.json")).json()
+
+    channels = str(document["channels"])
+    for topic in ("messaging.events", "identity.events", "consent.events", "retention.events"):
+        assert topic in channels
+    for event in ("MessageSent", "RecordAccessed", "RecordsDisclosed", "SubjectDataShredded"):
+        assert f"confide.messaging.{event}" in str(document)
