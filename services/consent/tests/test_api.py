@@ -20,7 +20,7 @@ from confide_consent.store import (
     consents,
     receipt_signing_keys,
 )
-from confide_testing import serving
+from confide_testing import eventually, serving
 from confide_toolkit.event_store import ConcurrencyConflict, stored_events
 from confide_toolkit.outbox import outbox
 from confide_toolkit.problem import problem_type
@@ -168,6 +168,32 @@ async def test_only_signed_in_clients_grant(
         headers=consent.minter.headers(uuid.uuid4(), "therapist"),
     )
     assert (anonymous.status_code, therapist.status_code) == (401, 403)
+
+
+async def test_a_token_of_a_session_identity_ended_is_refused(consent: ConsentService) -> None:
+    ended, other = uuid.uuid4(), uuid.uuid4()
+    tokens = {
+        session: {
+            "Authorization": f"Bearer {consent.minter.token(consent.client_id, session_id=session)}"
+        }
+        for session in (ended, other)
+    }
+    assert (await consent.http.get("/v1/consents", headers=tokens[ended])).status_code == 200
+
+    await consent.minter.revoke_sessions(consent.client_id, ended)
+
+    async def refused() -> bool:
+        answer = await consent.http.get("/v1/consents", headers=tokens[ended])
+        return answer.status_code == 401
+
+    await eventually(refused)
+    answer = await consent.http.get("/v1/consents", headers=tokens[ended])
+    assert answer.headers["content-type"] == "application/problem+json"
+    assert answer.headers["www-authenticate"] == 'Bearer error="invalid_token"'
+    assert answer.json()["detail"] == "The access token has been revoked."
+    # The person's other session, and tokens that name no session, still work.
+    assert (await consent.http.get("/v1/consents", headers=tokens[other])).status_code == 200
+    assert (await consent.http.get("/v1/consents", headers=consent.as_client())).status_code == 200
 
 
 async def test_withdrawal_is_one_call_and_takes_effect_at_once(

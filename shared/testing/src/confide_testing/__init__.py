@@ -22,8 +22,14 @@ import sqlalchemy
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from asgi_lifespan import LifespanManager
-from confide_events import CLOUDEVENTS_JSON, CONTENT_TYPE_HEADER, encode_envelope, to_envelope
-from confide_events.identity import PublicSigningKey, SigningKeyPublished
+from confide_events import (
+    CLOUDEVENTS_JSON,
+    CONTENT_TYPE_HEADER,
+    IntegrationEvent,
+    encode_envelope,
+    to_envelope,
+)
+from confide_events.identity import PublicSigningKey, SessionsRevoked, SigningKeyPublished
 from confide_events.topics import IDENTITY_EVENTS
 from confide_toolkit.auth import Role, load_signing_keys, public_jwk, sign_access_token
 from confide_toolkit.clock import SystemClock
@@ -174,12 +180,30 @@ class TokenMinter:
     private_key: Ed25519PrivateKey = field(default_factory=Ed25519PrivateKey.generate)
 
     async def publish_key(self) -> None:
-        now = datetime.now(UTC)
-        event = SigningKeyPublished(
-            kid=self.kid,
-            public_jwk=PublicSigningKey.model_validate(public_jwk(self.private_key, self.kid)),
-            published_at=now,
+        await self._publish(
+            SigningKeyPublished(
+                kid=self.kid,
+                public_jwk=PublicSigningKey.model_validate(public_jwk(self.private_key, self.kid)),
+                published_at=datetime.now(UTC),
+            )
         )
+
+    async def revoke_sessions(self, subject_id: uuid.UUID, *session_ids: uuid.UUID) -> None:
+        """End sessions as identity does when a person signs out: a real `SessionsRevoked`
+        on identity.events, which services that refuse revoked sessions consume."""
+        now = datetime.now(UTC)
+        await self._publish(
+            SessionsRevoked(
+                subject_id=subject_id,
+                session_ids=session_ids,
+                reason="signed_out",
+                revoked_at=now,
+                tokens_expire_by=now + timedelta(minutes=10),
+            )
+        )
+
+    async def _publish(self, event: IntegrationEvent) -> None:
+        now = datetime.now(UTC)
         envelope = to_envelope(event, event_id=uuid7(), time=now, correlation_id=str(uuid.uuid4()))
         producer = idempotent_producer(self.kafka_bootstrap)
         await producer.start()
@@ -208,7 +232,9 @@ class TokenMinter:
         role: Role = "client",
         ttl: timedelta = timedelta(minutes=5),
         auth_time: datetime | None = None,
+        session_id: uuid.UUID | None = None,
     ) -> str:
+        """A signed access token; with `session_id`, of that session (see `revoke_sessions`)."""
         now = datetime.now(UTC)
         return sign_access_token(
             self.private_key,
@@ -219,6 +245,7 @@ class TokenMinter:
             SystemClock(),
             auth_time or now,
             token_id=uuid.uuid4().hex,
+            session_id=session_id,
         )
 
     def headers(self, subject_id: uuid.UUID, role: Role = "client") -> dict[str, str]:
