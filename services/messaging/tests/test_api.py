@@ -3,6 +3,7 @@ their therapist, who may see what, idempotent posting, pagination, limits, closu
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -319,3 +320,31 @@ async def test_the_asyncapi_document_names_what_messaging_publishes_and_consumes
         assert topic in channels
     for event in ("MessageSent", "RecordAccessed", "RecordsDisclosed", "SubjectDataShredded"):
         assert f"confide.messaging.{event}" in str(document)
+
+
+async def test_concurrent_retries_store_one_message_and_never_answer_500(
+    messaging: MessagingService, cast: Cast
+) -> None:
+    first = await messaging.open_conversation(cast)
+    second = await messaging.open_conversation(cast)
+    headers = {**messaging.as_(cast.client), "Idempotency-Key": f"race-{uuid.uuid4()}"}
+
+    answers = await asyncio.gather(
+        *(
+            messaging.http.post(
+                f"/v1/conversations/{conversation}/messages", json={"body": "once"}, headers=headers
+            )
+            for conversation in (first, first, first, second)
+        )
+    )
+
+    statuses = sorted(a.status_code for a in answers)
+    assert statuses in ([201, 201, 201, 422], [201, 422, 422, 422])
+    assert len({a.json()["message_id"] for a in answers if a.status_code == 201}) == 1
+    async with messaging.deps.engine.connect() as conn:
+        stored = await conn.scalar(
+            select(func.count())
+            .select_from(messages)
+            .where(messages.c.conversation_id.in_([uuid.UUID(first), uuid.UUID(second)]))
+        )
+    assert stored == 1

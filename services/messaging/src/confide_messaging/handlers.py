@@ -172,8 +172,10 @@ async def post_message(deps: Dependencies, command: PostMessage) -> EarlierPost:
             ),
         )
         post = EarlierPost(conversation.conversation_id, message_id, posted.sent_at)
-        if command.idempotency_key is not None:
-            await store.remember_post(conn, command.sender_id, command.idempotency_key, post)
+        if command.idempotency_key is not None and not await store.remember_post(
+            conn, command.sender_id, command.idempotency_key, post
+        ):
+            raise IdempotencyKeyReused()  # rolls the message back: nothing stored twice
         return post
 
     return await run_command(deps.engine, work)

@@ -529,16 +529,23 @@ async def find_earlier_post(
 
 async def remember_post(
     conn: AsyncConnection, sender_id: uuid.UUID, idempotency_key: str, post: EarlierPost
-) -> None:
-    await conn.execute(
-        insert(idempotent_posts).values(
+) -> bool:
+    """Remember the post made with this key; False when another transaction took the key
+    first (posts to one conversation queue on its lock, so only a post to another
+    conversation can)."""
+    remembered = await conn.scalar(
+        pg_insert(idempotent_posts)
+        .values(
             sender_id=sender_id,
             idempotency_key=idempotency_key,
             conversation_id=post.conversation_id,
             message_id=post.message_id,
             sent_at=post.sent_at,
         )
+        .on_conflict_do_nothing()
+        .returning(idempotent_posts.c.message_id)
     )
+    return remembered is not None
 
 
 # --- disclosures -----------------------------------------------------------------------------
