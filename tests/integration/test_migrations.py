@@ -151,12 +151,12 @@ def test_a_schema_that_differs_from_the_models_is_reported(
     execute(
         head_database,
         f"ALTER TABLE {table} DROP COLUMN {column}",
-        "ALTER TABLE inbox ALTER COLUMN event_type TYPE text",
+        "ALTER TABLE outbox ALTER COLUMN topic TYPE text",
         "CREATE TABLE stray (id integer)",
     )
     assert described(drift(head_database, service)) == {
         f"add_column {table}.{column}",
-        "modify_type inbox.event_type",
+        "modify_type outbox.topic",
         "remove_table stray",
     }
 

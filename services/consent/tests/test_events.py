@@ -21,8 +21,9 @@ from confide_toolkit.consents import consent_handlers, find_valid_consent
 from confide_toolkit.database import create_engine, toolkit_metadata
 from confide_toolkit.event_store import stored_events, stream_snapshots
 from confide_toolkit.ids import uuid7
-from confide_toolkit.inbox import ConsumedRecord, InboxConsumer, Outcome, inbox
+from confide_toolkit.inbox import ConsumedRecord, InboxConsumer, Outcome
 from confide_toolkit.outbox import Outbox
+from confide_toolkit.positions import consumer_positions
 from confide_toolkit.relay import idempotent_producer
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -82,10 +83,8 @@ async def consent_reader(database_url: str, kafka_bootstrap: str) -> AsyncIterat
         await engine.dispose()
 
 
-async def publish_account_closed(
-    kafka_bootstrap: str, subject_id: uuid.UUID
-) -> tuple[uuid.UUID, bytes]:
-    """Publish AccountClosed as identity would; returns its event id and the record's bytes."""
+async def publish_account_closed(kafka_bootstrap: str, subject_id: uuid.UUID) -> ConsumedRecord:
+    """Publish AccountClosed as identity would; returns the record as the broker holds it."""
     now = datetime.now(UTC)
     envelope = to_envelope(
         AccountClosed(subject_id=subject_id, closed_at=now),
@@ -96,15 +95,16 @@ async def publish_account_closed(
     value = encode_envelope(envelope)
     producer = idempotent_producer(kafka_bootstrap)
     await producer.start()
+    key, headers = str(subject_id).encode(), [(CONTENT_TYPE_HEADER, CLOUDEVENTS_JSON.encode())]
     try:
-        await producer.send_and_wait(
-            IDENTITY_EVENTS,
-            value=value,
-            key=str(subject_id).encode(),
-            headers=[(CONTENT_TYPE_HEADER, CLOUDEVENTS_JSON.encode())],
+        placed = await producer.send_and_wait(
+            IDENTITY_EVENTS, value=value, key=key, headers=headers
         )
     finally:
         await producer.stop()
+    return ConsumedRecord(
+        IDENTITY_EVENTS, placed.partition, placed.offset, key, value, tuple(headers)
+    )
     return envelope.id, value
 
 
@@ -208,7 +208,7 @@ async def test_redelivered_account_closed_has_no_second_effect(
     consent: ConsentService, payloads: type[Payloads], kafka_bootstrap: str
 ) -> None:
     await consent.grant(payloads.research())
-    first_id, value = await publish_account_closed(kafka_bootstrap, consent.client_id)
+    first = await publish_account_closed(kafka_bootstrap, consent.client_id)
 
     async def closed() -> bool:
         return (
@@ -217,18 +217,21 @@ async def test_redelivered_account_closed_has_no_second_effect(
 
     await eventually(closed)
     consumer = consent.service.consumer(IDENTITY_EVENTS)
-    redelivered = ConsumedRecord(IDENTITY_EVENTS, 0, 0, str(consent.client_id).encode(), value)
-    assert await consumer.consume(redelivered) is Outcome.DUPLICATE
+    assert await consumer.consume(first) is Outcome.DUPLICATE  # delivered again
 
     # Identity publishing the closure again (a new event id) changes nothing either.
-    second_id, _ = await publish_account_closed(kafka_bootstrap, consent.client_id)
+    second = await publish_account_closed(kafka_bootstrap, consent.client_id)
 
     async def both_handled() -> bool:
         async with consent.service.engine.connect() as conn:
-            handled = await conn.scalar(
-                select(func.count()).where(inbox.c.event_id.in_([first_id, second_id]))
+            position = await conn.scalar(
+                select(consumer_positions.c.next_offset).where(
+                    consumer_positions.c.consumer == consumer.name,
+                    consumer_positions.c.topic == IDENTITY_EVENTS,
+                    consumer_positions.c.partition == second.partition,
+                )
             )
-        return handled == 2
+        return position is not None and position > second.offset
 
     await eventually(both_handled)
     assert await ledger_length(consent, consent.client_id) == 4

@@ -28,6 +28,7 @@ from confide_identity.handlers import Dependencies
 from confide_identity.settings import IdentitySettings
 from confide_testing import Infrastructure, scratch_database, serving
 from confide_toolkit.clock import FrozenClock
+from confide_toolkit.fences import is_marker
 from confide_toolkit.ids import uuid7
 from confide_toolkit.relay import idempotent_producer
 from confide_toolkit.topics import ensure_topics, suite_topics
@@ -146,7 +147,8 @@ class Record:
 
 
 async def read_topic(bootstrap: str, topic: str) -> list[Record]:
-    """Every record of a topic, from the beginning up to its current end."""
+    """Every event record of a topic (relay markers skipped), from the beginning up to its
+    current end."""
     await ensure_topics(bootstrap, suite_topics())
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
@@ -169,7 +171,11 @@ async def read_topic(bootstrap: str, topic: str) -> list[Record]:
         while await behind():
             batch = await consumer.getmany(*partitions, timeout_ms=1000)
             for messages in batch.values():
-                records += [Record(m.value or b"", tuple(m.headers or ()), m.key) for m in messages]
+                records += [
+                    Record(m.value or b"", tuple(m.headers or ()), m.key)
+                    for m in messages
+                    if not is_marker(m.headers)
+                ]
         return records
     finally:
         await consumer.stop()

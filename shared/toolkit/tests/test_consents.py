@@ -4,6 +4,7 @@ grants and revocations arrive through Kafka and an idempotent consumer."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -53,7 +54,12 @@ def revoked(grant: ConsentGranted, at: datetime) -> ConsentRevoked:
     )
 
 
-def record(event: IntegrationEvent, offset: int = 0) -> ConsumedRecord:
+_offsets = itertools.count()
+
+
+def record(event: IntegrationEvent) -> ConsumedRecord:
+    """A record of the consent topic, each at the next offset (as the broker would place it)."""
+    offset = next(_offsets)
     envelope = to_envelope(event, event_id=uuid7(), time=T0, correlation_id=str(uuid.uuid4()))
     return ConsumedRecord("consent.events", 0, offset, None, encode_envelope(envelope))
 
@@ -171,8 +177,9 @@ async def test_redelivered_consent_events_have_no_second_effect(
     toolkit_engine: AsyncEngine, reader: InboxConsumer
 ) -> None:
     grant = granted(uuid.uuid4())
-    first_revocation = record(revoked(grant, T0 + timedelta(hours=1)), offset=1)
-    assert await reader.consume(record(grant)) is Outcome.APPLIED
+    granting = record(grant)
+    first_revocation = record(revoked(grant, T0 + timedelta(hours=1)))
+    assert await reader.consume(granting) is Outcome.APPLIED
     assert await reader.consume(first_revocation) is Outcome.APPLIED
 
     assert await reader.consume(first_revocation) is Outcome.DUPLICATE

@@ -31,7 +31,7 @@ from confide_toolkit.inbox import (
     subscribe_batches,
 )
 from confide_toolkit.outbox import Outbox
-from confide_toolkit.positions import PositionsInDatabase
+from confide_toolkit.positions import Position, PositionsInDatabase
 from confide_toolkit.relay import idempotent_producer
 from faststream.kafka import KafkaBroker
 from sqlalchemy import Column, MetaData, Table, func, select
@@ -307,11 +307,11 @@ class RestartingDatabasePositions:
 
     consumer = "test"
 
-    def __init__(self, failures: int, held: dict[tuple[str, int], int]) -> None:
+    def __init__(self, failures: int, held: dict[tuple[str, int], Position]) -> None:
         self.failures = failures
         self.held = held
 
-    async def read(self, topics: Any) -> dict[tuple[str, int], int]:
+    async def read(self, topics: Any) -> dict[tuple[str, int], Position]:
         if self.failures:
             self.failures -= 1
             raise ConnectionRefusedError("the database is restarting")
@@ -319,7 +319,7 @@ class RestartingDatabasePositions:
 
 
 async def test_assigned_partitions_seek_to_the_database_positions_once_it_answers() -> None:
-    positions = RestartingDatabasePositions(failures=2, held={("a.events", 0): 42})
+    positions = RestartingDatabasePositions(failures=2, held={("a.events", 0): Position(42, {})})
     listener = PositionsInDatabase(positions)  # type: ignore[arg-type]
     kafka = SeekingKafkaConsumer()
     listener.subscriber = type("Subscriber", (), {"consumer": kafka})()

@@ -19,6 +19,7 @@ from confide_events.identity import AccountClosed, UserRegistered
 from confide_testing import TopicFactory
 from confide_toolkit.clock import SystemClock
 from confide_toolkit.database import libpq_url
+from confide_toolkit.fences import is_marker
 from confide_toolkit.inbox import (
     BatchProjection,
     EventContext,
@@ -94,6 +95,7 @@ async def put_events(engine: AsyncEngine, box: Outbox, events: Sequence[Any]) ->
 
 
 async def read_topic(bootstrap: str, topic: str, expected: int, timeout: float = 20) -> list[Any]:
+    """The events on a topic (relay markers skipped), until `expected` arrived or `timeout`."""
     consumer = AIOKafkaConsumer(
         topic,
         bootstrap_servers=bootstrap,
@@ -108,7 +110,7 @@ async def read_topic(bootstrap: str, topic: str, expected: int, timeout: float =
             while len(records) < expected:
                 batch = await consumer.getmany(timeout_ms=500)
                 for partition_records in batch.values():
-                    records.extend(partition_records)
+                    records.extend(r for r in partition_records if not is_marker(r.headers))
     except TimeoutError:
         pass
     finally:
@@ -264,11 +266,33 @@ async def test_only_one_relay_is_active_and_a_standby_takes_over(
 class RelayDyingBeforeMarking(OutboxRelay):
     """A relay process that crashes after Kafka acknowledged a batch, before deleting it."""
 
-    async def mark_published(self, conn: psycopg.AsyncConnection[Any], ids: Sequence[int]) -> None:
+    async def mark_published(
+        self,
+        conn: psycopg.AsyncConnection[Any],
+        ids: Sequence[int],
+        acknowledged: dict[tuple[str, int], int] | None = None,
+    ) -> None:
         raise SystemExit("relay killed between publish and mark")
 
 
-async def test_relay_dying_after_publish_duplicates_and_the_consumer_applies_once(
+async def all_records(bootstrap: str, topic: str, expected: int) -> list[Any]:
+    """Every record of the topic, relay markers included, in offset order per partition."""
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None
+    )
+    await consumer.start()
+    records: list[Any] = []
+    try:
+        async with asyncio.timeout(20):
+            while len(records) < expected:
+                for batch in (await consumer.getmany(timeout_ms=500)).values():
+                    records.extend(batch)
+    finally:
+        await consumer.stop()
+    return sorted(records, key=lambda r: (r.partition, r.offset))
+
+
+async def test_a_relay_dying_after_publish_is_not_published_again_by_its_successor(
     engine: AsyncEngine,
     database_url: str,
     kafka_bootstrap: str,
@@ -283,18 +307,72 @@ async def test_relay_dying_after_publish_duplicates_and_the_consumer_applies_onc
     dying = RelayDyingBeforeMarking(database_url, kafka_bootstrap)
     with pytest.raises(SystemExit):
         await dying.run(asyncio.Event())
-    assert await outbox_size(engine) == 1  # nothing was marked: it will be sent again
-    async with running(OutboxRelay(database_url, kafka_bootstrap)):
+    assert await outbox_size(engine) == 1  # nothing was marked: it is still pending
+    successor = OutboxRelay(database_url, kafka_bootstrap)
+    async with running(successor):
+        await wait_until(lambda: _empty(engine))
+        # A later event still goes out, after the fence.
+        await put_events(engine, box, [registered(subject)])
         await wait_until(lambda: _empty(engine))
 
-    records = await read_topic(kafka_bootstrap, topic, expected=2)
-    assert len(records) == 2
-    assert records[0].value == records[1].value  # the same event, twice on the wire
+    # The successor found the row on the topic and dropped it instead of publishing it again.
+    assert successor.reclaimed == 1
+    assert successor.published == 1
+    events = await read_topic(kafka_bootstrap, topic, expected=3, timeout=5)
+    assert len(events) == 2
+    consumer = InboxConsumer("test", engine, box, {UserRegistered: count_effect}, producer)
+    records = await all_records(kafka_bootstrap, topic, expected=2 + 2 * 3)
+    outcomes = await consumer.consume_batch(records)
+    assert outcomes.count(Outcome.APPLIED) == 2
+    assert await effect_count(engine, subject) == 2
 
+
+async def test_a_superseded_relays_late_copy_is_recognised_by_its_fence(
+    engine: AsyncEngine,
+    database_url: str,
+    kafka_bootstrap: str,
+    new_topic: TopicFactory,
+    producer: AIOKafkaProducer,
+) -> None:
+    """A relay that lost its database session but whose producer still sends (a network
+    partition, a paused process) appends its copy after its successor's marker: consumers
+    must apply the event once, whichever copy they see first."""
+    topic = await new_topic(partitions=1)
+    box = Outbox("identity", SystemClock(), topic=topic)
+    subject = uuid.uuid4()
+    await put_events(engine, box, [registered(subject)])
+    async with engine.connect() as conn:
+        value, key, event_id = (
+            await conn.execute(select(outbox.c.value, outbox.c.partition_key, outbox.c.event_id))
+        ).one()
+
+    first = OutboxRelay(database_url, kafka_bootstrap)
+    async with running(first):
+        await wait_until(lambda: _empty(engine))
+    [_marker, first_record] = await all_records(kafka_bootstrap, topic, expected=2)
+    # The successor takes over: a new marker; nothing pending.
+    async with running(OutboxRelay(database_url, kafka_bootstrap)):
+        await put_events(engine, box, [registered(subject)])
+        await wait_until(lambda: _empty(engine))
+    # The superseded relay's producer now appends a copy of its event, with its old fence.
+    await (
+        await producer.send(
+            topic, value=bytes(value), key=key.encode(), headers=list(first_record.headers)
+        )
+    )
+
+    records = await all_records(kafka_bootstrap, topic, expected=5)
     consumer = InboxConsumer("test", engine, box, {UserRegistered: count_effect}, producer)
     outcomes = [await consumer.consume(r) for r in records]
-    assert outcomes == [Outcome.APPLIED, Outcome.DUPLICATE]
-    assert await effect_count(engine, subject) == 1
+    assert outcomes == [
+        Outcome.IGNORED,  # the first relay's marker
+        Outcome.APPLIED,
+        Outcome.IGNORED,  # its successor's marker
+        Outcome.APPLIED,  # the successor's own event
+        Outcome.DUPLICATE,  # the late copy, below its source's newest fence
+    ]
+    assert decode_envelope(records[4].value).id == event_id
+    assert await effect_count(engine, subject) == 2
 
 
 async def test_consumer_dying_before_offset_commit_gets_redelivery_and_applies_once(
@@ -333,9 +411,33 @@ async def test_consumer_dying_before_offset_commit_gets_redelivery_and_applies_o
 
     # The first process applies the effect and dies before committing its offset.
     assert await consume_once(commit=False) is Outcome.APPLIED
-    # Its successor in the group is given the same record again; the inbox absorbs it.
+    # Its successor in the group is given the same record again; the position is past it.
     assert await consume_once(commit=True) is Outcome.DUPLICATE
     assert await effect_count(engine, subject) == 1
+
+
+async def test_a_consumer_that_lost_its_partition_applies_nothing_its_successor_applied(
+    engine: AsyncEngine, kafka_bootstrap: str, new_topic: TopicFactory, producer: AIOKafkaProducer
+) -> None:
+    """Two members of a group during a rebalance: the one that lost the partition still works
+    on the batch its successor was given too. The position's row lock fences it out."""
+    topic = await new_topic(partitions=1)
+    box = Outbox("identity", SystemClock(), topic=topic)
+    subjects = [uuid.uuid4() for _ in range(3)]
+    values = await _published(engine, box, [registered(s) for s in subjects], producer, topic)
+    for value in values:
+        await producer.send_and_wait(topic, value=value, key=b"k")
+    records = await read_topic(kafka_bootstrap, topic, expected=3)
+    handlers = {UserRegistered: count_effect}
+    leaving = InboxConsumer("group", engine, box, handlers, producer)
+    successor = InboxConsumer("group", engine, box, handlers, producer)
+    assert await leaving.consume_batch(records[:1]) == [Outcome.APPLIED]
+    # The partition moves to the successor, which reads the position and goes on.
+    await successor.positions.read([topic])
+    assert await successor.consume_batch(records[1:]) == [Outcome.APPLIED] * 2
+    # The leaving member, unaware, goes on with what it had fetched.
+    assert await leaving.consume_batch(records[1:]) == [Outcome.DUPLICATE] * 2
+    assert [await effect_count(engine, s) for s in subjects] == [1, 1, 1]
 
 
 async def test_poison_record_goes_to_the_dead_letter_topic_and_the_partition_moves_on(
@@ -401,10 +503,10 @@ async def test_event_failing_every_retry_is_dead_lettered_with_its_error(
     assert headers["dlq-error-type"] == b"LookupError"
     assert headers["dlq-attempts"] == b"3"
     assert str(subject).encode() in headers["dlq-error-message"]
-    # Not in the inbox: a fixed handler may replay it from the dead-letter topic.
-    async with engine.connect() as conn:
-        handled = await conn.scalar(text("SELECT count(*) FROM inbox"))
-    assert handled == 0
+    # The position moved past it: the partition goes on, and the record is not tried again
+    # (a fixed handler may replay it from the dead-letter topic).
+    assert await consumer.consume(records[0]) is Outcome.DUPLICATE
+    assert attempts == 3
 
 
 async def test_events_this_consumer_does_not_handle_are_ignored(
@@ -487,20 +589,16 @@ async def test_a_batch_applies_each_new_event_once_in_one_transaction(
     )
     async with engine.connect() as conn:
         values = (await conn.execute(select(outbox.c.value).order_by(outbox.c.id))).scalars().all()
-    # The first event twice (a relay retry), then the others.
-    for value in [values[0], values[0], values[1], values[2]]:
+    for value in values:
         await producer.send_and_wait(topic, value=bytes(value), key=b"k")
-    records = await read_topic(kafka_bootstrap, topic, expected=4)
+    records = await read_topic(kafka_bootstrap, topic, expected=3)
 
     consumer = InboxConsumer("test", engine, box, {UserRegistered: count_effect}, producer)
     outcomes = await consumer.consume_batch(records)
-    assert outcomes == [Outcome.APPLIED, Outcome.DUPLICATE, Outcome.IGNORED, Outcome.APPLIED]
-    assert await consumer.consume_batch(records) == [
-        Outcome.DUPLICATE,
-        Outcome.DUPLICATE,
-        Outcome.IGNORED,
-        Outcome.DUPLICATE,
-    ]
+    assert outcomes == [Outcome.APPLIED, Outcome.IGNORED, Outcome.APPLIED]
+    # The batch delivered again (a rebalance, a crash before the offset commit): the position
+    # is past all of it.
+    assert await consumer.consume_batch(records) == [Outcome.DUPLICATE] * 3
     assert await effect_count(engine, first) == 1
     assert await effect_count(engine, second) == 1
 
@@ -589,10 +687,10 @@ async def test_a_batch_projection_gets_each_run_of_its_events_in_order_and_once(
     values = await _published(
         engine, box, [registered(a), registered(b), closed, registered(c)], producer, topic
     )
-    # b twice (a relay retry): still one run of two, then the per-event handler, then c.
-    for value in [values[0], values[1], values[1], values[2], values[3]]:
+    # One run of two, then the per-event handler, then c.
+    for value in values:
         await producer.send_and_wait(topic, value=value, key=b"k")
-    records = await read_topic(kafka_bootstrap, topic, expected=5)
+    records = await read_topic(kafka_bootstrap, topic, expected=4)
     log = ProjectionLog()
     order: list[str] = []
 
@@ -604,13 +702,7 @@ async def test_a_batch_projection_gets_each_run_of_its_events_in_order_and_once(
     )
     outcomes = await consumer.consume_batch(records)
 
-    assert outcomes == [
-        Outcome.APPLIED,
-        Outcome.APPLIED,
-        Outcome.DUPLICATE,
-        Outcome.APPLIED,
-        Outcome.APPLIED,
-    ]
+    assert outcomes == [Outcome.APPLIED] * 4
     assert log.runs == [[a, b], [c]]
     assert order == ["closed after 1 run(s)"]
     assert [await effect_count(engine, s) for s in (a, b, c)] == [1, 1, 1]

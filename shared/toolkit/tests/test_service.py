@@ -16,6 +16,7 @@ from confide_events import CLOUDEVENTS_JSON, CONTENT_TYPE_HEADER, encode_envelop
 from confide_events.identity import UserRegistered
 from confide_testing import TokenMinter, TopicFactory, eventually, serving
 from confide_toolkit.auth import Caller
+from confide_toolkit.fences import fenced_headers, marker_headers
 from confide_toolkit.ids import uuid7
 from confide_toolkit.inbox import EventContext
 from confide_toolkit.relay import idempotent_producer
@@ -178,19 +179,39 @@ async def test_readiness_fails_clearly_when_the_database_is_unreachable(
         assert ready.json()["checks"]["database"] is False
 
 
-async def test_an_event_delivered_twice_through_kafka_is_applied_once(
+async def test_an_event_a_superseded_relay_published_again_is_applied_once(
     probe: Probe, producer: AIOKafkaProducer
 ) -> None:
+    """The records a relay takeover leaves on a partition, as `confide_toolkit.fences` says:
+    the old relay's marker and event, its successor's marker, then the old relay's late copy."""
     person = uuid.uuid4()
+    source = str(uuid.uuid4())
+    event = UserRegistered(subject_id=person, role="client", registered_at=datetime.now(UTC))
+    value = encode_envelope(
+        to_envelope(event, event_id=uuid7(), time=datetime.now(UTC), correlation_id=source)
+    )
+    content = [(CONTENT_TYPE_HEADER, CLOUDEVENTS_JSON.encode())]
     async with serving(probe.app):  # type: ignore[attr-defined]
-        value = await publish_registered(producer, probe.topic, person)
-        await producer.send_and_wait(probe.topic, value=value, key=str(person).encode())
+        old = await producer.send_and_wait(
+            probe.topic, value=b"", partition=0, headers=marker_headers(source)
+        )
+        for _ in range(2):
+            await producer.send_and_wait(
+                probe.topic,
+                value=value,
+                key=str(person).encode(),
+                partition=0,
+                headers=content + fenced_headers(source, old.offset),
+            )
+            await producer.send_and_wait(
+                probe.topic, value=b"", partition=0, headers=marker_headers(source)
+            )
 
-        async def both_consumed() -> bool:
-            # The group's committed offsets pass both records only after each was handled.
-            return await committed_records(probe, probe.topic) == 2
+        async def all_consumed() -> bool:
+            # The group's committed offsets pass the records only after each was handled.
+            return await committed_records(probe, probe.topic) == 5
 
-        await eventually(both_consumed)
+        await eventually(all_consumed)
     assert await effects(probe, person) == 1
 
 

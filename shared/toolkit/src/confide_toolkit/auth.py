@@ -136,7 +136,7 @@ async def record_signing_key(
     not_after: datetime | None,
 ) -> None:
     """Record (or update) a published signing key; idempotent, for the `SigningKeyPublished`
-    consumer, in the transaction of its inbox row.
+    consumer, in the transaction that moves its position.
 
     A republished key replaces the stored one, so identity retires a key by publishing it
     again with `not_after`. Raises `ValueError` for a JWK that is not a public Ed25519 key.

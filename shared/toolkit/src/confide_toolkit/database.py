@@ -1,5 +1,6 @@
 """The service's PostgreSQL database: one async engine, one metadata for the toolkit's own
-tables (event store, outbox, inbox, keyring, signing keys), transactions that carry the outbox.
+tables (event store, outbox, consumer positions, keyring, signing keys), transactions that
+carry the outbox.
 
 Every service owns exactly one database; the toolkit's tables live in it beside the service's."""
 

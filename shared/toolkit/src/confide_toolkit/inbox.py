@@ -1,11 +1,15 @@
-"""Idempotent consumers: the inbox row and the handler's effect commit in one transaction, and
-the Kafka offset is committed only afterwards. A redelivered event finds its inbox row and has
-no second effect. A failing event is retried with backoff, then goes to the dead-letter topic
-with the error in its headers, so a partition is never blocked forever and nothing is dropped.
+"""Idempotent consumers: a batch's effects and the consumer's position past it commit in one
+transaction (`confide_toolkit.positions`), and the Kafka offset is committed only afterwards.
+A redelivered record is below the position and has no second effect; a relay's re-published
+copy is recognised by its fence (`confide_toolkit.fences`). No row per event is written for
+either. A failing event is retried with backoff, then goes to the dead-letter topic with the
+error in its headers, so a partition is never blocked forever and nothing is dropped.
 
-Each partition is read from the position the consumer's own database holds
-(`confide_toolkit.positions`), written with the batch's effects, so a database restored from a
-backup re-applies what came after it; the inbox makes what it had already applied harmless."""
+Each partition is read from the position the consumer's own database holds, so a database
+restored from a backup re-applies, exactly once, what came after it.
+
+(The module keeps its name from the inbox table it used to write: it is where consumed events
+come in.)"""
 
 from __future__ import annotations
 
@@ -29,31 +33,16 @@ from confide_events.topics import dead_letter_topic
 from faststream.kafka import KafkaBroker, KafkaMessage
 from faststream.middlewares import AckPolicy
 from opentelemetry import trace
-from sqlalchemy import BigInteger, Column, DateTime, Integer, String, Table, func
-from sqlalchemy.dialects.postgresql import UUID as PG_UUID
-from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from confide_toolkit.availability import database_outage
-from confide_toolkit.database import toolkit_metadata
+from confide_toolkit.fences import Admission
 from confide_toolkit.outbox import Outbox
 from confide_toolkit.positions import ConsumerPositions, PositionsInDatabase
 from confide_toolkit.telemetry import context_from_traceparent
 
 logger = logging.getLogger(__name__)
 tracer = trace.get_tracer("confide_toolkit.inbox")
-
-inbox = Table(
-    "inbox",
-    toolkit_metadata,
-    Column("consumer", String(128), primary_key=True),
-    Column("event_id", PG_UUID(as_uuid=True), primary_key=True),
-    Column("event_type", String(128), nullable=False),
-    Column("topic", String(255), nullable=False),
-    Column("partition", Integer, nullable=False),
-    Column("offset", BigInteger, nullable=False),
-    Column("handled_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
-)
 
 BATCH_MAX_RECORDS = 500
 """Records a batch subscriber hands to `InboxConsumer.consume_batch` at most (one poll)."""
@@ -63,9 +52,6 @@ arrive, but after an empty one FastStream sleeps this long again before the next
 event arriving then waits up to this much: short keeps an idle service's latency low (25 ms
 gave a light load a p50 of 20-30 ms instead of about 10 ms), at the price of ~100 idle polls
 per second and subscriber."""
-
-# Compiled once; many rows go out as one multi-row INSERT (SQLAlchemy's insertmanyvalues).
-_CLAIM = insert(inbox).on_conflict_do_nothing().returning(inbox.c.event_id)
 
 
 class Outcome(enum.Enum):
@@ -148,6 +134,14 @@ class ConsumedRecord:
         )
 
 
+class Unreadable(Exception):
+    """A record that is not a readable event of the catalogue: no retry can help it."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
 class InboxConsumer:
     """Applies consumed events through handlers, exactly once in effect."""
 
@@ -174,30 +168,27 @@ class InboxConsumer:
 
     async def consume(self, raw: Any) -> Outcome:
         """Handle one Kafka record; returns once its outcome is durable (applied in the
-        database, or published to the dead-letter topic), so the offset may be committed."""
+        database, or published to the dead-letter topic and passed), so the offset may be
+        committed."""
         record = raw if isinstance(raw, ConsumedRecord) else ConsumedRecord.of(raw)
-        try:
-            envelope = decode_envelope(record.value)
-            event = from_envelope(envelope)
-        except (MalformedEnvelope, UnknownEventType, ValueError) as error:
-            # Retrying cannot fix a record we cannot read: dead-letter it at once.
-            await self._dead_letter(record, error, attempts=0)
-            return Outcome.DEAD_LETTERED
-        handler = self._handlers.get(type(event))
-        if handler is None:
-            return Outcome.IGNORED
         attempt = 0
         while True:
             attempt += 1
             try:
-                return await self._apply(record, envelope, event)
+                [outcome] = await self._apply([record])
+                return outcome
+            except Unreadable as unreadable:
+                # Retrying cannot fix a record we cannot read: dead-letter it at once.
+                await self._dead_letter(record, unreadable.error, attempts=0)
+                await self._pass(record)
+                return Outcome.DEAD_LETTERED
             except Exception as error:
                 if database_outage(error):
                     # Not the event's fault: it waits for the database however long that takes,
                     # and never reaches the dead-letter topic for it.
                     logger.warning(
                         "database unavailable; the event waits for it",
-                        extra=self._log_fields(record, envelope, attempt, error),
+                        extra=self._log_fields(record, attempt, error),
                     )
                     attempt -= 1
                     await asyncio.sleep(self._retry.max_backoff)
@@ -205,37 +196,25 @@ class InboxConsumer:
                 if attempt >= self._retry.attempts:
                     logger.error(
                         "event failed every attempt; sending it to the dead-letter topic",
-                        extra=self._log_fields(record, envelope, attempt, error),
+                        extra=self._log_fields(record, attempt, error),
                     )
                     await self._dead_letter(record, error, attempts=attempt)
+                    await self._pass(record)
                     return Outcome.DEAD_LETTERED
                 logger.warning(
-                    "event failed; retrying",
-                    extra=self._log_fields(record, envelope, attempt, error),
+                    "event failed; retrying", extra=self._log_fields(record, attempt, error)
                 )
                 await asyncio.sleep(self._retry.backoff(attempt))
 
-    async def _apply(
-        self, record: ConsumedRecord, envelope: Envelope, event: IntegrationEvent
-    ) -> Outcome:
-        async with self._engine.begin() as conn:
-            [outcome] = await self._claim_and_apply(conn, [(record, envelope, event)])
-        return outcome
-
     async def consume_batch(self, raws: Sequence[Any]) -> list[Outcome]:
-        """Handle a poll's worth of records in ONE transaction (one multi-row inbox insert,
-        each handler in record order, one commit): the per-record transaction and round
-        trips dominate the consumer's cost otherwise. If anything in the batch fails, the
+        """Handle a poll's worth of records in ONE transaction (the position moved once per
+        partition, each handler in record order, one commit): the per-record transaction and
+        round trips dominate the consumer's cost otherwise. If anything in the batch fails, the
         transaction rolls back and the records go through `consume` one by one, with its
         retries and dead letters, so a poison record still blocks nothing."""
         records = [r if isinstance(r, ConsumedRecord) else ConsumedRecord.of(r) for r in raws]
         try:
-            decoded = []
-            for record in records:
-                envelope = decode_envelope(record.value)
-                decoded.append((record, envelope, from_envelope(envelope)))
-            async with self._engine.begin() as conn:
-                return await self._claim_and_apply(conn, decoded)
+            return await self._apply(records)
         except Exception:
             logger.warning(
                 "batch failed; handling its records one by one",
@@ -243,44 +222,43 @@ class InboxConsumer:
             )
             return [await self.consume(record) for record in records]
 
+    async def _apply(self, records: Sequence[ConsumedRecord]) -> list[Outcome]:
+        """Apply the new records among `records` in one transaction, with the positions."""
+        async with self._engine.begin() as conn:
+            outcomes, moved = await self._claim_and_apply(conn, records)
+        self.positions.remember(moved)
+        return outcomes
+
+    async def _pass(self, record: ConsumedRecord) -> None:
+        """Move the position past a dead-lettered record, without applying it."""
+        async with self._engine.begin() as conn:
+            _, moved = await self.positions.claim(conn, [record])
+        self.positions.remember(moved)
+
     async def _claim_and_apply(
-        self,
-        conn: AsyncConnection,
-        decoded: Sequence[tuple[ConsumedRecord, Envelope, IntegrationEvent]],
-    ) -> list[Outcome]:
-        """Claim the handled events in the inbox and apply each newly claimed one, in order,
-        in the caller's transaction, and move the partitions' positions past them."""
-        await self.positions.advance(conn, (record for record, _, _ in decoded))
-        wanted = [item for item in decoded if type(item[2]) in self._handlers]
-        claimed: set[Any] = set()
-        if wanted:
-            result = await conn.execute(
-                _CLAIM,
-                [
-                    {
-                        "consumer": self.name,
-                        "event_id": envelope.id,
-                        "event_type": envelope.type,
-                        "topic": record.topic,
-                        "partition": record.partition,
-                        "offset": record.offset,
-                    }
-                    for record, envelope, _ in wanted
-                ],
-            )
-            claimed = set(result.scalars())
+        self, conn: AsyncConnection, records: Sequence[ConsumedRecord]
+    ) -> tuple[list[Outcome], dict[Any, Any]]:
+        """Move the positions past `records` and apply each new event among them, in order,
+        in the caller's transaction."""
+        admissions, moved = await self.positions.claim(conn, records)
         outcomes: list[Outcome] = []
         run: list[tuple[ConsumedRecord, Envelope, IntegrationEvent]] = []
-        for record, envelope, event in decoded:
+        for record, admission in zip(records, admissions, strict=True):
+            if admission is None or admission is Admission.STALE:
+                outcomes.append(Outcome.DUPLICATE)
+                continue
+            if admission is Admission.MARKER:
+                outcomes.append(Outcome.IGNORED)
+                continue
+            try:
+                envelope = decode_envelope(record.value)
+                event = from_envelope(envelope)
+            except (MalformedEnvelope, UnknownEventType, ValueError) as error:
+                raise Unreadable(error) from error
             handler = self._handlers.get(type(event))
             if handler is None:
                 outcomes.append(Outcome.IGNORED)
                 continue
-            if envelope.id not in claimed:
-                outcomes.append(Outcome.DUPLICATE)
-                continue
-            # The same event twice in one batch (a relay retry) is applied once.
-            claimed.discard(envelope.id)
             outcomes.append(Outcome.APPLIED)
             if run and type(run[0][2]) is not type(event):
                 await self._project(conn, run)
@@ -292,7 +270,7 @@ class InboxConsumer:
                 await handler(event, EventContext(conn, envelope, self._outbox))
         if run:
             await self._project(conn, run)
-        return outcomes
+        return outcomes, moved
 
     async def _project(
         self,
@@ -349,12 +327,17 @@ class InboxConsumer:
         await delivery
 
     def _log_fields(
-        self, record: ConsumedRecord, envelope: Envelope, attempt: int, error: BaseException
+        self, record: ConsumedRecord, attempt: int, error: BaseException
     ) -> dict[str, Any]:
+        try:
+            envelope = decode_envelope(record.value)
+            event_id, event_type = str(envelope.id), envelope.type
+        except (MalformedEnvelope, ValueError):
+            event_id = event_type = "unreadable"
         return {
             "consumer": self.name,
-            "event_id": str(envelope.id),
-            "event_type": envelope.type,
+            "event_id": event_id,
+            "event_type": event_type,
             "topic": record.topic,
             "partition": record.partition,
             "offset": record.offset,
@@ -383,7 +366,7 @@ class DeferredOffsetCommits:
     light load of 100 events/s, so events queued behind each other. Deferring it is safe
     because only offsets of records whose effect already committed are ever committed: a
     crash, a rebalance or a shutdown inside the interval redelivers a few applied records,
-    which the inbox absorbs (DUPLICATE)."""
+    which their positions recognise (DUPLICATE)."""
 
     def __init__(self, interval: float = 0.05) -> None:
         self._interval = interval
@@ -408,7 +391,7 @@ class DeferredOffsetCommits:
                 await kafka_consumer.commit(offsets)
             except Exception as error:  # the broker client raises its own error classes
                 # After a rebalance a partition may be another member's: it redelivers from
-                # its last committed offset, and the inbox makes that harmless.
+                # its last committed offset, and the positions make that harmless.
                 logger.info("offset commit skipped", extra={"error": type(error).__name__})
 
 

@@ -1,29 +1,39 @@
-"""Where a consumer goes on reading: its position travels with the data it produced.
+"""Where a consumer goes on reading, and how it knows what it already applied: its position
+travels with the data it produced.
 
 `consumer_positions` holds, per consumer, topic and partition, the offset of the next record to
-read. `ConsumerPositions.advance` writes it in the transaction of a batch's effects, at most
-once a second per partition: a position may lag what is applied (the records in between are
-read again and the inbox recognises them), never lead it. When partitions are assigned,
-`PositionsInDatabase` seeks each to the position the database holds (the beginning when it
-holds none), not to the group's offsets in Kafka. So a database restored from an older backup
-resumes where its data ends and applies again what came after, erasures included. The group's
-offsets are still committed to Kafka, where tools read a consumer's lag."""
+read and the relay fences seen so far (`confide_toolkit.fences`). `ConsumerPositions.claim`
+moves it past a batch in the transaction of the batch's effects, under the row's lock, so it
+is exact: a record below the position was applied (or passed) and is not applied again, a
+record at or above it is new. No row per event: one row per partition, updated once per batch.
+
+The row lock also fences out a consumer that lost its partitions in a rebalance but still works
+on a batch: its conditional update finds the position moved, it reads the row under the lock,
+and skips what its successor applied.
+
+When partitions are assigned, `PositionsInDatabase` seeks each to the position the database
+holds (the beginning when it holds none), not to the group's offsets in Kafka. So a database
+restored from an older backup resumes where its data ends and applies again what came after,
+erasures included. The group's offsets are still committed to Kafka, where tools read a
+consumer's lag."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
-import time
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from aiokafka import TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
-from sqlalchemy import BigInteger, Column, DateTime, Integer, String, Table, func, select
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy import BigInteger, Column, DateTime, Integer, String, Table, func, select, text
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from confide_toolkit.database import toolkit_metadata
+from confide_toolkit.fences import Admission, RelayFences
 
 logger = logging.getLogger(__name__)
 
@@ -34,33 +44,38 @@ consumer_positions = Table(
     Column("topic", String(255), primary_key=True),
     Column("partition", Integer, primary_key=True),
     Column("next_offset", BigInteger, nullable=False),
+    Column("fences", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
 )
-"""Where each consumer of this database goes on reading each partition."""
+"""Where each consumer of this database goes on reading each partition, and the highest relay
+fence per source seen before that offset."""
 
 POSITION_READ_ATTEMPTS = 10
 """Tries, a second apart, to read the positions when partitions are assigned (the database may
 be restarting); a rebalance must not wait much longer."""
 
-POSITION_INTERVAL = 1.0
-"""Seconds between two writes of a partition's position: after a restart or a restore, at most
-about this much of the history is read again (and recognised by the inbox)."""
-
-_proposed = insert(consumer_positions)
-# A position only moves forward: a batch replayed after a restore never moves it back.
-_ADVANCE = _proposed.on_conflict_do_update(
-    index_elements=[
-        consumer_positions.c.consumer,
-        consumer_positions.c.topic,
-        consumer_positions.c.partition,
-    ],
-    set_={"next_offset": _proposed.excluded.next_offset, "updated_at": func.now()},
-    where=consumer_positions.c.next_offset < _proposed.excluded.next_offset,
+_MOVE = text(
+    """UPDATE consumer_positions AS p
+    SET next_offset = v.next_offset, fences = v.fences, updated_at = now()
+    FROM jsonb_to_recordset(CAST(:moves AS jsonb))
+        AS v(topic text, partition integer, expected bigint, next_offset bigint, fences jsonb)
+    WHERE p.consumer = :consumer AND p.topic = v.topic AND p.partition = v.partition
+        AND p.next_offset = v.expected
+    RETURNING p.topic, p.partition"""
+)
+"""Moves the positions that are still where this consumer last left them, locking their rows."""
+_ENSURE = text(
+    "INSERT INTO consumer_positions (consumer, topic, partition, next_offset)"
+    " VALUES (:consumer, :topic, :partition, 0) ON CONFLICT DO NOTHING"
+)
+_LOCK = text(
+    "SELECT next_offset, fences FROM consumer_positions"
+    " WHERE consumer = :consumer AND topic = :topic AND partition = :partition FOR UPDATE"
 )
 
 
 class ConsumedOffset(Protocol):
-    """What a position is taken from: a consumed record's place in its topic."""
+    """What a position is taken from: a consumed record's place in its topic and its headers."""
 
     @property
     def topic(self) -> str: ...
@@ -71,6 +86,21 @@ class ConsumedOffset(Protocol):
     @property
     def offset(self) -> int: ...
 
+    @property
+    def headers(self) -> Sequence[tuple[str, bytes]]: ...
+
+
+@dataclass(frozen=True)
+class Position:
+    """The offset of the next record to read in a partition, and the relay fences seen before."""
+
+    next_offset: int
+    fences: dict[str, int]
+
+
+Place = tuple[str, int]
+"""A topic partition."""
+
 
 class ConsumerPositions:
     """One consumer's positions in its own database."""
@@ -78,44 +108,124 @@ class ConsumerPositions:
     def __init__(self, consumer: str, engine: AsyncEngine) -> None:
         self.consumer = consumer
         self._engine = engine
-        self._written_at: dict[tuple[str, int], float] = {}
+        # Where this consumer last left each partition (read at assignment, or written by a
+        # committed batch): what the fast path expects the row to still say.
+        self._known: dict[Place, Position] = {}
 
-    async def read(self, topics: Collection[str]) -> dict[tuple[str, int], int]:
-        """The offset of the next record to read, per (topic, partition) of `topics` (partitions
-        the consumer never read are absent)."""
+    async def read(self, topics: Collection[str]) -> dict[Place, Position]:
+        """The position per (topic, partition) of `topics` (partitions the consumer never read
+        are absent); also what the next batches expect to find."""
         async with self._engine.connect() as conn:
             rows = await conn.execute(
                 select(
                     consumer_positions.c.topic,
                     consumer_positions.c.partition,
                     consumer_positions.c.next_offset,
+                    consumer_positions.c.fences,
                 ).where(
                     consumer_positions.c.consumer == self.consumer,
                     consumer_positions.c.topic.in_(list(topics)),
                 )
             )
-            return {(row.topic, row.partition): row.next_offset for row in rows}
+            read = {
+                (row.topic, row.partition): Position(row.next_offset, dict(row.fences))
+                for row in rows
+            }
+        self._known.update(read)
+        return read
 
-    async def advance(self, conn: AsyncConnection, records: Iterable[ConsumedOffset]) -> None:
-        """Move the positions past `records`, in the caller's transaction (the one of their
-        effects), for the partitions whose position was not written in the last
-        `POSITION_INTERVAL`."""
-        now = time.monotonic()
-        next_offsets: dict[tuple[str, int], int] = {}
-        for record in records:
-            key = (record.topic, record.partition)
-            if now - self._written_at.get(key, -POSITION_INTERVAL) >= POSITION_INTERVAL:
-                next_offsets[key] = max(next_offsets.get(key, 0), record.offset + 1)
-        if not next_offsets:
-            return
-        self._written_at.update(dict.fromkeys(next_offsets, now))
+    async def claim(
+        self, conn: AsyncConnection, records: Sequence[ConsumedOffset]
+    ) -> tuple[list[Admission | None], dict[Place, Position]]:
+        """Move the positions past `records` in the caller's transaction (the one of their
+        effects), and say for each record whether it is new: its `Admission`, or None when the
+        position is already past it (applied before). Returns the moved positions, for
+        `remember` once the transaction committed."""
+        by_place: dict[Place, list[int]] = {}
+        for index, record in enumerate(records):
+            by_place.setdefault((record.topic, record.partition), []).append(index)
+        admissions: list[Admission | None] = [None] * len(records)
+        moved: dict[Place, Position] = {}
+        for place, indexes in by_place.items():
+            known = self._known.get(place)
+            if known is not None:
+                moved[place] = _decide(known, [records[i] for i in indexes], indexes, admissions)
+        confirmed: set[Place] = set()
+        if moved:
+            result = await conn.execute(
+                _MOVE,
+                {
+                    "consumer": self.consumer,
+                    "moves": json.dumps(
+                        [
+                            {
+                                "topic": topic,
+                                "partition": partition,
+                                "expected": self._known[(topic, partition)].next_offset,
+                                "next_offset": position.next_offset,
+                                "fences": position.fences,
+                            }
+                            for (topic, partition), position in moved.items()
+                        ]
+                    ),
+                },
+            )
+            confirmed = {(row.topic, row.partition) for row in result}
+        for place, indexes in by_place.items():
+            if place not in confirmed:
+                moved[place] = await self._claim_under_lock(
+                    conn, place, [records[i] for i in indexes], indexes, admissions
+                )
+        return admissions, moved
+
+    def remember(self, moved: dict[Place, Position]) -> None:
+        """Record where a committed transaction left the positions."""
+        self._known.update(moved)
+
+    async def _claim_under_lock(
+        self,
+        conn: AsyncConnection,
+        place: Place,
+        records: Sequence[ConsumedOffset],
+        indexes: Sequence[int],
+        admissions: list[Admission | None],
+    ) -> Position:
+        """The slow path: the partition's first batch, or its row moved under this consumer (a
+        restore, or another member of the group applied some of these records)."""
+        key = {"consumer": self.consumer, "topic": place[0], "partition": place[1]}
+        await conn.execute(_ENSURE, key)
+        row = (await conn.execute(_LOCK, key)).one()
+        stored = Position(row.next_offset, dict(row.fences))
+        for index in indexes:
+            admissions[index] = None
+        position = _decide(stored, records, indexes, admissions)
         await conn.execute(
-            _ADVANCE,
-            [
-                {"consumer": self.consumer, "topic": t, "partition": p, "next_offset": o}
-                for (t, p), o in next_offsets.items()
-            ],
+            text(
+                "UPDATE consumer_positions SET next_offset = :next_offset,"
+                " fences = CAST(:fences AS jsonb), updated_at = now()"
+                " WHERE consumer = :consumer AND topic = :topic AND partition = :partition"
+            ),
+            {**key, "next_offset": position.next_offset, "fences": json.dumps(position.fences)},
         )
+        return position
+
+
+def _decide(
+    start: Position,
+    records: Sequence[ConsumedOffset],
+    indexes: Sequence[int],
+    admissions: list[Admission | None],
+) -> Position:
+    """Admit the records of one partition (in offset order) from the position `start`."""
+    fences = RelayFences.of(start.fences)
+    next_offset = start.next_offset
+    for index, record in zip(indexes, records, strict=True):
+        if record.offset < next_offset:
+            admissions[index] = None
+            continue
+        admissions[index] = fences.admit(record.headers, record.offset)
+        next_offset = record.offset + 1
+    return Position(next_offset, fences.snapshot())
 
 
 class PositionsInDatabase(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -155,4 +265,4 @@ class PositionsInDatabase(ConsumerRebalanceListener):  # type: ignore[misc]
             if position is None:
                 await kafka_consumer.seek_to_beginning(partition)
             else:
-                kafka_consumer.seek(partition, position)
+                kafka_consumer.seek(partition, position.next_offset)

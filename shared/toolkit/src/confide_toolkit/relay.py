@@ -5,24 +5,39 @@
 - It wakes on LISTEN/NOTIFY the moment a transaction with outbox rows commits and polls only
   as a fallback, so an event reaches Kafka within milliseconds of its commit.
 - Idempotent producer, acks=all, partition key = subject: order is kept per subject.
-- At least once: rows are deleted only after Kafka acknowledged them. A relay that dies
-  between the two publishes the batch again; consumers' inboxes absorb the duplicates."""
+- At least once, without duplicates reaching a consumer's effects: rows are deleted only after
+  Kafka acknowledged them, and each activation fences the partitions it publishes to before
+  its first record (`confide_toolkit.fences`): it finds on the topic the rows its predecessor
+  published but did not delete, drops them instead of publishing them again, and consumers
+  ignore whatever the predecessor appends after the fence."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import psycopg
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.partitioner import DefaultPartitioner
 from psycopg.rows import dict_row
+from sqlalchemy import BigInteger, Column, DateTime, Integer, String, Table, func
+from sqlalchemy.dialects.postgresql import UUID as PG_UUID
 
-from confide_toolkit.database import libpq_url
+from confide_toolkit.database import libpq_url, toolkit_metadata
+from confide_toolkit.fences import (
+    SOURCE_HEADER,
+    Admission,
+    RelayFences,
+    fenced_headers,
+    marker_headers,
+)
 from confide_toolkit.outbox import OUTBOX_CHANNEL, kafka_headers
 
 logger = logging.getLogger(__name__)
@@ -30,10 +45,31 @@ logger = logging.getLogger(__name__)
 # One relay per database: the same key in every service is fine, each has its own database.
 RELAY_LOCK_KEY = 0x636F6E666964  # "confid"
 
+relay_fences = Table(
+    "relay_fences",
+    toolkit_metadata,
+    Column("topic", String(255), primary_key=True),
+    Column("partition", Integer, primary_key=True),
+    Column("source", PG_UUID(as_uuid=True), nullable=False),
+    Column("fence", BigInteger, nullable=False),
+    Column("scan_from", BigInteger, nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+"""Per partition this database's relay publishes to: its source (one uuid per database), the
+offset of its latest activation's marker, and where the next activation's scan starts (every
+row of this source published before `scan_from` is known to be deleted from the outbox)."""
+
+CHECKPOINT_INTERVAL = 10.0
+"""Seconds between two moves of `scan_from` during an activation: bounds how much of the topic
+the next activation reads, at one row update per partition per interval."""
+
+_partitioner = DefaultPartitioner()
+
 
 @dataclass(frozen=True)
 class PendingEvent:
     id: int
+    event_id: uuid.UUID
     topic: str
     partition_key: str
     value: bytes
@@ -71,6 +107,11 @@ class OutboxRelay:
         self._standby_retry = standby_retry
         self.is_active = False
         self.published = 0
+        self.reclaimed = 0
+        """Rows a predecessor had published but not deleted, found on the topic and dropped."""
+        self._source = ""
+        self._fences: dict[str, dict[int, int]] = {}
+        self._checkpointed_at = 0.0
 
     async def run(self, stop: asyncio.Event) -> None:
         """Relay until `stop` is set; recovers from database and broker failures by retrying."""
@@ -100,6 +141,9 @@ class OutboxRelay:
             await conn.execute(f"LISTEN {OUTBOX_CHANNEL}")
             producer = idempotent_producer(self._bootstrap)
             await producer.start()
+            # A new activation: every partition is fenced again before its first record.
+            self._fences = {}
+            self._source = await _relay_source(conn)
             try:
                 while not stop.is_set():
                     while await self.publish_batch(conn, producer) == self._batch_size:
@@ -116,25 +160,150 @@ class OutboxRelay:
     ) -> int:
         """Publish the oldest pending rows and delete them once Kafka acknowledged all."""
         pending = await fetch_pending(conn, self._batch_size)
+        unfenced = {p.topic for p in pending} - self._fences.keys()
+        if unfenced:
+            for topic in sorted(unfenced):
+                await self._fence(conn, producer, topic)
+            # The fence may have found some of them already published.
+            pending = await fetch_pending(conn, self._batch_size)
         if not pending:
             return 0
-        await publish(producer, pending)
-        await self.mark_published(conn, [p.id for p in pending])
+        acknowledged = await publish(producer, pending, self._source, self._fences)
+        await self.mark_published(conn, [p.id for p in pending], acknowledged)
         self.published += len(pending)
         return len(pending)
 
-    async def mark_published(self, conn: psycopg.AsyncConnection[Any], ids: Sequence[int]) -> None:
-        await conn.execute("DELETE FROM outbox WHERE id = ANY(%s)", (list(ids),))
+    async def mark_published(
+        self,
+        conn: psycopg.AsyncConnection[Any],
+        ids: Sequence[int],
+        acknowledged: dict[tuple[str, int], int] | None = None,
+    ) -> None:
+        """Delete the published rows; now and then, in the same transaction, move the scan start
+        of their partitions past them (everything of ours before it is deleted)."""
+        now = time.monotonic()
+        if not acknowledged or now - self._checkpointed_at < CHECKPOINT_INTERVAL:
+            await conn.execute("DELETE FROM outbox WHERE id = ANY(%s)", (list(ids),))
+            return
+        async with conn.transaction():
+            await conn.execute("DELETE FROM outbox WHERE id = ANY(%s)", (list(ids),))
+            for (topic, partition), last_offset in acknowledged.items():
+                await conn.execute(
+                    "UPDATE relay_fences SET scan_from = %s, updated_at = now()"
+                    " WHERE topic = %s AND partition = %s AND scan_from <= %s",
+                    (last_offset + 1, topic, partition, last_offset),
+                )
+        self._checkpointed_at = now
+
+    async def _fence(
+        self, conn: psycopg.AsyncConnection[Any], producer: AIOKafkaProducer, topic: str
+    ) -> None:
+        """Fence every partition of `topic` for this activation (see `confide_toolkit.fences`):
+        a marker in each, then the rows found published between the last scan start and the
+        marker are deleted instead of published again."""
+        partitions = sorted(await producer.partitions_for(topic))
+        deliveries = [
+            await producer.send(
+                topic, value=b"", partition=partition, headers=marker_headers(self._source)
+            )
+            for partition in partitions
+        ]
+        markers = {m.partition: m.offset for m in await asyncio.gather(*deliveries)}
+        cursor = await conn.execute(
+            "SELECT partition, fence, scan_from FROM relay_fences WHERE topic = %s AND source = %s",
+            (topic, self._source),
+        )
+        previous = {
+            row["partition"]: (row["fence"], row["scan_from"]) for row in await cursor.fetchall()
+        }
+        published = await scan_published(self._bootstrap, topic, self._source, previous, markers)
+        async with conn.transaction():
+            if published:
+                cursor = await conn.execute(
+                    "DELETE FROM outbox WHERE event_id = ANY(%s)", (sorted(published),)
+                )
+                self.reclaimed += cursor.rowcount
+            for partition, marker in markers.items():
+                await conn.execute(
+                    "INSERT INTO relay_fences (topic, partition, source, fence, scan_from)"
+                    " VALUES (%s, %s, %s, %s, %s) ON CONFLICT (topic, partition) DO UPDATE"
+                    " SET source = excluded.source, fence = excluded.fence,"
+                    " scan_from = excluded.scan_from, updated_at = now()",
+                    (topic, partition, self._source, marker, marker),
+                )
+        self._fences[topic] = markers
+        logger.info(
+            "outbox relay fenced its topic",
+            extra={"topic": topic, "fences": markers, "already_published": len(published)},
+        )
+
+
+async def scan_published(
+    bootstrap: str,
+    topic: str,
+    source: str,
+    previous: dict[int, tuple[int, int]],
+    markers: dict[int, int],
+) -> set[uuid.UUID]:
+    """The event ids that `source` published in `topic` and a consumer applies, between each
+    partition's scan start (`previous`: fence and scan start of the last activation) and the
+    new markers. A partition without a previous activation holds nothing of this source."""
+    wanted = {p: start for p, (_, start) in previous.items() if p in markers and start < markers[p]}
+    if not wanted:
+        return set()
+    reader = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None)
+    await reader.start()
+    found: set[uuid.UUID] = set()
+    try:
+        partitions = {TopicPartition(topic, p): p for p in wanted}
+        reader.assign(list(partitions))
+        fences = {p: RelayFences({source: previous[p][0]}) for p in wanted}
+        for tp, p in partitions.items():
+            reader.seek(tp, wanted[p])
+        remaining = set(partitions)
+        while remaining:
+            batches = await reader.getmany(*remaining, timeout_ms=1000)
+            for tp, records in batches.items():
+                p = partitions[tp]
+                for record in records:
+                    if record.offset >= markers[p]:
+                        break
+                    headers = list(record.headers or ())
+                    admitted = fences[p].admit(headers, record.offset)
+                    if admitted is Admission.EVENT and _source_of(headers) == source:
+                        found.add(uuid.UUID(json.loads(record.value)["id"]))
+            for tp in list(remaining):
+                if await reader.position(tp) >= markers[partitions[tp]]:
+                    remaining.discard(tp)
+    finally:
+        await reader.stop()
+    return found
+
+
+def _source_of(headers: Sequence[tuple[str, bytes]]) -> str | None:
+    for name, value in headers:
+        if name == SOURCE_HEADER:
+            return value.decode()
+    return None
+
+
+async def _relay_source(conn: psycopg.AsyncConnection[Any]) -> str:
+    """This database's relay source: kept in `relay_fences`, so a restored database keeps it."""
+    cursor = await conn.execute("SELECT source FROM relay_fences LIMIT 1")
+    row = await cursor.fetchone()
+    return str(row["source"]) if row else str(uuid.uuid4())
 
 
 async def fetch_pending(conn: psycopg.AsyncConnection[Any], limit: int) -> list[PendingEvent]:
     cursor = await conn.execute(
-        "SELECT id, topic, partition_key, value, headers FROM outbox ORDER BY id LIMIT %s",
+        "SELECT id, event_id, topic, partition_key, value, headers FROM outbox"
+        " ORDER BY id LIMIT %s",
         (limit,),
     )
     return [
         PendingEvent(
             id=row["id"],
+            event_id=row["event_id"],
             topic=row["topic"],
             partition_key=row["partition_key"],
             value=bytes(row["value"]),
@@ -144,13 +313,37 @@ async def fetch_pending(conn: psycopg.AsyncConnection[Any], limit: int) -> list[
     ]
 
 
-async def publish(producer: AIOKafkaProducer, pending: Sequence[PendingEvent]) -> None:
-    """Send in outbox order and wait for every acknowledgement; raises if any send failed."""
-    deliveries = [
-        await producer.send(p.topic, value=p.value, key=p.partition_key.encode(), headers=p.headers)
-        for p in pending
-    ]
-    await asyncio.gather(*deliveries)
+async def publish(
+    producer: AIOKafkaProducer,
+    pending: Sequence[PendingEvent],
+    source: str,
+    fences: dict[str, dict[int, int]],
+) -> dict[tuple[str, int], int]:
+    """Send in outbox order, each record headed with its partition's fence, and wait for every
+    acknowledgement; raises if any send failed. Returns the last acknowledged offset per
+    partition."""
+    headed: dict[tuple[str, int], list[tuple[str, bytes]]] = {}
+    partitions_of = {topic: sorted(fenced) for topic, fenced in fences.items()}
+    deliveries = []
+    for p in pending:
+        key = p.partition_key.encode()
+        partitions = partitions_of[p.topic]
+        partition = _partitioner(key, partitions, partitions)
+        extra = headed.get((p.topic, partition))
+        if extra is None:
+            extra = headed[(p.topic, partition)] = fenced_headers(
+                source, fences[p.topic][partition]
+            )
+        deliveries.append(
+            await producer.send(
+                p.topic, value=p.value, key=key, partition=partition, headers=p.headers + extra
+            )
+        )
+    last: dict[tuple[str, int], int] = {}
+    for metadata in await asyncio.gather(*deliveries):
+        place = (metadata.topic, metadata.partition)
+        last[place] = max(last.get(place, -1), metadata.offset)
+    return last
 
 
 async def _try_lock(conn: psycopg.AsyncConnection[Any]) -> bool:

@@ -2,10 +2,10 @@
 
 The toolkit's own history (the revisions in this package's `versions/`, recorded in
 `toolkit_alembic_version`) creates and changes the toolkit's tables: `core` (event store and its
-snapshots, outbox and the NOTIFY trigger that wakes the relay, inbox, keyring, published signing
-keys), which every service has, and optional parts a service opts into (`consent_view`). The
-service's history (its `migrations/` folder, recorded in `alembic_version`) holds its own tables
-only. A service's `migrations/env.py` is one call::
+snapshots, outbox and the NOTIFY trigger that wakes the relay, the relay's fences, consumer
+positions, keyring, published signing keys), which every service has, and optional parts a
+service opts into (`consent_view`). The service's history (its `migrations/` folder, recorded
+in `alembic_version`) holds its own tables only. A service's `migrations/env.py` is one call::
 
     run_migrations(store.metadata)                                  # core only
     run_migrations(store.metadata, toolkit_parts=[CONSENT_VIEW])    # core and consent_view
@@ -47,10 +47,10 @@ from confide_toolkit import (  # noqa: F401
     auth,
     consents,
     event_store,
-    inbox,
     keyring,
     outbox,
     positions,
+    relay,
     revocations,
 )
 from confide_toolkit.database import toolkit_metadata
