@@ -8,10 +8,13 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy
+from alembic.migration import MigrationContext
+from alembic.operations import Operations
 from confide_testing import migration_drift
 from confide_toolkit import revocations  # noqa: F401 (its table is in toolkit_metadata)
 from confide_toolkit.database import toolkit_metadata
 from confide_toolkit.migrations import installed_toolkit_parts, upgrade_database
+from confide_toolkit.migrations.versions import core_0004_exact_positions as exact_positions
 
 pytestmark = pytest.mark.integration
 
@@ -90,3 +93,49 @@ def test_a_service_that_opts_in_later_gets_the_part_at_its_next_start(
     parts, _ = parts_and_tables(database_url)
     assert parts == {"core", "consent_view"}
     assert migration_drift(database_url, [toolkit_metadata], leave_out=NOT_CONSENT_VIEW) == []
+
+
+def test_positions_start_past_what_the_inbox_recorded_when_it_goes(database_url: str) -> None:
+    """A database from before exact positions (core_0003): each position was written at most
+    once a second, so it may lag what the inbox recorded as applied. The upgrade moves each
+    past the inbox's last event before the inbox goes, so nothing is applied twice."""
+    upgrade_database(database_url, PROBE_MIGRATIONS)
+    engine = sqlalchemy.create_engine(database_url)
+    try:
+        with engine.begin() as connection:
+            # Back to core_0003, with what a consumer of that time left behind.
+            with Operations.context(MigrationContext.configure(connection)):
+                exact_positions.downgrade()
+            connection.execute(
+                sqlalchemy.text(
+                    "UPDATE toolkit_alembic_version SET version_num = 'core_0003'"
+                    " WHERE version_num = 'core_0004'"
+                )
+            )
+            connection.execute(
+                sqlalchemy.text(
+                    "INSERT INTO inbox (consumer, event_id, event_type, topic, partition,"
+                    ' "offset") VALUES'
+                    " ('c', gen_random_uuid(), 't', 'a.events', 0, 41),"
+                    " ('c', gen_random_uuid(), 't', 'a.events', 0, 57),"
+                    " ('c', gen_random_uuid(), 't', 'a.events', 1, 3)"
+                )
+            )
+            connection.execute(
+                sqlalchemy.text(
+                    "INSERT INTO consumer_positions (consumer, topic, partition, next_offset)"
+                    " VALUES ('c', 'a.events', 0, 50), ('c', 'a.events', 2, 9)"
+                )
+            )
+        upgrade_database(database_url, PROBE_MIGRATIONS)
+        with engine.connect() as connection:
+            positions = connection.execute(
+                sqlalchemy.text(
+                    "SELECT partition, next_offset FROM consumer_positions ORDER BY partition"
+                )
+            ).all()
+            tables = set(sqlalchemy.inspect(connection).get_table_names())
+    finally:
+        engine.dispose()
+    assert [tuple(row) for row in positions] == [(0, 58), (1, 4), (2, 9)]
+    assert "inbox" not in tables and "relay_fences" in tables
