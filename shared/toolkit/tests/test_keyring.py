@@ -658,3 +658,138 @@ def test_erased_is_a_falsy_singleton_with_a_clear_repr() -> None:
     assert Erased() is ERASED
     assert not ERASED
     assert repr(ERASED) == "ERASED"
+
+
+# --- a new key after a shredding, only when the writer asks -----------------------------------
+
+
+async def _encrypt_after_shredding(
+    engine: AsyncEngine, keyring: Keyring, subject: uuid.UUID, record_id: str, plaintext: bytes
+) -> bytes:
+    async with engine.begin() as conn:
+        return await keyring.encrypt(
+            conn, subject, MESSAGES, record_id, plaintext, new_key_after_shredding=True
+        )
+
+
+async def test_a_writer_that_asks_gets_a_new_key_and_the_shredded_one_stays_erased(
+    toolkit_engine: AsyncEngine, keyring: Keyring, another_replica: Keyring, subject: uuid.UUID
+) -> None:
+    before = await _encrypt(toolkit_engine, keyring, subject, "m-1")
+    old_key = await _key_row(toolkit_engine, subject, MESSAGES)  # as a stale copy would hold it
+    tombstone = await _shred(toolkit_engine, keyring, subject)
+    assert tombstone is not None
+
+    # The default stays: nothing new is written for the erased person unless asked for.
+    with pytest.raises(DataKeyShredded):
+        await _encrypt(toolkit_engine, another_replica, subject, "m-2")
+    after = await _encrypt_after_shredding(toolkit_engine, another_replica, subject, "m-2", BODY)
+    # Once the new key is live, every write uses it, asked for or not.
+    later = await _encrypt(toolkit_engine, keyring, subject, "m-3", b"later")
+
+    new_key = await _key_row(toolkit_engine, subject, MESSAGES)
+    assert new_key.key_id != old_key.key_id
+    assert [uuid.UUID(bytes=c[1:17]) for c in (before, after, later)] == [
+        old_key.key_id,
+        new_key.key_id,
+        new_key.key_id,
+    ]
+    for reader in (keyring, another_replica):
+        assert await _decrypt(toolkit_engine, reader, subject, "m-1", before) is ERASED
+        assert await _decrypt(toolkit_engine, reader, subject, "m-2", after) == BODY
+        assert await _decrypt(toolkit_engine, reader, subject, "m-3", later) == b"later"
+    async with toolkit_engine.connect() as conn:
+        assert await keyring.tombstones(conn, subject) == [tombstone]
+        assert await keyring.is_shredded(conn, subject, MESSAGES)
+        assert await conn.scalar(select(func.count()).select_from(data_keys)) == 1
+    # Each value is bound to the key that sealed it: neither key opens the other's value.
+    with pytest.raises(CiphertextContextMismatch):
+        keyring.opener(new_key, subject, MESSAGES).open("m-1", before)
+    with pytest.raises(CiphertextContextMismatch):
+        keyring.opener(old_key, subject, MESSAGES).open("m-2", after)
+    # A new value relabelled with the shredded key's id reads as erased, never as plaintext.
+    relabelled = after[:1] + old_key.key_id.bytes + after[17:]
+    assert await _decrypt(toolkit_engine, keyring, subject, "m-2", relabelled) is ERASED
+
+
+async def test_the_new_key_can_be_shredded_in_turn(
+    toolkit_engine: AsyncEngine, keyring: Keyring, clock: FrozenClock, subject: uuid.UUID
+) -> None:
+    first = await _encrypt(toolkit_engine, keyring, subject, "m-1")
+    await _shred(toolkit_engine, keyring, subject)
+    second = await _encrypt_after_shredding(toolkit_engine, keyring, subject, "m-2", BODY)
+    clock.advance(timedelta(days=1))
+
+    tombstone = await _shred(toolkit_engine, keyring, subject)
+
+    assert tombstone is not None and tombstone.key_id == uuid.UUID(bytes=second[1:17])
+    assert await _decrypt(toolkit_engine, keyring, subject, "m-1", first) is ERASED
+    assert await _decrypt(toolkit_engine, keyring, subject, "m-2", second) is ERASED
+    async with toolkit_engine.connect() as conn:
+        shredded = [t.key_id for t in await keyring.tombstones(conn, subject)]
+    assert shredded == [uuid.UUID(bytes=first[1:17]), tombstone.key_id]
+    with pytest.raises(DataKeyShredded):
+        await _encrypt(toolkit_engine, keyring, subject, "m-3")
+
+
+async def test_concurrent_writers_asking_for_a_new_key_end_with_one(
+    toolkit_engine: AsyncEngine, keks: CountingKeks, clock: FrozenClock, subject: uuid.UUID
+) -> None:
+    replicas = [Keyring("messaging", keks, clock) for _ in range(4)]
+    await _encrypt(toolkit_engine, replicas[0], subject, "m-0")
+    await _shred(toolkit_engine, replicas[0], subject)
+
+    ciphertexts = await asyncio.gather(
+        *(
+            _encrypt_after_shredding(toolkit_engine, replica, subject, f"m-{n}", BODY)
+            for n, replica in enumerate(replicas, start=1)
+        )
+    )
+
+    async with toolkit_engine.connect() as conn:
+        key_ids = (await conn.scalars(select(data_keys.c.key_id))).all()
+    assert len(key_ids) == 1
+    assert {uuid.UUID(bytes=c[1:17]) for c in ciphertexts} == set(key_ids)
+
+
+async def test_a_listing_joined_on_each_values_key_reads_both_generations(
+    messages_engine: AsyncEngine, keyring: Keyring, keks: CountingKeks, clock: FrozenClock
+) -> None:
+    sender, other = uuid7(), uuid7()
+    await _write_messages(messages_engine, keyring, sender, 2)
+    await _write_messages(messages_engine, keyring, other, 1)
+    await _shred(messages_engine, keyring, sender)
+    async with messages_engine.begin() as conn:
+        message_id = uuid7()
+        body = await keyring.encrypt(
+            conn, sender, MESSAGES, str(message_id), b"anew", new_key_after_shredding=True
+        )
+        await conn.execute(
+            messages.insert().values(message_id=message_id, sender_id=sender, body=body)
+        )
+        # A value too short to name a key finds none (and is refused as malformed, not a 500).
+        await conn.execute(
+            messages.insert().values(message_id=uuid7(), sender_id=other, body=b"\x01")
+        )
+    statement = join_data_keys(
+        select(messages.c.message_id, messages.c.sender_id, messages.c.body).order_by(
+            messages.c.message_id
+        ),
+        messages.c.sender_id,
+        MESSAGES,
+        ciphertext_column=messages.c.body,
+    )
+    reader = Keyring("messaging", keks, clock)
+    bodies: dict[uuid.UUID, list[object]] = {}
+    async with messages_engine.connect() as conn:
+        rows = (await conn.execute(statement)).all()
+    for row in rows:
+        opener = reader.opener(WrappedDataKey.from_row(row), row.sender_id, MESSAGES)
+        try:
+            body_or_erased: object = opener.open(str(row.message_id), bytes(row.body))
+        except MalformedCiphertext:
+            body_or_erased = "malformed"
+        bodies.setdefault(row.sender_id, []).append(body_or_erased)
+
+    assert bodies[sender] == [ERASED, ERASED, b"anew"]
+    assert bodies[other] == [b"body 0", "malformed"]

@@ -7,6 +7,15 @@ key-encryption key (see `confide_toolkit.kek`). Erasing a person's data in a cat
 `shred`: the wrapped key row is deleted and a tombstone recorded, in one statement, whatever the
 amount of data written under the key; every copy of the ciphertext is unreadable from then on.
 
+After a shredding, `encrypt` refuses new data for that (subject, category) by default: the
+erasure must stay true for whatever is written next. A caller that decided new data of the
+person is wanted after all (a message in a conversation that is still open) says so with
+`encrypt(..., new_key_after_shredding=True)`: a new key, with a new id, starts beside the
+shredded key's tombstone. At most one key of a (subject, category) is live at a time, and what
+the shredded key sealed stays unreadable: every ciphertext names its key, and the new key never
+opens a value sealed by another (see `join_data_keys(..., ciphertext_column=...)` to read both
+generations side by side).
+
 Reading follows one rule: *check the key row in the same query that reads the data, cache only
 the unwrap*. A service reads its rows with `join_data_keys` (one LEFT OUTER JOIN onto
 `data_keys`) and opens each value with `Keyring.open`; a shredded key is simply absent from the
@@ -98,7 +107,8 @@ data_keys = Table(
     # rewrap_all looks for the keys not yet under the current KEK version.
     Index("ix_data_keys_kek_version", "kek_version"),
 )
-"""One wrapped data key per (subject, category); a row exists exactly while the key is live."""
+"""The live wrapped data key of each (subject, category); a row exists exactly while the key is
+live. A (subject, category) may have had earlier keys: they were shredded (see the tombstones)."""
 
 data_key_tombstones = Table(
     "data_key_tombstones",
@@ -109,8 +119,9 @@ data_key_tombstones = Table(
     Column("shredded_at", DateTime(timezone=True), nullable=False),
     PrimaryKeyConstraint("subject_id", "category", "key_id"),
 )
-"""What was shredded and when: the evidence for erasure certificates, and the reason new writes
-for a shredded (subject, category) are refused."""
+"""What was shredded and when: the evidence for erasure certificates, the reason new writes for
+a shredded (subject, category) are refused unless the writer asks for a new key, and how a value
+sealed by a shredded key is told from one that does not belong where it was found."""
 
 
 class KeyringError(Exception):
@@ -121,7 +132,8 @@ class DataKeyShredded(KeyringError):
     """New data was offered for a (subject, category) whose data key was shredded.
 
     A shredded person must not quietly get a fresh key: the erasure would stop being true for
-    whatever is written next."""
+    whatever is written next. A caller that wants new data of the person after the erasure asks
+    for it explicitly (`Keyring.encrypt(..., new_key_after_shredding=True)`)."""
 
     def __init__(self, subject_id: uuid.UUID, category: str) -> None:
         super().__init__(
@@ -217,6 +229,7 @@ def join_data_keys(
     category: str,
     *,
     name: str = "data_key",
+    ciphertext_column: ColumnElement[bytes] | None = None,
 ) -> Select[Any]:
     """`statement` with the data key of each row's subject LEFT OUTER JOINed onto it.
 
@@ -239,11 +252,25 @@ def join_data_keys(
                 WrappedDataKey.from_row(row), row.sender_id, "messaging.messages",
                 str(row.message_id), row.body,
             )
+
+    Where a (subject, category) may have had several keys over time (the caller encrypts with
+    `new_key_after_shredding=True`), pass the column of the values as `ciphertext_column`: each
+    row then gets the live key only if that key sealed its value (the key id in the value's
+    header), so values of a shredded earlier key read as `ERASED` beside the newer values instead
+    of failing against a key that never sealed them. In that form a value copied in from another
+    subject or category also finds no key and reads as `ERASED` (it never decrypts either way);
+    a value copied from another record under the same key still fails to authenticate.
     """
     keys = data_keys.alias(name)
-    return statement.outerjoin(
-        keys, and_(keys.c.subject_id == subject_column, keys.c.category == category)
-    ).add_columns(
+    condition = and_(keys.c.subject_id == subject_column, keys.c.category == category)
+    if ciphertext_column is not None:
+        # Compared as bytes (the header's 16 bytes after the format version), so a value too short
+        # to carry a key id simply matches nothing; the (subject, category) index finds the row.
+        condition = and_(
+            condition,
+            func.uuid_send(keys.c.key_id) == func.substr(ciphertext_column, 2, _KEY_ID_BYTES),
+        )
+    return statement.outerjoin(keys, condition).add_columns(
         keys.c.key_id.label(f"{name}_id"),
         keys.c.kek_version.label(f"{name}_kek_version"),
         keys.c.wrapped_key.label(f"{name}_wrapped"),
@@ -380,12 +407,21 @@ class Keyring:
         category: str,
         record_id: str,
         plaintext: bytes,
+        *,
+        new_key_after_shredding: bool = False,
     ) -> bytes:
         """`plaintext` encrypted under the data key of (subject, category), bound to this record.
 
         Creates the data key on first use (in the caller's transaction; concurrent first writers
-        end with one key). Raises `DataKeyShredded` if the key was shredded."""
-        key = await self._data_key_for_writing(conn, subject_id, category)
+        end with one key). Raises `DataKeyShredded` if the key was shredded, unless the caller
+        decided that new data of this person is wanted after the erasure and passes
+        `new_key_after_shredding=True`: a new key is then created (once, as on first use) and
+        used from then on, while the shredded key stays destroyed and its tombstone stays, so
+        what it sealed still reads as `ERASED`. Readers of such a category join each value's own
+        key (`join_data_keys(..., ciphertext_column=...)`)."""
+        key = await self._data_key_for_writing(
+            conn, subject_id, category, new_key_after_shredding=new_key_after_shredding
+        )
         header = bytes([FORMAT_VERSION]) + key.key_id.bytes
         # A random 96-bit nonce is safe for up to 2^32 encryptions under one key, far beyond
         # what one person writes in one category.
@@ -405,16 +441,19 @@ class Keyring:
     ) -> bytes | Erased:
         """The plaintext of one value, or `ERASED` if its data key was shredded.
 
-        Reads the key row now, after the caller read the ciphertext, so a key shredded before this
-        call is never used. Raises `CiphertextContextMismatch` for a ciphertext that does not
-        belong to this record (or was altered) and `MalformedCiphertext` for bytes that are not a
-        keyring ciphertext. To read many values, join the keys onto the query instead
-        (`join_data_keys` and `open`)."""
+        Reads the row of the key the ciphertext names now, after the caller read the ciphertext,
+        so a key shredded before this call is never used (and a value sealed by a shredded key
+        reads as `ERASED` even when a newer key of the subject is live). Raises
+        `CiphertextContextMismatch` for a ciphertext that does not belong to this record (or was
+        altered) and `MalformedCiphertext` for bytes that are not a keyring ciphertext. To read
+        many values, join the keys onto the query instead (`join_data_keys` and `open`)."""
         key_id = self._key_id_of(ciphertext)
         row = (
             await conn.execute(
                 select(data_keys.c.key_id, data_keys.c.kek_version, data_keys.c.wrapped_key).where(
-                    data_keys.c.subject_id == subject_id, data_keys.c.category == category
+                    data_keys.c.subject_id == subject_id,
+                    data_keys.c.category == category,
+                    data_keys.c.key_id == key_id,
                 )
             )
         ).first()
@@ -426,8 +465,8 @@ class Keyring:
                 record_id,
                 ciphertext,
             )
-        # No live key. It is erasure only if this very key was shredded for this subject and
-        # category; otherwise the ciphertext was moved here from elsewhere.
+        # The key it names is not live here. It is erasure only if this very key was shredded
+        # for this subject and category; otherwise the ciphertext was moved here from elsewhere.
         shredded = await conn.scalar(
             select(
                 exists().where(
@@ -483,10 +522,12 @@ class Keyring:
     ) -> Tombstone | None:
         """Destroys the data key of (subject, category): deletes its wrapped row and records a
         tombstone, in one statement of the caller's transaction. From its commit on, everything
-        written under the key reads as `ERASED` and new writes are refused.
+        written under the key reads as `ERASED` and new writes are refused (unless a writer asks
+        for a new key: see `encrypt`).
 
         Idempotent: shredding again returns the tombstone of the earlier shredding (so a
-        redelivered erasure reports the same key id and time). Returns None when the
+        redelivered erasure reports the same key id and time) — as long as no writer started a
+        new key since; if one did, that key is live and this shreds it. Returns None when the
         (subject, category) never had a key; nothing is recorded then, and a later write creates
         a key as for anyone else. The cost is one row, whatever the amount of data."""
         await self._lock(conn, subject_id, category)
@@ -541,7 +582,8 @@ class Keyring:
     async def is_shredded(
         self, conn: AsyncConnection, subject_id: uuid.UUID, category: str
     ) -> bool:
-        """Whether the data key of (subject, category) was shredded."""
+        """Whether a data key of (subject, category) was ever shredded (a newer key that a
+        writer asked for with `new_key_after_shredding` may be live beside its tombstone)."""
         return bool(
             await conn.scalar(
                 select(
@@ -602,17 +644,22 @@ class Keyring:
             rewrapped += len(changes)
 
     async def _data_key_for_writing(
-        self, conn: AsyncConnection, subject_id: uuid.UUID, category: str
+        self,
+        conn: AsyncConnection,
+        subject_id: uuid.UUID,
+        category: str,
+        *,
+        new_key_after_shredding: bool,
     ) -> WrappedDataKey:
         live = await self._live_key(conn, subject_id, category)
         if live is not None:
             return live
         # Creating a key races with other creators and with shredding. The transaction-scoped
         # advisory lock (also taken by `shred`) orders them, so a key is never created after a
-        # shredding of the same (subject, category) committed; ON CONFLICT settles creators
-        # that do not hold it.
+        # shredding of the same (subject, category) committed, unless the writer asked for a new
+        # key; ON CONFLICT settles creators that do not hold it.
         await self._lock(conn, subject_id, category)
-        if await self.is_shredded(conn, subject_id, category):
+        if not new_key_after_shredding and await self.is_shredded(conn, subject_id, category):
             raise DataKeyShredded(subject_id, category)
         data_key = AESGCM.generate_key(bit_length=8 * DATA_KEY_BYTES)
         kek_version, wrapped_key = self.keks.wrap(data_key)
