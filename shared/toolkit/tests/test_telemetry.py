@@ -208,3 +208,13 @@ def test_without_an_exporter_a_trace_sampled_upstream_is_still_recorded() -> Non
     ):
         pass
     assert [span.name for span in recorded.get_finished_spans()] == ["consume"]
+
+
+def test_a_traceparent_says_whether_its_span_was_sampled() -> None:
+    from confide_toolkit.telemetry import unsampled
+
+    trace_id, span_id = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+    assert unsampled(f"00-{trace_id}-{span_id}-00")
+    assert not unsampled(f"00-{trace_id}-{span_id}-01")
+    assert not unsampled(None)  # no parent: the root sampler decides
+    assert not unsampled("garbage-00")

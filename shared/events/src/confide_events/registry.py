@@ -127,14 +127,18 @@ class EventRegistry:
                 f"{envelope.type} v{envelope.schemaversion} is newer than the known "
                 f"v{latest}: upgrade confide-events"
             )
-        written_as = self._models.get((envelope.type, envelope.schemaversion))
-        if written_as is not None:
-            written_as.from_data(envelope.data)
-        data = self._upcasters.upcast(
-            envelope.type, envelope.data, from_version=envelope.schemaversion, to_version=latest
-        )
         event_class = self._models[(envelope.type, latest)]
-        event = event_class.from_data(data)
+        if envelope.schemaversion == latest:
+            # Written as the latest version: one validation, nothing to upcast.
+            event = event_class.from_data(envelope.data)
+        else:
+            written_as = self._models.get((envelope.type, envelope.schemaversion))
+            if written_as is not None:
+                written_as.from_data(envelope.data)
+            data = self._upcasters.upcast(
+                envelope.type, envelope.data, from_version=envelope.schemaversion, to_version=latest
+            )
+            event = event_class.from_data(data)
         if envelope.source != source_uri(event_class.producer):
             raise MalformedEnvelope(f"{envelope.type} must come from {event_class.producer}")
         if envelope.subject != event.subject():

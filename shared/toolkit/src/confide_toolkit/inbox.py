@@ -40,7 +40,7 @@ from confide_toolkit.availability import database_outage
 from confide_toolkit.fences import Admission
 from confide_toolkit.outbox import Outbox
 from confide_toolkit.positions import ConsumerPositions, PositionsInDatabase
-from confide_toolkit.telemetry import context_from_traceparent
+from confide_toolkit.telemetry import context_from_traceparent, unsampled
 
 logger = logging.getLogger(__name__)
 tracer = trace.get_tracer("confide_toolkit.inbox")
@@ -290,8 +290,12 @@ class InboxConsumer:
         """Apply a run of consecutive events of one type through its `BatchProjection`."""
         projection = self._handlers[type(run[0][2])]
         assert isinstance(projection, BatchProjection)
+        # A span whose parent was not sampled records nothing (the sampler is parent-based),
+        # and a projection emits nothing that would carry it on: such spans are not started.
         spans = [
-            self._consumer_span(record, envelope, current=False) for record, envelope, _ in run
+            self._consumer_span(record, envelope, current=False)
+            for record, envelope, _ in run
+            if not unsampled(envelope.traceparent)
         ]
         try:
             await projection.apply([event for _, _, event in run], conn)

@@ -139,6 +139,12 @@ def current_traceparent() -> str | None:
     return carrier.get(TRACEPARENT_HEADER)
 
 
+def unsampled(traceparent: str | None) -> bool:
+    """Whether a `traceparent` says its span was not sampled (trace flags without the sampled
+    bit): under the parent-based sampler a child of it records nothing either."""
+    return traceparent is not None and len(traceparent) == 55 and traceparent.endswith("-00")
+
+
 def context_from_traceparent(traceparent: str | None) -> Context:
     """A context whose parent is the span a `traceparent` names, for a span that continues the
     producer's trace. None or a malformed value gives an empty context: a new trace."""
