@@ -1,12 +1,14 @@
-"""Scenario 2, the HTTP path: identity's registration and sign-in, and a cheap authenticated write
-(granting a consent), each driven by the same load generator as a bare FastAPI endpoint doing
-one INSERT, everything on the native stack's database server and broker.
+"""Scenario 2, the HTTP path: identity's registration and sign-in, a cheap authenticated write
+(granting a consent), and messaging's post and first page of a conversation, each driven by the
+same load generator as a bare FastAPI endpoint doing one INSERT, everything on the native stack's
+database server and broker.
 
 Processes, as in production (each its own process, its own scratch database):
 
-- identity (`python -m confide_identity`) and consent (`python -m confide_consent`), started as
-  the integration tests start them, with the production defaults (Argon2id m=19 MiB, t=2, p=1,
-  4 hashes at once): every inherited `CONFIDE_*` variable is dropped, so none overrides them;
+- identity (`python -m confide_identity`), consent (`python -m confide_consent`) and messaging
+  (`python -m confide_messaging`), started as the integration tests start them, with the
+  production defaults (Argon2id m=19 MiB, t=2, p=1, 4 hashes at once): every inherited
+  `CONFIDE_*` variable is dropped, so none overrides them;
 - the bare endpoint (`bare_app`): FastAPI + uvicorn (the same `uvicorn.run` options as the
   services) and the toolkit's `create_engine`, one `INSERT` per request in its own transaction;
 - the load generator, one process per phase (uvloop): `clients` workers, each with its own
@@ -17,9 +19,17 @@ Processes, as in production (each its own process, its own scratch database):
 
 Phases, in this order (the consent phase comes before identity's, so the relay and consumers are
 not still draining registrations while consents are measured): bare endpoint, grant consent,
-register, sign in. Before them, a warm-up: one account per worker (registered and signed in: the
-sign-in phase and the grants use them), one grant per worker (retrying while consent answers 401:
-it verifies identity's tokens only after consuming identity's `SigningKeyPublished` from Kafka).
+register, sign in, post a message, list a conversation. Before them, a warm-up: one account per
+worker (registered and signed in: the sign-in phase, the grants and the messages use them), one
+grant per worker (retrying while consent answers 401: it verifies identity's tokens only after
+consuming identity's `SigningKeyPublished` from Kafka).
+
+Messaging starts only after the sign-in phase: it consumes identity's and consent's topics (its
+people and consent read models), and consuming the grants and registrations while they are
+measured would take CPU from the very processes measured. Once it is ready, one therapist is
+registered through identity, each worker's client opens a conversation with that therapist
+(retrying while messaging answers 401 or 422: it has not yet consumed the signing key or the
+people), and the phases wait until messaging has caught up with both topics (its CPU quiet).
 
 Argon2id alone is measured in this process with identity's own `PasswordHasher` and its
 production parameters: one hash at a time (median), then the throughput of the service's thread
@@ -44,7 +54,7 @@ import tempfile
 import time
 import uuid
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -65,6 +75,19 @@ PURPOSE = "research"
 DATA_CATEGORIES = ["messaging.messages"]
 SAMPLE_SECONDS = 0.5
 START_TIMEOUT = 90.0
+CATCH_UP_TIMEOUT = 120.0
+QUIET_CORES = 0.1
+"""Below this share of a core over a second (twice in a row), messaging has caught up."""
+MESSAGES_PATH = "/v1/conversations/{conversation_id}/messages"
+MESSAGE_PAGE = 50
+"""Messages on the page the list phase asks for (the API's default page size)."""
+MESSAGE_BODY = (
+    "Thank you for last week. I tried the breathing exercise before the meeting with my "
+    "manager and it helped a little, but I still could not sleep the night before. Could we "
+    "talk on Thursday about what happens when the worry starts again at night, and whether "
+    "writing it down first is worth trying?"
+)
+"""A message of a realistic length (about 300 characters)."""
 
 
 @dataclass(frozen=True)
@@ -72,6 +95,9 @@ class HttpConfig:
     clients: int = 32
     seconds: float = 30.0
     """Length of each load phase (bare, grant, register, sign in)."""
+    messaging_seconds: float = 15.0
+    """Length of messaging's load phases (post, list): shorter, to keep `make bench` near ten
+    minutes."""
     max_requests: int = 200_000
     """Each phase also stops after this many requests."""
     settle_seconds: float = 2.0
@@ -83,7 +109,7 @@ class HttpConfig:
 
     @classmethod
     def quick(cls) -> HttpConfig:
-        return cls(seconds=5.0, settle_seconds=1.0, argon2_samples=5)
+        return cls(seconds=5.0, messaging_seconds=5.0, settle_seconds=1.0, argon2_samples=5)
 
 
 # -- the bare endpoint ---------------------------------------------------------------------
@@ -269,9 +295,10 @@ class LoadSpec:
     """One phase: who to call with what; picklable for the load generator's process."""
 
     phase: str
-    """bare, grant, register or login."""
+    """bare, grant, register, login, post or list."""
     url: str
     path: str
+    """For post and list, with `{conversation_id}` to fill in per worker."""
     clients: int
     seconds: float
     max_requests: int
@@ -281,6 +308,9 @@ class LoadSpec:
     tokens: tuple[str, ...] = ()
     """An access token per worker (its own account), for grant."""
     policy_version: str = ""
+    conversations: tuple[str, ...] = ()
+    """A conversation id per worker (its own client's), for post and list."""
+    method: str = "POST"
 
 
 @dataclass
@@ -319,8 +349,25 @@ class PhaseResult:
         return percentile(self.latencies_ms, q) if self.latencies_ms else None
 
 
-def _request(spec: LoadSpec, worker: int, n: int) -> tuple[dict[str, Any], dict[str, str]]:
-    """The JSON body and headers of request `n` of a worker."""
+def _request(
+    spec: LoadSpec, worker: int, n: int
+) -> tuple[str, dict[str, Any] | None, dict[str, str]]:
+    """The path, JSON body and headers of request `n` of a worker."""
+    if spec.phase in ("post", "list"):
+        path = spec.path.format(conversation_id=spec.conversations[worker])
+        headers = {"Authorization": f"Bearer {spec.tokens[worker]}"}
+        if spec.phase == "list":
+            return path, None, headers
+        # A new key per post, as a client sends one with every new message.
+        return (
+            path,
+            {"body": MESSAGE_BODY},
+            {**headers, "Idempotency-Key": f"{spec.run}-{worker}-{n}"},
+        )
+    return spec.path, *_json_request(spec, worker, n)
+
+
+def _json_request(spec: LoadSpec, worker: int, n: int) -> tuple[dict[str, Any], dict[str, str]]:
     if spec.phase == "bare":
         return {"value": f"{spec.run}-{worker}-{n}"}, {}
     if spec.phase == "register":
@@ -381,11 +428,11 @@ async def _drive(spec: LoadSpec, pipe: Connection) -> PhaseResult:
             n = 0
             while sent[0] < spec.max_requests and time.perf_counter() < deadline:
                 sent[0] += 1
-                body, headers = _request(spec, i, n)
+                path, body, headers = _request(spec, i, n)
                 n += 1
                 began = time.perf_counter()
                 try:
-                    answer = await clients[i].post(spec.path, json=body, headers=headers)
+                    answer = await clients[i].request(spec.method, path, json=body, headers=headers)
                 except httpx.HTTPError as error:
                     errors[type(error).__name__] += 1
                     continue
@@ -589,6 +636,10 @@ class HttpRun:
     fresh_mib: dict[str, float]
     """Right after start-up, before any request but the readiness checks."""
     warm_up_seconds: float
+    messaging_start_seconds: float = 0.0
+    """From messaging's start to its first load phase: ready, conversations open, caught up."""
+    messages_before_list: int = 0
+    """Messages in the conversations when the list phase began (warm-up and post phase)."""
 
 
 async def _warm_up(
@@ -675,6 +726,78 @@ async def _warm_up(
     return accounts, tokens, version
 
 
+async def _open_conversations(
+    client: httpx.AsyncClient, identity: Server, messaging: Server, tokens: list[str], run: str
+) -> list[str]:
+    """A therapist registered through identity, and a conversation with them opened by each
+    worker's client (its token) with one message posted; returns the conversation ids."""
+    answer = await client.post(
+        f"{identity.url}/v1/accounts",
+        json={
+            "email": f"bench-{run}-therapist@example.org",
+            "password": f"staple horse {run} therapist",
+            "display_name": "Bench Therapist",
+            "role": "therapist",
+        },
+    )
+    if answer.status_code != 201:
+        raise RuntimeError(f"therapist registration: {answer.status_code} {answer.text}")
+    therapist_id = str(answer.json()["user_id"])
+
+    async def open_one(worker: int, token: str) -> str:
+        # 401 until messaging has consumed identity's signing key, 422 until its people read
+        # model holds the therapist and the client.
+        deadline = time.monotonic() + START_TIMEOUT
+        headers = {"Authorization": f"Bearer {token}"}
+        while True:
+            answer = await client.post(
+                f"{messaging.url}/v1/conversations",
+                json={"therapist_id": therapist_id},
+                headers=headers,
+            )
+            if answer.status_code == 201:
+                break
+            if answer.status_code not in (401, 422) or time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"opening a conversation: {answer.status_code} {answer.text}\n"
+                    f"{messaging.log_tail()}"
+                )
+            await asyncio.sleep(0.5)
+        conversation_id = str(answer.json()["conversation_id"])
+        posted = await client.post(
+            messaging.url + MESSAGES_PATH.format(conversation_id=conversation_id),
+            json={"body": MESSAGE_BODY},
+            headers={**headers, "Idempotency-Key": f"{run}-{worker}-warm"},
+        )
+        if posted.status_code != 201:
+            raise RuntimeError(f"warm-up post: {posted.status_code} {posted.text}")
+        return conversation_id
+
+    first = await open_one(0, tokens[0])
+    return [first, *await asyncio.gather(*(open_one(i, t) for i, t in enumerate(tokens) if i))]
+
+
+async def _wait_caught_up(server: Server) -> None:
+    """Until the server's CPU stays under QUIET_CORES for two seconds in a row: messaging
+    consumes identity's and consent's topics from their beginning, all the runs' events."""
+    import psutil
+
+    process = psutil.Process(server.process.pid)
+
+    def cpu() -> float:
+        times = process.cpu_times()
+        return float(times.user + times.system)
+
+    deadline = time.monotonic() + CATCH_UP_TIMEOUT
+    quiet = 0
+    while quiet < 2:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{server.name} still busy after {CATCH_UP_TIMEOUT:.0f} s")
+        before = cpu()
+        await asyncio.sleep(1.0)
+        quiet = quiet + 1 if cpu() - before < QUIET_CORES else 0
+
+
 async def measure_http(stack: Stack, config: HttpConfig) -> HttpRun:
     """Run scenario 2 (and the sampling of scenario 5); everything it starts is stopped and its
     databases dropped, whatever happens."""
@@ -690,6 +813,7 @@ async def measure_http(stack: Stack, config: HttpConfig) -> HttpRun:
         scratch_database(stack, "bare") as bare_db,
         scratch_database(stack, "identity") as identity_db,
         scratch_database(stack, "consent") as consent_db,
+        scratch_database(stack, "messaging") as messaging_db,
     ):
         logs = Path(scratch)
         try:
@@ -753,24 +877,61 @@ async def measure_http(stack: Stack, config: HttpConfig) -> HttpRun:
                 spec("login", identity.url, "/v1/sessions", accounts=tuple(accounts)),
             ]
             phases: dict[str, PhaseResult] = {}
-            for i, phase in enumerate(specs):
-                if i:
+
+            async def measure(phase: LoadSpec, settle: bool = True) -> None:
+                if settle:
                     await asyncio.sleep(config.settle_seconds)
-                phases[phase.phase] = await _run_phase(phase, servers, config.seconds + 120)
+                phases[phase.phase] = await _run_phase(phase, servers, phase.seconds + 120)
                 for server in servers:
                     if server.process.poll() is not None:
                         raise RuntimeError(
                             f"{server.name} exited during the {phase.phase} phase:\n"
                             f"{server.log_tail()}"
                         )
+
+            for i, phase in enumerate(specs):
+                await measure(phase, settle=i > 0)
+
+            logger.info("http: starting messaging")
+            began = time.monotonic()
+            messaging = _start_service(
+                "messaging", messaging_db, stack.kafka_bootstrap, run, logs, config.profile_dir
+            )
+            servers.append(messaging)
+            async with httpx.AsyncClient(timeout=60.0) as client:
+                await _wait_ready(client, messaging)
+                logger.info("http: messaging ready in %.0f s", time.monotonic() - began)
+                conversations = await _open_conversations(client, identity, messaging, tokens, run)
+                logger.info("http: conversations open at %.0f s", time.monotonic() - began)
+            await _wait_caught_up(messaging)
+            messaging_start = time.monotonic() - began
+            logger.info("http: messaging ready and caught up in %.0f s", messaging_start)
+            for name, method, path in (
+                ("post", "POST", MESSAGES_PATH),
+                ("list", "GET", f"{MESSAGES_PATH}?limit={MESSAGE_PAGE}"),
+            ):
+                await measure(
+                    replace(
+                        spec(name, messaging.url, path),
+                        seconds=config.messaging_seconds,
+                        method=method,
+                        tokens=tuple(tokens),
+                        conversations=tuple(conversations),
+                    )
+                )
         finally:
             _stop_all(servers)
-    return HttpRun(config, argon2, phases, idle, fresh, warm_up)
+    messages = len(conversations) + len(phases["post"].latencies_ms)
+    return HttpRun(config, argon2, phases, idle, fresh, warm_up, messaging_start, messages)
 
 
 def _server_cpu_ms(phase: PhaseResult, server: str) -> float | None:
     own, database = phase.cpu_ms_per_request(server), phase.cpu_ms_per_request("postgres")
     return None if own is None else own + (database or 0.0)
+
+
+def _ms(value: float | None) -> str:
+    return "?" if value is None else f"{value:.0f}"
 
 
 def _cpu_ms(phase: PhaseResult, key: str) -> str:
@@ -783,6 +944,7 @@ def http_result(run: HttpRun) -> ScenarioResult:
     config, argon2, phases = run.config, run.argon2, run.phases
     bare, grant = phases["bare"], phases["grant"]
     register, login = phases["register"], phases["login"]
+    post, listing = phases["post"], phases["list"]
     clients = f"{config.clients} clients"
 
     def errors_note(phase: PhaseResult) -> str:
@@ -799,6 +961,8 @@ def http_result(run: HttpRun) -> ScenarioResult:
         and grant.error_count == 0
     )
     grant_cpu, bare_cpu = _server_cpu_ms(grant, "consent"), _server_cpu_ms(bare, "bare")
+    post_cpu = _server_cpu_ms(post, "messaging")
+    first_page = f"a conversation's first page ({MESSAGE_PAGE} messages)"
     hash_label = f"Argon2id alone, {argon2.concurrency} threads"
     figures = [
         Figure(
@@ -896,6 +1060,46 @@ def http_result(run: HttpRun) -> ScenarioResult:
             "≤ 2x bare endpoint",
             grant_cpu is not None and bare_cpu is not None and grant_cpu <= 2 * bare_cpu,
         ),
+        # Messaging's figures have no target in the issue: beside the bare endpoint, for
+        # information.
+        Figure(
+            "2 HTTP",
+            f"post a message, {clients}",
+            post.rate,
+            "requests/s",
+            bare.rate,
+            "bare endpoint",
+            "for information",
+            note=errors_note(post),
+        ),
+        Figure(
+            "2 HTTP",
+            "post a message, CPU per request (service + PostgreSQL)",
+            post_cpu,
+            "ms",
+            bare_cpu,
+            "bare endpoint",
+            "for information",
+        ),
+        Figure(
+            "2 HTTP",
+            f"list {first_page}, {clients}",
+            listing.rate,
+            "requests/s",
+            bare.rate,
+            "bare endpoint",
+            "for information",
+            note=errors_note(listing),
+        ),
+        Figure(
+            "2 HTTP",
+            f"list {first_page} p99, {clients}",
+            listing.p(99),
+            "ms",
+            bare.p(99),
+            "bare endpoint",
+            "for information",
+        ),
     ]
     # The ledger is replayed whole on every grant, and each worker grants on its own account.
     tenth = max(1, len(grant.latencies_ms) // 10)
@@ -910,15 +1114,18 @@ def http_result(run: HttpRun) -> ScenarioResult:
         "send → whole answer read, on the generator's clock; requests/s counts successful "
         "answers over the phase. Any non-2xx or transport failure is an error.",
         "Servers, each its own process and its own scratch database on the same PostgreSQL: "
-        "identity and consent as `python -m confide_<name>` with production defaults (no "
-        "`CONFIDE_*` overrides but database, broker, port, KEK file and consumer group), on the "
-        "real `identity.events`/`consent.events` topics; the bare endpoint is FastAPI + uvicorn "
+        "identity, consent and messaging as `python -m confide_<name>` with production defaults "
+        "(no `CONFIDE_*` overrides but database, broker, port, KEK file and consumer group), on "
+        "the real `identity.events`/`consent.events`/`messaging.events` topics; the bare "
+        "endpoint is FastAPI + uvicorn "
         "(uvloop, httptools, access log off, as the services) doing one `INSERT` per request "
         "through the toolkit's `create_engine` (pool 10 + 10 overflow, pre-ping).",
         f"Phases in order: bare ({bare.requests:,} requests), grant consent ({grant.requests:,}), "
-        f"register ({register.requests:,}), sign in ({login.requests:,}); "
-        f"{config.settle_seconds:g} s between phases. Warm-up first ({run.warm_up_seconds:.0f} s "
-        "from start, including start-up): one account per worker, registered and signed in; "
+        f"register ({register.requests:,}), sign in ({login.requests:,}), then messaging's, "
+        f"{config.messaging_seconds:.0f} s each: post a message ({post.requests:,}), list "
+        f"{first_page} ({listing.requests:,}); {config.settle_seconds:g} s between phases. "
+        f"Warm-up first ({run.warm_up_seconds:.0f} s from start, including start-up): one "
+        "account per worker, registered and signed in; "
         "one grant per worker.",
         "Register: a new email per request (Argon2id hash, sealed profile, `UserRegistered` in "
         "the outbox). Sign in: each worker its own pre-registered account (Argon2id verify, a "
@@ -936,6 +1143,23 @@ def http_result(run: HttpRun) -> ScenarioResult:
         f"the answers, {percentile(last, 50):.0f} / {percentile(last, 99):.0f} ms over the last; "
         f"by the end each worker's ledger held about {per_account:.0f} consents (twice as many "
         "events), all loaded and replayed on every grant.",
+        "Messaging (`python -m confide_messaging`, as identity and consent, its own scratch "
+        "database) starts after the sign-in phase, so that its consumers (identity's and "
+        "consent's topics, for its people and consent read models) take no CPU while those are "
+        "measured; from its start to its first phase "
+        f"{run.messaging_start_seconds:.0f} s: ready, one therapist registered through "
+        "identity, a conversation opened with them by each worker's client (one message "
+        "posted in each), then waiting until messaging's CPU stayed under "
+        f"{QUIET_CORES:.0%} of a core for two seconds (caught up with both topics from their "
+        "beginning). Post: each worker in its own conversation with its own token, a "
+        f"{len(MESSAGE_BODY)}-character body and a new `Idempotency-Key` per post (the "
+        "conversation locked, the body sealed under the client's `messaging.messages` key, "
+        "the message, its idempotency record and `MessageSent` in one transaction); p50 / p99 "
+        f"{_ms(post.p(50))} / {_ms(post.p(99))} ms. List: each worker the newest "
+        f"{MESSAGE_PAGE} messages of its own conversation (`?limit={MESSAGE_PAGE}`, opened "
+        "with one `KeyOpener`); the conversations held "
+        f"{run.messages_before_list / config.clients:.0f} messages each on average when it "
+        f"began; p50 {_ms(listing.p(50))} ms.",
         "CPU per successful request over each phase, ms, server process + the whole PostgreSQL "
         "server (load generator's share of a core; whole machine busy, cores of "
         f"{os.cpu_count()}): "
@@ -948,6 +1172,8 @@ def http_result(run: HttpRun) -> ScenarioResult:
                 ("grant", grant, "consent"),
                 ("register", register, "identity"),
                 ("sign in", login, "identity"),
+                ("post", post, "messaging"),
+                ("list", listing, "messaging"),
             )
         )
         + ". When the machine is busier than these processes explain, something else ran "
