@@ -110,7 +110,9 @@ class Outbox:
         """Add one event to the outbox in the caller's transaction and return its envelope.
 
         The relay is notified when (and only if) the transaction commits."""
-        envelope, row = self._row(event, correlation_id, causation_id, time)
+        envelope, row = self._row(
+            event, correlation_id, causation_id, time, current_traceparent(), self._clock.now()
+        )
         await conn.execute(_INSERT, row)
         return envelope
 
@@ -126,7 +128,12 @@ class Outbox:
         a command or a consumed event that causes many events at once."""
         if not events:
             return []
-        written = [self._row(event, correlation_id, causation_id, None) for event in events]
+        # One span and one moment for them all: read once, not per event.
+        traceparent, now = current_traceparent(), self._clock.now()
+        written = [
+            self._row(event, correlation_id, causation_id, None, traceparent, now)
+            for event in events
+        ]
         await conn.execute(_INSERT, [row for _, row in written])
         return [envelope for envelope, _ in written]
 
@@ -136,10 +143,10 @@ class Outbox:
         correlation_id: str | None,
         causation_id: str | None,
         time: datetime | None,
+        traceparent: str | None,
+        now: datetime,
     ) -> tuple[Envelope, dict[str, Any]]:
         event_id = uuid7()
-        traceparent = current_traceparent()
-        now = self._clock.now()
         envelope = to_envelope(
             event,
             event_id=event_id,
