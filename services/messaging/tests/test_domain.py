@@ -52,6 +52,16 @@ def test_a_closed_conversation_takes_no_message_but_still_takes_its_therapists_n
     assert (conversation.closed_at, conversation.note_count) == (NOW, 1)
 
 
+def test_only_an_open_conversation_keeps_what_is_written_after_an_erasure() -> None:
+    conversation = opened()
+    assert conversation.writes_after_erasure
+
+    conversation.close(NOW)
+
+    assert not conversation.writes_after_erasure
+    assert not Conversation.replay(uuid.uuid4(), [], 0).writes_after_erasure
+
+
 def test_an_unknown_conversation_exists_for_nobody() -> None:
     nothing = Conversation.replay(uuid.uuid4(), [], 0)
 

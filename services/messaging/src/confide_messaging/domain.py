@@ -111,11 +111,14 @@ class NotHeldHere(MessagingError):
 
 
 class RecordsErased(MessagingError):
-    """The client's key for this category was shredded; the keyring refuses to write under a
-    new one for them (an erasure must stay true for what is written next)."""
+    """The client's key for this category was shredded and the conversation is closed: nothing
+    new is stored for them under a fresh key (see `Conversation.writes_after_erasure`)."""
 
     def __init__(self, category: str) -> None:
-        super().__init__(f"The client's {category} were erased; nothing new is stored for them.")
+        super().__init__(
+            f"The client's {category} were erased and the conversation is closed; "
+            "nothing new is stored for them."
+        )
 
 
 class DownloadNotAvailable(MessagingError):
@@ -286,6 +289,13 @@ class Conversation:
         if role is None:
             raise ConversationNotFound(self.conversation_id)
         return role
+
+    @property
+    def writes_after_erasure(self) -> bool:
+        """Whether what is written here after the client's messages or notes were erased is
+        kept, under a fresh key: only while the conversation is open (both accounts open, the
+        therapy going on). Once it is closed, an erasure stays true for anything written next."""
+        return self.exists and self.closed_at is None
 
     def check_open(self) -> None:
         """Raises `ConversationClosed` once a participant closed their account."""

@@ -157,7 +157,7 @@ async def post_message(deps: Dependencies, command: PostMessage) -> EarlierPost:
         conversation.check_open()
         assert conversation.client_id is not None
         message_id = uuid7()
-        sealed = await _seal(deps, conn, conversation.client_id, MESSAGES, message_id, command.body)
+        sealed = await _seal(deps, conn, conversation, MESSAGES, message_id, command.body)
         posted = conversation.post(message_id, command.sender_id, sealed, deps.clock.now())
         await deps.conversations.save(conn, conversation)
         await deps.outbox.put(
@@ -193,7 +193,7 @@ async def record_note(
             raise ClientNotFound(client_id)
         conversation = await deps.conversations.load_for_change(conn, conversation_id)
         note_id = uuid7()
-        sealed = await _seal(deps, conn, client_id, SESSION_NOTES, note_id, body)
+        sealed = await _seal(deps, conn, conversation, SESSION_NOTES, note_id, body)
         recorded = conversation.record_note(note_id, therapist_id, sealed, deps.clock.now())
         await deps.conversations.save(conn, conversation)
         await deps.outbox.put(
@@ -214,13 +214,24 @@ async def record_note(
 async def _seal(
     deps: Dependencies,
     conn: AsyncConnection,
-    client_id: UUID,
+    conversation: Conversation,
     category: str,
     record_id: UUID,
     body: str,
 ) -> bytes:
+    """`body` sealed under the client's key for `category`, bound to `record_id`; after an
+    erasure of the category, under a fresh key while the conversation is open (the erased
+    records stay erased: they name the shredded key), refused once it is closed."""
+    assert conversation.client_id is not None
     try:
-        return await deps.keyring.encrypt(conn, client_id, category, str(record_id), body.encode())
+        return await deps.keyring.encrypt(
+            conn,
+            conversation.client_id,
+            category,
+            str(record_id),
+            body.encode(),
+            new_key_after_shredding=conversation.writes_after_erasure,
+        )
     except DataKeyShredded:
         raise RecordsErased(category) from None
 
@@ -350,7 +361,9 @@ async def shred_on_retention_expired(
     client's key for that category (every message or note under it reads as erased from the
     commit on) and answer, shredded with the key's id or nothing held when messaging never had
     a key for them. Retention counts on an answer to every expiry of a category messaging owns;
-    a redelivered expiry answers the same tombstone again."""
+    a redelivered expiry answers the same tombstone again. What is written afterwards in a
+    conversation still open goes under a fresh key (see `_seal`); the consumer's exact
+    positions keep an applied expiry from running twice, which would shred that key too."""
     category = messaging_category(event.category)
     if category is None:
         return

@@ -4,7 +4,9 @@
   conversation; their events hold ciphertext, never plaintext.
 - `conversations`, `messages` and `session_notes` are the projection of those streams, written
   in the transaction of each append and rebuildable from the streams. Bodies are kept exactly as
-  the keyring sealed them: each under its client's key for its category, bound to its id.
+  the keyring sealed them: each under its client's key for its category, bound to its id. A
+  client's category can have had several keys (a fresh one after an erasure, while a
+  conversation is open), so every read joins each body's own key: the erased ones find none.
 - `people` is the read model of `identity.events`: who is a client, a therapist or compliance,
   and who closed their account.
 - `idempotent_posts` remembers each `Idempotency-Key` a sender used and the message it made.
@@ -21,6 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
 
+from confide_events.vocabulary import MessagingCategory
 from confide_toolkit.clock import Clock
 from confide_toolkit.database import NAMING_CONVENTION
 from confide_toolkit.event_store import EventStore, RecordedEvent, Snapshot
@@ -405,7 +408,7 @@ def _open_rows(
     keyring: Keyring, rows: Sequence[Any], category: str, record_id: str
 ) -> list[tuple[Any, str | None]]:
     """Each row with its body opened: one `KeyOpener` per key of the query (rows carry the key
-    columns of `join_data_keys`), and None for a body whose key was shredded."""
+    columns of `_join_body_keys`), and None for a body whose key was shredded."""
     opened: list[tuple[Any, str | None]] = []
     opener: KeyOpener | None = None
     for row in rows:
@@ -416,8 +419,16 @@ def _open_rows(
     return opened
 
 
+def _join_body_keys(
+    statement: Select[Any], table: Table, category: MessagingCategory
+) -> Select[Any]:
+    """`statement` over `table` with the key that sealed each row's body, if it is live (the
+    bodies of an erased key beside newer ones under a fresh key read as erased)."""
+    return join_data_keys(statement, table.c.client_id, category, ciphertext_column=table.c.body)
+
+
 def _messages_query(statement: Select[Any]) -> Select[Any]:
-    return join_data_keys(statement, messages.c.client_id, MESSAGES)
+    return _join_body_keys(statement, messages, MESSAGES)
 
 
 async def list_messages(
@@ -487,9 +498,7 @@ async def list_notes(
     statement = statement.order_by(session_notes.c.note_id.desc())
     if limit is not None:
         statement = statement.limit(limit)
-    rows = (
-        await conn.execute(join_data_keys(statement, session_notes.c.client_id, SESSION_NOTES))
-    ).all()
+    rows = (await conn.execute(_join_body_keys(statement, session_notes, SESSION_NOTES))).all()
     return [
         SessionNote(
             note_id=row.note_id,
