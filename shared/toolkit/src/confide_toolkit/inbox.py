@@ -236,10 +236,19 @@ class InboxConsumer:
         return outcomes
 
     async def _pass(self, record: ConsumedRecord) -> None:
-        """Move the position past a dead-lettered record, without applying it."""
-        async with self._engine.begin() as conn:
-            _, moved = await self.positions.claim(conn, [record])
-        self.positions.remember(moved)
+        """Move the position past a dead-lettered record, without applying it; waits out a
+        database outage as an event does."""
+        while True:
+            try:
+                async with self._engine.begin() as conn:
+                    _, moved = await self.positions.claim(conn, [record])
+            except Exception as error:
+                if not database_outage(error):
+                    raise
+                await asyncio.sleep(self._retry.max_backoff)
+                continue
+            self.positions.remember(moved)
+            return
 
     async def _claim_and_apply(
         self, conn: AsyncConnection, records: Sequence[ConsumedRecord]
