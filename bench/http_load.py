@@ -28,8 +28,9 @@ Messaging starts only after the sign-in phase: it consumes identity's and consen
 people and consent read models), and consuming the grants and registrations while they are
 measured would take CPU from the very processes measured. Once it is ready, one therapist is
 registered through identity, each worker's client opens a conversation with that therapist
-(retrying while messaging answers 401 or 422: it has not yet consumed the signing key or the
-people), and the phases wait until messaging has caught up with both topics (its CPU quiet).
+(retrying while messaging answers 401, 422 or 409 account-not-open: it has not yet consumed the
+signing key or the people), and the phases wait until messaging has caught up with both topics
+(its CPU quiet).
 
 Argon2id alone is measured in this process with identity's own `PasswordHasher` and its
 production parameters: one hash at a time (median), then the throughput of the service's thread
@@ -754,8 +755,8 @@ async def _open_conversations(
     therapist_id = str(answer.json()["user_id"])
 
     async def open_one(worker: int, token: str) -> str:
-        # 401 until messaging has consumed identity's signing key, 422 until its people read
-        # model holds the therapist and the client.
+        # 401 until messaging has consumed identity's signing key; until its people read model
+        # holds the therapist 422, the client 409 account-not-open.
         deadline = time.monotonic() + START_TIMEOUT
         headers = {"Authorization": f"Bearer {token}"}
         while True:
@@ -766,7 +767,10 @@ async def _open_conversations(
             )
             if answer.status_code == 201:
                 break
-            if answer.status_code not in (401, 422) or time.monotonic() > deadline:
+            waiting = answer.status_code in (401, 422) or (
+                answer.status_code == 409 and "account-not-open" in answer.text
+            )
+            if not waiting or time.monotonic() > deadline:
                 raise RuntimeError(
                     f"opening a conversation: {answer.status_code} {answer.text}\n"
                     f"{messaging.log_tail()}"
