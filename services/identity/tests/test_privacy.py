@@ -113,10 +113,12 @@ async def test_retention_expiry_shreds_the_profile_and_the_account_can_no_longer
         return any(e.type == "confide.identity.SubjectDataShredded" for e in events)
 
     await eventually(shredded)
+    # Every identity deployment on this broker answers (the dev stack's own answers "nothing
+    # held" for a person it never saw): this identity's answer is the one that shredded.
     [announcement] = [
         e
         for e in await events_about(kafka_bootstrap, IDENTITY_EVENTS, str(user_id))
-        if e.type == "confide.identity.SubjectDataShredded"
+        if e.type == "confide.identity.SubjectDataShredded" and e.data["outcome"] == "shredded"
     ]
     assert announcement.data["category"] == "identity.profile"
     assert announcement.data["outcome"] == "shredded"
@@ -181,8 +183,9 @@ async def test_an_expiry_for_a_person_identity_never_saw_is_answered_nothing_hel
         return bool(await answers())
 
     await eventually(answered)
-    [answer] = await answers()
-    assert answer["outcome"] == "nothing_held"
-    assert answer["key_id"] is None
-    assert answer["category"] == "identity.profile"
-    assert answer["erasure_case_id"] == str(erasure_case_id)
+    # One answer per identity deployment on this broker (the dev stack's too), each the same.
+    for answer in await answers():
+        assert answer["outcome"] == "nothing_held"
+        assert answer["key_id"] is None
+        assert answer["category"] == "identity.profile"
+        assert answer["erasure_case_id"] == str(erasure_case_id)
