@@ -4,6 +4,7 @@ their therapist, who may see what, idempotent posting, pagination, limits, closu
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -257,42 +258,51 @@ async def test_a_participants_closed_account_closes_the_conversation_to_new_mess
     assert "before" in {m["body"] for m in history.json()["items"]}
 
 
-async def test_a_revoked_sessions_token_is_refused_on_every_endpoint(
+REVOCATION_TRIES = 10
+"""Sessions revoked one after another; of fewer than 100 samples the p99 is the largest."""
+
+
+async def test_a_revoked_sessions_token_is_refused_within_two_seconds_on_every_endpoint(
     messaging: MessagingService, cast: Cast
 ) -> None:
     conversation_id = await messaging.open_conversation(cast)
-    session_id = uuid.uuid4()
-    token = sign_access_token(
-        messaging.minter.private_key,
-        messaging.minter.kid,
-        cast.client,
-        "client",
-        timedelta(minutes=5),
-        SystemClock(),
-        datetime.now(UTC),
-        token_id=uuid.uuid4().hex,
-        session_id=session_id,
-    )
-    headers = {"Authorization": f"Bearer {token}"}
     messages_path = f"/v1/conversations/{conversation_id}/messages"
-    assert (await messaging.http.get(messages_path, headers=headers)).status_code == 200
+    delays: list[float] = []
+    for _ in range(REVOCATION_TRIES):
+        session_id = uuid.uuid4()
+        token = sign_access_token(
+            messaging.minter.private_key,
+            messaging.minter.kid,
+            cast.client,
+            "client",
+            timedelta(minutes=5),
+            SystemClock(),
+            datetime.now(UTC),
+            token_id=uuid.uuid4().hex,
+            session_id=session_id,
+        )
+        headers = {"Authorization": f"Bearer {token}"}
+        assert (await messaging.http.get(messages_path, headers=headers)).status_code == 200
 
-    now = datetime.now(UTC)
-    await messaging.publish(
-        IDENTITY_EVENTS,
-        SessionsRevoked(
-            subject_id=cast.client,
-            session_ids=(session_id,),
-            reason="signed_out",
-            revoked_at=now,
-            tokens_expire_by=now + timedelta(minutes=10),
-        ),
-    )
+        now = datetime.now(UTC)
+        await messaging.publish(
+            IDENTITY_EVENTS,
+            SessionsRevoked(
+                subject_id=cast.client,
+                session_ids=(session_id,),
+                reason="signed_out",
+                revoked_at=now,
+                tokens_expire_by=now + timedelta(minutes=10),
+            ),
+        )
+        published = time.monotonic()
+        while (await messaging.http.get(messages_path, headers=headers)).status_code != 401:
+            assert time.monotonic() - published < 10, "a revoked session still served after 10 s"
+            await asyncio.sleep(0.02)
+        delays.append(time.monotonic() - published)
+    # Through Kafka: published → consumed into the read model → refused.
+    assert max(delays) <= 2.0, f"p99 {max(delays):.3f} s over {len(delays)} revocations"
 
-    async def refused() -> bool:
-        return (await messaging.http.get(messages_path, headers=headers)).status_code == 401
-
-    await eventually(refused, timeout=10)
     for method, path, payload in (
         ("POST", "/v1/conversations", {"therapist_id": str(cast.therapist)}),
         ("GET", "/v1/conversations", None),

@@ -135,23 +135,32 @@ async def test_without_a_covering_consent_nothing_leaves(
     assert messaging_events.events(RECORDS_DISCLOSED) == []
 
 
+REVOCATION_TRIES = 5
+"""Consents revoked one after another; of fewer than 100 samples the p99 is the largest."""
+
+
 async def test_a_revoked_consent_stops_the_next_disclosure_within_a_second(
     messaging: MessagingService, cast: Cast
 ) -> None:
-    recipient = uuid.uuid4()
-    consent_id = await _grant(messaging, cast, recipient, ("messaging.session_notes",))
-    assert (await _disclose(messaging, cast, recipient, ["messaging.session_notes"]))[0] == 201
+    delays: list[float] = []
+    for _ in range(REVOCATION_TRIES):
+        recipient = uuid.uuid4()
+        consent_id = await _grant(messaging, cast, recipient, ("messaging.session_notes",))
+        disclosed = await _disclose(messaging, cast, recipient, ["messaging.session_notes"])
+        assert disclosed[0] == 201
 
-    await messaging.publish(
-        CONSENT_EVENTS,
-        ConsentRevoked(
-            consent_id=consent_id,
-            subject_id=cast.client,
-            revoked_at=datetime.now(UTC),
-            reason="subject_withdrew",
-        ),
-    )
-    revoked = time.monotonic()
-    while (await _disclose(messaging, cast, recipient, ["messaging.session_notes"]))[0] != 403:
-        assert time.monotonic() - revoked < 1.0, "a disclosure was allowed 1 s after revocation"
-    assert time.monotonic() - revoked < 1.0
+        await messaging.publish(
+            CONSENT_EVENTS,
+            ConsentRevoked(
+                consent_id=consent_id,
+                subject_id=cast.client,
+                revoked_at=datetime.now(UTC),
+                reason="subject_withdrew",
+            ),
+        )
+        revoked = time.monotonic()
+        while (await _disclose(messaging, cast, recipient, ["messaging.session_notes"]))[0] != 403:
+            assert time.monotonic() - revoked < 10, "disclosures still allowed 10 s after"
+        delays.append(time.monotonic() - revoked)
+    # Through Kafka: published → consumed into consent_view → refused.
+    assert max(delays) <= 1.0, f"p99 {max(delays):.3f} s over {len(delays)} revocations"
