@@ -11,14 +11,14 @@ A consent someone may not see answers 404, as if it did not exist.
 
 # No `from __future__ import annotations` here: FastAPI must evaluate the route annotations,
 # and the caller dependencies they name are local to `router`.
-from collections.abc import Sequence
 from datetime import datetime
-from typing import Annotated, Any, Generic, Literal, TypeVar
+from typing import Annotated, Any, Literal
 from uuid import UUID
 
 from confide_events.consent import RevocationReason
 from confide_events.vocabulary import DataCategory, PolicyCode, Sha256Hex, VersionCode
 from confide_toolkit.auth import Caller, CallerDependency, require_role
+from confide_toolkit.pagination import Page, page_of
 from confide_toolkit.problem import NotFound
 from fastapi import APIRouter, Depends, Query, Response
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
@@ -28,8 +28,6 @@ from confide_consent.domain import Consent, Recipient, RecipientKind
 from confide_consent.handlers import Dependencies
 from confide_consent.purposes import PURPOSES, Purpose
 from confide_consent.receipts import receipt_payload
-
-T = TypeVar("T")
 
 Limit = Annotated[int, Query(ge=1, le=200, description="Page size.")]
 Cursor = Annotated[
@@ -66,13 +64,6 @@ class RecipientRequest(_Body):
     name: Annotated[str, StringConstraints(strip_whitespace=True, min_length=2, max_length=200)]
     kind: RecipientKind
     purposes: list[PolicyCode] = Field(min_length=1, max_length=16)
-
-
-class Page(BaseModel, Generic[T]):
-    items: list[T]
-    next_cursor: str | None = Field(
-        description="Pass as `cursor` for the next page; null at the end."
-    )
 
 
 class PolicyOut(BaseModel):
@@ -205,13 +196,6 @@ def _recipient_out(recipient: Recipient) -> RecipientOut:
     )
 
 
-def _page(items: Sequence[T], limit: int, cursor_of: Any) -> tuple[list[T], str | None]:
-    # The stores are asked for limit + 1 rows: the extra one only says whether a next page exists.
-    if len(items) > limit:
-        return list(items[:limit]), str(cursor_of(items[limit - 1]))
-    return list(items), None
-
-
 # --- routes ----------------------------------------------------------------------------------
 
 
@@ -283,7 +267,7 @@ def router(deps: Dependencies, current_caller: CallerDependency) -> APIRouter:
         found = await handlers.list_consents(
             deps, caller.subject_id, limit=limit + 1, after=cursor, status=status
         )
-        items, next_cursor = _page(found, limit, lambda c: c.consent_id)
+        items, next_cursor = page_of(found, limit, lambda c: c.consent_id)
         return Page[ConsentOut](items=[_consent_out(c) for c in items], next_cursor=next_cursor)
 
     @api.get("/consents/{consent_id}", summary="One consent (its subject, or compliance)")
@@ -340,7 +324,7 @@ def router(deps: Dependencies, current_caller: CallerDependency) -> APIRouter:
         found = await handlers.list_consents(
             deps, subject_id, limit=limit + 1, after=cursor, valid_at=valid_at
         )
-        items, next_cursor = _page(found, limit, lambda c: c.consent_id)
+        items, next_cursor = page_of(found, limit, lambda c: c.consent_id)
         return Page[ConsentOut](items=[_consent_out(c) for c in items], next_cursor=next_cursor)
 
     # -- receipt keys and recipients ----------------------------------------------------------
@@ -354,7 +338,7 @@ def router(deps: Dependencies, current_caller: CallerDependency) -> APIRouter:
         caller: signed_in, limit: Limit = 50, cursor: Cursor = None
     ) -> Page[RecipientOut]:
         found = await handlers.list_recipients(deps, limit=limit + 1, after=cursor)
-        items, next_cursor = _page(found, limit, lambda r: r.recipient_id)
+        items, next_cursor = page_of(found, limit, lambda r: r.recipient_id)
         return Page[RecipientOut](items=[_recipient_out(r) for r in items], next_cursor=next_cursor)
 
     @api.post(

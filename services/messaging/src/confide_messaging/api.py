@@ -13,13 +13,13 @@ Who may do what:
 
 # No `from __future__ import annotations` here: FastAPI must evaluate the route annotations,
 # and the caller dependencies they name are local to `router`.
-from collections.abc import Sequence
 from datetime import datetime
-from typing import Annotated, Any, Generic, TypeVar
+from typing import Annotated
 from uuid import UUID
 
 from confide_events.vocabulary import DataCategory
 from confide_toolkit.auth import Caller, CallerDependency, require_role
+from confide_toolkit.pagination import Page, page_of
 from fastapi import APIRouter, Depends, Header, Query, Response
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -31,8 +31,6 @@ from confide_messaging.domain import (
     SessionNote,
 )
 from confide_messaging.handlers import Dependencies
-
-T = TypeVar("T")
 
 Limit = Annotated[int, Query(ge=1, le=200, description="Page size.")]
 Cursor = Annotated[
@@ -74,13 +72,6 @@ class DisclosureRequest(_Body):
 
 class DownloadRequest(_Body):
     token: str = Field(min_length=1, max_length=128)
-
-
-class Page(BaseModel, Generic[T]):
-    items: list[T]
-    next_cursor: str | None = Field(
-        description="Pass as `cursor` for the next page; null at the end."
-    )
 
 
 class ConversationOut(BaseModel):
@@ -189,13 +180,6 @@ def _note_out(note: SessionNote) -> NoteOut:
     )
 
 
-def _page(items: Sequence[T], limit: int, cursor_of: Any) -> tuple[list[T], str | None]:
-    # The stores are asked for limit + 1 rows: the extra one only says whether a next page exists.
-    if len(items) > limit:
-        return list(items[:limit]), str(cursor_of(items[limit - 1]))
-    return list(items), None
-
-
 # --- routes ----------------------------------------------------------------------------------
 
 
@@ -228,7 +212,7 @@ def router(deps: Dependencies, current_caller: CallerDependency) -> APIRouter:
         found = await handlers.list_conversations(
             deps, caller.subject_id, limit=limit + 1, after=cursor
         )
-        items, next_cursor = _page(found, limit, lambda c: c.conversation_id)
+        items, next_cursor = page_of(found, limit, lambda c: c.conversation_id)
         return Page[ConversationOut](
             items=[_conversation_out(c) for c in items], next_cursor=next_cursor
         )
@@ -270,7 +254,7 @@ def router(deps: Dependencies, current_caller: CallerDependency) -> APIRouter:
         found = await handlers.list_messages(
             deps, caller.subject_id, conversation_id, limit=limit + 1, before=cursor
         )
-        items, next_cursor = _page(found, limit, lambda m: m.message_id)
+        items, next_cursor = page_of(found, limit, lambda m: m.message_id)
         return Page[MessageOut](items=[_message_out(m) for m in items], next_cursor=next_cursor)
 
     # -- session notes ------------------------------------------------------------------------
@@ -296,7 +280,7 @@ def router(deps: Dependencies, current_caller: CallerDependency) -> APIRouter:
         found = await handlers.read_notes(
             deps, caller.subject_id, client_id, limit=limit, before=cursor
         )
-        items, next_cursor = _page(found, limit, lambda n: n.note_id)
+        items, next_cursor = page_of(found, limit, lambda n: n.note_id)
         return Page[NoteOut](items=[_note_out(n) for n in items], next_cursor=next_cursor)
 
     # -- compliance ---------------------------------------------------------------------------
@@ -314,7 +298,7 @@ def router(deps: Dependencies, current_caller: CallerDependency) -> APIRouter:
         found = await handlers.list_conversations(
             deps, participant_id, limit=limit + 1, after=cursor
         )
-        items, next_cursor = _page(found, limit, lambda c: c.conversation_id)
+        items, next_cursor = page_of(found, limit, lambda c: c.conversation_id)
         return Page[ConversationMetadataOut](
             items=[_metadata_out(c) for c in items], next_cursor=next_cursor
         )
