@@ -92,6 +92,14 @@ def is_marker(headers: Iterable[tuple[str, bytes]] | None) -> bool:
     return any(name == MARKER_HEADER for name, _ in headers or ())
 
 
+def source_of(headers: Iterable[tuple[str, bytes]] | None) -> str | None:
+    """The relay source that published a record; None for a record not published by a relay."""
+    for name, value in headers or ():
+        if name == SOURCE_HEADER:
+            return value.decode()
+    return None
+
+
 def marker_headers(source: str) -> list[tuple[str, bytes]]:
     return [(SOURCE_HEADER, source.encode()), (MARKER_HEADER, b"1")]
 

@@ -150,33 +150,40 @@ class ConsumerPositions:
             known = self._known.get(place)
             if known is not None:
                 moved[place] = _decide(known, [records[i] for i in indexes], indexes, admissions)
-        confirmed: set[Place] = set()
-        if moved:
-            result = await conn.execute(
-                _MOVE,
-                {
-                    "consumer": self.consumer,
-                    "moves": json.dumps(
-                        [
-                            {
-                                "topic": topic,
-                                "partition": partition,
-                                "expected": self._known[(topic, partition)].next_offset,
-                                "next_offset": position.next_offset,
-                                "fences": position.fences,
-                            }
-                            for (topic, partition), position in moved.items()
-                        ]
-                    ),
-                },
-            )
-            confirmed = {(row.topic, row.partition) for row in result}
+        confirmed = await self._move(conn, moved, self._known) if moved else set()
         for place, indexes in by_place.items():
             if place not in confirmed:
                 moved[place] = await self._claim_under_lock(
                     conn, place, [records[i] for i in indexes], indexes, admissions
                 )
         return admissions, moved
+
+    async def _move(
+        self,
+        conn: AsyncConnection,
+        moved: dict[Place, Position],
+        expected: dict[Place, Position],
+    ) -> set[Place]:
+        """Write the moved positions whose rows still say `expected`; returns those written."""
+        result = await conn.execute(
+            _MOVE,
+            {
+                "consumer": self.consumer,
+                "moves": json.dumps(
+                    [
+                        {
+                            "topic": topic,
+                            "partition": partition,
+                            "expected": expected[(topic, partition)].next_offset,
+                            "next_offset": position.next_offset,
+                            "fences": position.fences,
+                        }
+                        for (topic, partition), position in moved.items()
+                    ]
+                ),
+            },
+        )
+        return {(row.topic, row.partition) for row in result}
 
     def remember(self, moved: dict[Place, Position]) -> None:
         """Record where a committed transaction left the positions."""
@@ -199,14 +206,8 @@ class ConsumerPositions:
         for index in indexes:
             admissions[index] = None
         position = _decide(stored, records, indexes, admissions)
-        await conn.execute(
-            text(
-                "UPDATE consumer_positions SET next_offset = :next_offset,"
-                " fences = CAST(:fences AS jsonb), updated_at = now()"
-                " WHERE consumer = :consumer AND topic = :topic AND partition = :partition"
-            ),
-            {**key, "next_offset": position.next_offset, "fences": json.dumps(position.fences)},
-        )
+        # Under the lock the row says `stored`: the move cannot miss.
+        await self._move(conn, {place: position}, {place: stored})
         return position
 
 

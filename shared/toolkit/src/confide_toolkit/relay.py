@@ -32,11 +32,11 @@ from sqlalchemy.dialects.postgresql import UUID as PG_UUID
 
 from confide_toolkit.database import libpq_url, toolkit_metadata
 from confide_toolkit.fences import (
-    SOURCE_HEADER,
     Admission,
     RelayFences,
     fenced_headers,
     marker_headers,
+    source_of,
 )
 from confide_toolkit.outbox import OUTBOX_CHANNEL, kafka_headers
 
@@ -270,7 +270,7 @@ async def scan_published(
                         break
                     headers = list(record.headers or ())
                     admitted = fences[p].admit(headers, record.offset)
-                    if admitted is Admission.EVENT and _source_of(headers) == source:
+                    if admitted is Admission.EVENT and source_of(headers) == source:
                         found.add(uuid.UUID(json.loads(record.value)["id"]))
             for tp in list(remaining):
                 if await reader.position(tp) >= markers[partitions[tp]]:
@@ -278,13 +278,6 @@ async def scan_published(
     finally:
         await reader.stop()
     return found
-
-
-def _source_of(headers: Sequence[tuple[str, bytes]]) -> str | None:
-    for name, value in headers:
-        if name == SOURCE_HEADER:
-            return value.decode()
-    return None
 
 
 async def _relay_source(conn: psycopg.AsyncConnection[Any]) -> str:
