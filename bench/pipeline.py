@@ -9,10 +9,10 @@ consuming service are separate processes:
   that the envelope carries a `traceparent` as it does behind an HTTP request) and runs
   `OutboxRelay` as `Service` runs it (batch 500, LISTEN/NOTIFY, fallback poll 1 s), against
   its own database;
-- the *consuming service* subscribes exactly as every service does (`inbox.subscribe_batches`
-  with `kafka_batch_handler(InboxConsumer)`), against its own database; its effect is one
-  projection row per event, written by an `inbox.BatchProjection` (one statement per run of
-  events).
+- the *consuming service* subscribes exactly as every service does
+  (`subscriptions.subscribe_batches` with `kafka_batch_handler(InboxConsumer)`), against its
+  own database; its effect is one projection row per event, written by an
+  `inbox.BatchProjection` (one statement per run of events).
 
 Latency is commit-to-consumed: from the client's clock right after COMMIT returned to right after
 `InboxConsumer.consume_batch` returned (the consumer's transaction committed). Both processes read
@@ -253,16 +253,10 @@ async def _consume(
     from confide_events.identity import UserRegistered
     from confide_toolkit.clock import SystemClock
     from confide_toolkit.database import create_engine, toolkit_metadata
-    from confide_toolkit.inbox import (
-        BatchProjection,
-        InboxConsumer,
-        Outcome,
-        kafka_record_handler,
-        raw_body,
-        subscribe_batches,
-    )
+    from confide_toolkit.inbox import BatchProjection, InboxConsumer, Outcome
     from confide_toolkit.outbox import Outbox
     from confide_toolkit.relay import idempotent_producer
+    from confide_toolkit.subscriptions import kafka_record_handler, raw_body, subscribe_batches
     from confide_toolkit.telemetry import configure_telemetry
     from faststream.kafka import KafkaBroker
     from faststream.middlewares import AckPolicy

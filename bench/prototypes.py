@@ -3,13 +3,14 @@
 They are copies beside the toolkit, not the toolkit: the figures in docs/benchmarks.md come from
 the toolkit as it is (`--consumer toolkit`, the default) unless the command says otherwise.
 
-- `deferred-commit`: `inbox.kafka_record_handler` without a synchronous Kafka offset commit per
-  record. The record's effect is durable when `consume` returns; the offset (of records already
-  applied, never beyond) is committed by a background flush at most `interval` later. A crash in
-  between redelivers a few applied records, which the inbox already absorbs (DUPLICATE).
+- `deferred-commit`: `subscriptions.kafka_record_handler` without a synchronous Kafka offset
+  commit per record. The record's effect is durable when `consume` returns; the offset (of
+  records already applied, never beyond) is committed by a background flush at most `interval`
+  later. A crash in between redelivers a few applied records, which the consumer's position
+  already recognises (DUPLICATE).
 - (the `batch` prototype is now the toolkit's own: `InboxConsumer.consume_batch` with
-  `inbox.kafka_batch_handler`, as `Service` subscribes; so is committing offsets in the
-  background, `inbox.DeferredOffsetCommits`, for batches.)"""
+  `subscriptions.kafka_batch_handler`, as `Service` subscribes; so is committing offsets in the
+  background, `subscriptions.DeferredOffsetCommits`, for batches.)"""
 
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ logger = logging.getLogger(__name__)
 def deferred_commit_handler(
     consumer: InboxConsumer, interval: float = 0.05
 ) -> Callable[[Any], Awaitable[None]]:
-    """Like `inbox.kafka_record_handler`, committing offsets in the background."""
+    """Like `subscriptions.kafka_record_handler`, committing offsets in the background."""
     pending: dict[TopicPartition, int] = {}
     flushing: list[asyncio.Task[None]] = []
 

@@ -22,17 +22,15 @@ from confide_events.identity import UserRegistered
 from confide_testing import TopicFactory, eventually
 from confide_toolkit.clock import SystemClock
 from confide_toolkit.ids import uuid7
-from confide_toolkit.inbox import (
-    ConsumedRecord,
-    DeferredOffsetCommits,
-    EventContext,
-    InboxConsumer,
-    kafka_batch_handler,
-    subscribe_batches,
-)
+from confide_toolkit.inbox import ConsumedRecord, EventContext, InboxConsumer
 from confide_toolkit.outbox import Outbox
 from confide_toolkit.positions import Position, PositionsInDatabase
 from confide_toolkit.relay import idempotent_producer
+from confide_toolkit.subscriptions import (
+    DeferredOffsetCommits,
+    kafka_batch_handler,
+    subscribe_batches,
+)
 from faststream.kafka import KafkaBroker
 from sqlalchemy import Column, MetaData, Table, func, select
 from sqlalchemy.dialects.postgresql import UUID as PG_UUID
@@ -216,7 +214,8 @@ async def publish_registered(
 async def batch_subscriber(
     bootstrap: str, topic: str, group: str, consumer: InboxConsumer
 ) -> AsyncIterator[None]:
-    """A subscriber configured as `Service` configures its own (`inbox.subscribe_batches`)."""
+    """A subscriber configured as `Service` configures its own
+    (`subscriptions.subscribe_batches`)."""
     broker = KafkaBroker(bootstrap)
     subscribe_batches(broker, topic, group, consumer)
     await broker.start()

@@ -8,6 +8,8 @@ error in its headers, so a partition is never blocked forever and nothing is dro
 Each partition is read from the position the consumer's own database holds, so a database
 restored from a backup re-applies, exactly once, what came after it.
 
+How a consumer is subscribed to Kafka (FastStream, offsets) is `confide_toolkit.subscriptions`.
+
 (The module keeps its name from the inbox table it used to write: it is where consumed events
 come in.)"""
 
@@ -20,7 +22,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer
 from confide_events import (
     REGISTRY,
     Envelope,
@@ -31,29 +33,17 @@ from confide_events import (
     from_envelope,
 )
 from confide_events.topics import dead_letter_topic
-from faststream.kafka import KafkaBroker, KafkaMessage
-from faststream.middlewares import AckPolicy
 from opentelemetry import trace
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from confide_toolkit.availability import database_outage
 from confide_toolkit.fences import Admission
 from confide_toolkit.outbox import Outbox
-from confide_toolkit.positions import ConsumerPositions, PositionsInDatabase
+from confide_toolkit.positions import ConsumerPositions
 from confide_toolkit.telemetry import context_from_traceparent, unsampled
 
 logger = logging.getLogger(__name__)
 tracer = trace.get_tracer("confide_toolkit.inbox")
-
-BATCH_MAX_RECORDS = 500
-"""Records a batch subscriber hands to `InboxConsumer.consume_batch` at most (one poll)."""
-BATCH_TIMEOUT_MS = 5
-"""How long a batch subscriber's poll waits for records. A poll returns as soon as records
-arrive, but after an empty one FastStream sleeps this long again before the next poll, so an
-event arriving then waits up to this much: short keeps an idle service's latency low (25 ms
-gave a light load a p50 of 20-30 ms instead of about 10 ms), at the price of ~100 idle polls
-per second and subscriber."""
-
 
 _CATALOGUE_TYPES = frozenset(event_type for event_type, _ in REGISTRY.models)
 """Every event type of the contract: one a consumer does not handle is ignored unread."""
@@ -367,107 +357,3 @@ class InboxConsumer:
             "attempt": attempt,
             "error": type(error).__name__,
         }
-
-
-def kafka_record_handler(consumer: InboxConsumer) -> Callable[[KafkaMessage], Awaitable[None]]:
-    """A FastStream subscriber body (with `AckPolicy.MANUAL`) that hands each record to the
-    inbox consumer and commits the offset only once the outcome is durable."""
-
-    async def on_record(message: KafkaMessage) -> None:
-        await consumer.consume(message.raw_message)
-        await message.ack()
-
-    return on_record
-
-
-class DeferredOffsetCommits:
-    """Commits the Kafka offsets of applied records in the background, at most `interval`
-    after they were applied, instead of waiting for a commit after every batch.
-
-    An offset commit takes several milliseconds (Kafka 4.1's group coordinator lingers 5 ms
-    before appending it); awaiting one per batch kept a consumer busy ~9 ms per event at a
-    light load of 100 events/s, so events queued behind each other. Deferring it is safe
-    because only offsets of records whose effect already committed are ever committed: a
-    crash, a rebalance or a shutdown inside the interval redelivers a few applied records,
-    which their positions recognise (DUPLICATE)."""
-
-    def __init__(self, interval: float = 0.05) -> None:
-        self._interval = interval
-        self._pending: dict[TopicPartition, int] = {}
-        self._flush: asyncio.Task[None] | None = None
-
-    def applied(self, kafka_consumer: Any, records: Sequence[Any]) -> None:
-        """Note that `records` are applied; their offsets go out with the next flush."""
-        for record in records:
-            partition = TopicPartition(record.topic, record.partition)
-            self._pending[partition] = max(self._pending.get(partition, 0), record.offset + 1)
-        if self._flush is None or self._flush.done():
-            self._flush = asyncio.create_task(self._flush_later(kafka_consumer))
-
-    async def _flush_later(self, kafka_consumer: Any) -> None:
-        # Records applied while a commit is on its way go out with the next round, so that an
-        # idle partition does not keep its last offsets uncommitted.
-        while self._pending:
-            await asyncio.sleep(self._interval)
-            offsets, self._pending = self._pending, {}
-            try:
-                await kafka_consumer.commit(offsets)
-            except Exception as error:  # the broker client raises its own error classes
-                # After a rebalance a partition may be another member's: it redelivers from
-                # its last committed offset, and the positions make that harmless.
-                logger.info("offset commit skipped", extra={"error": type(error).__name__})
-
-
-def kafka_batch_handler(
-    consumer: InboxConsumer, offsets: DeferredOffsetCommits | None = None
-) -> Callable[[KafkaMessage], Awaitable[None]]:
-    """A FastStream batch subscriber body (`batch=True`, `AckPolicy.MANUAL`): the poll's
-    records in one transaction, then their offsets committed in the background
-    (`DeferredOffsetCommits`), never before their effect is durable."""
-    commits = offsets or DeferredOffsetCommits()
-
-    async def on_batch(message: KafkaMessage) -> None:
-        records = list(message.raw_message)
-        await consumer.consume_batch(records)
-        commits.applied(message.consumer, records)
-
-    return on_batch
-
-
-def subscribe_batches(
-    broker: KafkaBroker,
-    topic: str,
-    group: str,
-    consumer: InboxConsumer,
-    *,
-    offsets: DeferredOffsetCommits | None = None,
-    **documentation: Any,
-) -> Any:
-    """Subscribe `consumer` to `topic` the way every service consumes: in `group`, a poll's
-    records at a time in one transaction (`kafka_batch_handler`), each partition read from the
-    position the consumer's database holds (`PositionsInDatabase`), the record values left as
-    bytes for the inbox to decode. `documentation` (title, description) goes to the AsyncAPI
-    document. Returns the subscriber."""
-    positions = PositionsInDatabase(consumer.positions)
-    subscriber = broker.subscriber(
-        topic,
-        group_id=group,
-        auto_offset_reset="earliest",
-        ack_policy=AckPolicy.MANUAL,
-        decoder=raw_body,
-        batch=True,
-        max_records=BATCH_MAX_RECORDS,
-        batch_timeout_ms=BATCH_TIMEOUT_MS,
-        listener=positions,
-        **documentation,
-    )
-    subscriber(kafka_batch_handler(consumer, offsets))
-    positions.subscriber = subscriber
-    return subscriber
-
-
-def raw_body(message: Any) -> Any:
-    """A FastStream decoder that leaves the record value as bytes: the inbox decodes the
-    CloudEvents envelope itself, so a record it cannot read goes to the dead-letter topic
-    instead of failing inside the framework."""
-    return message.body

@@ -47,7 +47,6 @@ from confide_toolkit.inbox import (
     Handler,
     InboxConsumer,
     RetryPolicy,
-    subscribe_batches,
 )
 from confide_toolkit.kek import keks_from_settings
 from confide_toolkit.keyring import Keyring
@@ -64,6 +63,7 @@ from confide_toolkit.problem import (
 from confide_toolkit.relay import OutboxRelay, idempotent_producer
 from confide_toolkit.revocations import RevokedSessions, revocation_handlers
 from confide_toolkit.settings import ServiceSettings
+from confide_toolkit.subscriptions import subscribe_batches
 from confide_toolkit.telemetry import configure_telemetry, instrument_fastapi
 
 logger = logging.getLogger(__name__)
