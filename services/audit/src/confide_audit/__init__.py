@@ -1,0 +1,1 @@
+"""Confide's audit service."""

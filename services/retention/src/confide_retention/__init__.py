@@ -1,0 +1,1 @@
+"""Confide's retention service."""
