@@ -112,7 +112,21 @@ EOF
   done
 }
 
-kafka_running() { [ -s "$STACK/run/kafka.pid" ] && kill -0 "$(cat "$STACK/run/kafka.pid")" 2>/dev/null; }
+# Whether a process started by this script still runs, decided from the process itself, not
+# from its pid file alone: after a SIGKILL the file stays, and a pid can come back as a zombie
+# (kill -0 still succeeds) or as an unrelated process. Alive means: the pid exists, is neither a
+# zombie nor dead, and its command line still names what we started (`what`).
+process_alive() { # pid-file, what
+  local pid state
+  [ -s "$1" ] || return 1
+  pid="$(cat "$1")"
+  [ -r "/proc/$pid/stat" ] || return 1
+  state="$(sed -e 's/^.*) //' "/proc/$pid/stat" | cut -d' ' -f1)"
+  case "$state" in Z|X|x) return 1 ;; esac
+  tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q -- "$2"
+}
+
+kafka_running() { process_alive "$STACK/run/kafka.pid" kafka.Kafka && port_in_use "$KAFKA_PORT"; }
 
 kafka_jars() {
   if ! ls "$STACK/kafka/libs"/kafka_2.13-*.jar >/dev/null 2>&1; then
@@ -130,6 +144,10 @@ kafka_up() {
   mkdir -p "$STACK/logs" "$STACK/run" "$STACK/kafka"
   kafka_jars
   if kafka_running; then log "Kafka already running on 127.0.0.1:$KAFKA_PORT"; return; fi
+  if process_alive "$STACK/run/kafka.pid" kafka.Kafka; then
+    wait_for "Kafka" 60 port_in_use "$KAFKA_PORT"; log "Kafka up on 127.0.0.1:$KAFKA_PORT"; return
+  fi
+  rm -f "$STACK/run/kafka.pid"
   port_in_use "$KAFKA_PORT" && die "port $KAFKA_PORT is taken by another process (set CONFIDE_KAFKA_PORT)"
   port_in_use "$KAFKA_CONTROLLER_PORT" && die "port $KAFKA_CONTROLLER_PORT is taken (set CONFIDE_KAFKA_CONTROLLER_PORT)"
   local cp="$STACK/kafka/libs/*"
@@ -145,6 +163,9 @@ kafka_up() {
       >"$STACK/logs/kafka-format.log" 2>&1 || die "Kafka storage format failed: $STACK/logs/kafka-format.log"
   fi
   log "starting Kafka (KRaft) on 127.0.0.1:$KAFKA_PORT"
+  touch "$STACK/logs/kafka.log"
+  # kafka.log is appended to across restarts: readiness is read from what this start wrote.
+  KAFKA_LOG_FROM="$(($(stat -c %s "$STACK/logs/kafka.log") + 1))"
   # setsid: the broker outlives this script and is stopped by `down`, not by a terminal hangup.
   setsid java $KAFKA_HEAP -XX:+UseG1GC -Djava.awt.headless=true \
     -Dlog4j2.configurationFile="$ROOT/deploy/kafka/log4j2.properties" -Dkafka.logs.dir="$STACK/logs" \
@@ -155,7 +176,8 @@ kafka_up() {
   log "Kafka up on 127.0.0.1:$KAFKA_PORT"
 }
 
-kafka_ready() { grep -q "Kafka Server started" "$STACK/logs/kafka.log"; }
+KAFKA_LOG_FROM=1
+kafka_ready() { tail -c "+$KAFKA_LOG_FROM" "$STACK/logs/kafka.log" | grep -q "Kafka Server started"; }
 
 write_env() {
   local entry name upper
@@ -178,7 +200,14 @@ topics_up() {
     >>"$STACK/logs/topics.log" 2>&1 || die "topic creation failed: $STACK/logs/topics.log"
 }
 
-service_running() { [ -s "$STACK/run/$1.pid" ] && kill -0 "$(cat "$STACK/run/$1.pid")" 2>/dev/null; }
+# A service is running when its process is alive and its port answers; one whose process is
+# alive but not yet listening is starting, and `up` waits for it instead of starting another.
+service_process_alive() { process_alive "$STACK/run/$1.pid" "confide_$1"; }
+service_running() { service_process_alive "$1" && port_in_use "$2"; }
+
+# A service is started once it can run (`python -m confide_<name>`), not merely once its folder
+# exists: a service whose package is still being built is skipped.
+service_exists() { [ -f "$ROOT/services/$1/src/confide_$1/__main__.py" ]; }
 
 services_up() {
   local entry name port upper
@@ -186,8 +215,10 @@ services_up() {
   source "$STACK/stack.env"
   for entry in "${SERVICES[@]}"; do
     name="${entry%%:*}"; port="${entry##*:}"; upper="$(echo "$name" | tr a-z A-Z)"
-    [ -f "$ROOT/services/$name/pyproject.toml" ] || continue
-    if service_running "$name"; then log "$name already running on 127.0.0.1:$port"; continue; fi
+    service_exists "$name" || continue
+    if service_running "$name" "$port"; then log "$name already running on 127.0.0.1:$port"; continue; fi
+    if service_process_alive "$name"; then log "$name is starting (pid $(cat "$STACK/run/$name.pid"))"; continue; fi
+    rm -f "$STACK/run/$name.pid"
     port_in_use "$port" && die "port $port for $name is taken by another process"
     mkdir -p "$STACK/keys"
     local db_var="CONFIDE_${upper}_DATABASE_URL"
@@ -198,11 +229,18 @@ services_up() {
   done
   for entry in "${SERVICES[@]}"; do
     name="${entry%%:*}"; port="${entry##*:}"
-    [ -f "$ROOT/services/$name/pyproject.toml" ] || continue
-    wait_for "$name" 60 curl -fsS "http://127.0.0.1:$port/readyz"
+    service_exists "$name" || continue
+    wait_for "$name" 60 service_ready "$name" "$port"
     log "$name ready on http://127.0.0.1:$port (docs: /docs, OpenAPI: /openapi.json)"
   done
   seed_dev_data
+}
+
+# Ready: the process we started is alive and answers /readyz. A process that died while starting
+# stops the wait at once, with its log, instead of waiting out the timeout.
+service_ready() { # name, port
+  service_process_alive "$1" || { tail -n 20 "$STACK/logs/$1.log" >&2; die "$1 exited while starting: $STACK/logs/$1.log"; }
+  curl -fsS "http://127.0.0.1:$2/readyz"
 }
 
 seed_dev_data() { # development data only: no migration seeds it, a deployment never gets it
@@ -214,11 +252,11 @@ seed_dev_data() { # development data only: no migration seeds it, a deployment n
   log "consent's development recipients registered (python -m confide_consent.cli seed-dev-recipients)"
 }
 
-stop_pidfile() {
+stop_pidfile() { # name, what its command line names
   local name=$1 pidfile="$STACK/run/$1.pid" pid i
   [ -s "$pidfile" ] || return 0
   pid="$(cat "$pidfile")"
-  if kill -0 "$pid" 2>/dev/null; then
+  if process_alive "$pidfile" "$2"; then
     kill -TERM "$pid" 2>/dev/null || true
     for ((i = 0; i < 120; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.25; done
     kill -0 "$pid" 2>/dev/null && { log "$name did not stop in 30s; killing"; kill -KILL "$pid" 2>/dev/null || true; }
@@ -234,8 +272,8 @@ cmd_up() { infra_up; services_up; cmd_status; }
 
 cmd_down() {
   local entry
-  for entry in "${SERVICES[@]}"; do stop_pidfile "${entry%%:*}"; done
-  stop_pidfile kafka
+  for entry in "${SERVICES[@]}"; do stop_pidfile "${entry%%:*}" "confide_${entry%%:*}"; done
+  stop_pidfile kafka kafka.Kafka
   if [ -d "$STACK/postgres" ] && pg_running; then
     as_pg "$(pg_bin)/pg_ctl" -D "$STACK/postgres" -m fast -w stop >/dev/null && log "PostgreSQL stopped"
   fi
@@ -249,8 +287,10 @@ cmd_status() {
   printf '%-10s %-6s %s\n' kafka "$state" "127.0.0.1:$KAFKA_PORT  data: $STACK/kafka/data"
   for entry in "${SERVICES[@]}"; do
     name="${entry%%:*}"; port="${entry##*:}"
-    [ -f "$ROOT/services/$name/pyproject.toml" ] || continue
-    if service_running "$name"; then state=up; else state=down; fi
+    service_exists "$name" || continue
+    if service_running "$name" "$port"; then state=up
+    elif service_process_alive "$name"; then state=starting
+    else state=down; fi
     printf '%-10s %-6s %s\n' "$name" "$state" "http://127.0.0.1:$port  log: $STACK/logs/$name.log"
   done
   echo "logs: $STACK/logs   environment: $STACK/stack.env"
