@@ -7,16 +7,19 @@ export CONFIDE_STACK_DIR := $(STACK_DIR)
 UV ?= uv
 PYTEST_ARGS ?=
 
-.PHONY: help install up down status logs test test-unit lint format schemas compose-up compose-down bench
+.PHONY: help install prerequisites up down status logs test test-unit lint format schemas compose-up compose-down bench
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
 
-install: ## install the Python workspace (uv sync from the committed uv.lock)
-	@command -v $(UV) >/dev/null || { echo "uv is missing: pip install uv" >&2; exit 1; }
+install: ## install uv when missing, then the Python workspace (uv sync from the committed uv.lock)
+	@UV=$(UV) deploy/prerequisites.sh uv
 	@$(UV) sync --frozen --quiet
 
-up: install ## start PostgreSQL, Kafka and every service; wait until each is ready
+prerequisites: ## install what the stack needs from the machine (JDK, Maven, PostgreSQL) when missing
+	@deploy/prerequisites.sh stack
+
+up: install prerequisites ## start PostgreSQL, Kafka and every service; wait until each is ready
 	@deploy/stack.sh up
 
 down: ## stop every service, Kafka and PostgreSQL (data is kept in .stack/)
@@ -28,7 +31,7 @@ status: ## what runs, where it listens, where it logs
 logs: ## follow every log of the native stack
 	@deploy/stack.sh logs
 
-test: install ## every test, unit to end-to-end, against real Kafka and PostgreSQL
+test: install prerequisites ## every test, unit to end-to-end, against real Kafka and PostgreSQL
 	@deploy/stack.sh infra-up
 	@source $(STACK_DIR)/stack.env && $(UV) run --frozen pytest $(PYTEST_ARGS)
 
@@ -48,7 +51,7 @@ format: install ## apply ruff's formatting and safe fixes
 schemas: install ## regenerate the committed JSON Schemas of the event contract
 	@$(UV) run --frozen python -m confide_events.schemas write
 
-bench: install ## benchmarks beside their raw baselines on the native stack; writes docs/benchmarks.md
+bench: install prerequisites ## benchmarks beside their raw baselines on the native stack; writes docs/benchmarks.md
 	@deploy/stack.sh infra-up
 	@source $(STACK_DIR)/stack.env && $(UV) run --frozen python -m bench $(BENCH_ARGS)
 
