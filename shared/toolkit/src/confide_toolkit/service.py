@@ -39,6 +39,12 @@ from confide_toolkit.availability import (
     install_outage_handlers,
     outage_problem,
 )
+from confide_toolkit.catch_up import (
+    CatchUp,
+    RefuseWhileCatchingUp,
+    catching_up_problem,
+    database_is_new,
+)
 from confide_toolkit.clock import Clock, SystemClock
 from confide_toolkit.commands import ConcurrentChange
 from confide_toolkit.database import create_engine
@@ -52,6 +58,7 @@ from confide_toolkit.kek import keks_from_settings
 from confide_toolkit.keyring import Keyring
 from confide_toolkit.logs import configure_logging
 from confide_toolkit.migrations import upgrade_database
+from confide_toolkit.openapi import document_answers
 from confide_toolkit.outbox import Outbox
 from confide_toolkit.problem import (
     BodySizeLimit,
@@ -137,6 +144,10 @@ class Service:
             interval=settings.dependency_check_interval,
         )
         self._watch_task: asyncio.Task[None] | None = None
+        # Nothing is served until the consumers applied what was published before the start
+        # (a restored database re-applies the erasures it missed first): `confide_toolkit.catch_up`.
+        self.catch_up = CatchUp(self.name, self.engine, settings.kafka_bootstrap)
+        self._catch_up_task: asyncio.Task[None] | None = None
         # Every service verifies tokens from the keys identity publishes: never by calling it.
         self.subscribe(IDENTITY_EVENTS, {SigningKeyPublished: _record_signing_key})
 
@@ -208,10 +219,23 @@ class Service:
     # -- lifecycle --------------------------------------------------------------------------
 
     async def start(self) -> None:
+        new_database = await database_is_new(self.engine)
         await asyncio.to_thread(upgrade_database, self.settings.database_url, self.migrations)
+        # The marks are taken before the consumers start: what had been published by now.
+        await self.catch_up.capture(self._subscriptions)
+        if new_database:
+            self.catch_up.not_needed()
         await self.dead_letters.start()
         await self.broker.start()
         self._stopping.clear()
+        if not await self.catch_up.wait(self.catch_up.start_wait):
+            logger.warning(
+                "serving 503 catching-up until the consumers caught up",
+                extra={"service": self.name, "records_behind": self.catch_up.behind},
+            )
+            self._catch_up_task = asyncio.create_task(
+                self.catch_up.watch(self._stopping), name="catch-up"
+            )
         self._relay_task = asyncio.create_task(self.relay.run(self._stopping), name="relay")
         self._watch_task = asyncio.create_task(
             self.availability.watch(self._stopping), name="dependency-watch"
@@ -228,6 +252,8 @@ class Service:
             await self._relay_task
         if self._watch_task is not None:
             await self._watch_task
+        if self._catch_up_task is not None:
+            await self._catch_up_task
         await self.dead_letters.stop()
         await self.engine.dispose()
         logger.info("service stopped", extra={"service": self.name})
@@ -273,10 +299,12 @@ class Service:
             app, {ConcurrentChange: CONCURRENT_CHANGE, **(problem_types or {})}
         )
         app.add_middleware(BodySizeLimit, max_bytes=self.settings.max_body_bytes)
+        app.add_middleware(RefuseWhileCatchingUp, catch_up=self.catch_up)
         app.add_middleware(RefuseWhileUnavailable, availability=self.availability)
         for router in routers:
             app.include_router(router)
         app.include_router(self._operations_router(title))
+        document_answers(app, (answer.status for answer in (problem_types or {}).values()))
         instrument_fastapi(app)
         return app
 
@@ -287,16 +315,28 @@ class Service:
         async def healthz() -> dict[str, str]:
             return {"status": "ok", "service": self.name, "version": self.version}
 
-        @router.get("/readyz", summary="Readiness: database and Kafka reachable")
+        @router.get(
+            "/readyz",
+            summary="Readiness: database and Kafka reachable, consumers caught up since start",
+        )
         async def readyz() -> JSONResponse:
             checks = await self.availability.check_now()
             relay = "active" if self.relay.is_active else "standby"
             unavailable = [name for name, ok in checks.items() if not ok]
-            if not unavailable:
-                return JSONResponse({"status": "ready", "checks": checks, "relay": relay})
+            catch_up = {
+                "caught_up": self.catch_up.caught_up,
+                "records_behind": self.catch_up.behind,
+            }
+            if not unavailable and self.catch_up.caught_up:
+                return JSONResponse(
+                    {"status": "ready", "checks": checks, "relay": relay, "catch_up": catch_up}
+                )
             # The same problem type as every other request gets meanwhile, with the checks.
-            problem = outage_problem(unavailable[0])
-            problem.extensions.update({"checks": checks, "relay": relay})
+            if unavailable:
+                problem = outage_problem(unavailable[0])
+            else:
+                problem = catching_up_problem(self.catch_up.behind)
+            problem.extensions.update({"checks": checks, "relay": relay, "catch_up": catch_up})
             return problem_response(problem)
 
         @router.get("/asyncapi.json", summary="AsyncAPI document of the events in and out")
