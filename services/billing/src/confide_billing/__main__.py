@@ -1,0 +1,5 @@
+"""`python -m confide_billing`: serve the billing service."""
+
+from confide_billing.app import main
+
+main()

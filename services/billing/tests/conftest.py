@@ -1,0 +1,229 @@
+"""Fixtures for the billing service's tests: the service running in-process against the real
+Kafka broker and PostgreSQL (one instance for the whole session, for speed; every test uses
+people of its own), with the sandbox gateway it charges through, identity's and retention's
+events published for real on their topics, a tap on `billing.events`, and every span the
+service records kept in memory (to be searched for card data)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from confide_billing.app import create_app
+from confide_billing.gateway import APPROVE_VISA, SandboxGateway
+from confide_billing.handlers import Dependencies
+from confide_billing.settings import BillingSettings
+from confide_events import (
+    CLOUDEVENTS_JSON,
+    CONTENT_TYPE_HEADER,
+    IntegrationEvent,
+    decode_envelope,
+    encode_envelope,
+    to_envelope,
+)
+from confide_events.identity import Role
+from confide_events.topics import BILLING_EVENTS
+from confide_testing import Infrastructure, TokenMinter, eventually, scratch_database, serving
+from confide_toolkit.ids import uuid7
+from confide_toolkit.relay import idempotent_producer
+from confide_toolkit.telemetry import configure_telemetry
+from fastapi import FastAPI
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+GATEWAY_TIMEOUT = 0.5
+"""Seconds the service under test waits for the gateway (the time-out card never answers)."""
+
+ADDRESS = {"line1": "17 Quillfeather Lane", "city": "Oxbridge", "postal_code": "OX9 7QZ",
+           "country": "GB"}
+
+
+def card_body(number: str = APPROVE_VISA, **changes: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "card_number": number,
+        "exp_month": 12,
+        "exp_year": datetime.now(UTC).year + 3,
+        "cvc": "737" if not number.startswith(("34", "37")) else "7373",
+        "cardholder_name": "Ada Quillfeather",
+        "billing_address": dict(ADDRESS),
+    }
+    body.update(changes)
+    return body
+
+
+@dataclass
+class BillingService:
+    """The billing service under test, with ways to sign in as anyone and to publish the
+    events it consumes on their real topics."""
+
+    app: FastAPI
+    http: httpx.AsyncClient
+    minter: TokenMinter
+    producer: AIOKafkaProducer
+    gateway: SandboxGateway
+    spans: InMemorySpanExporter
+
+    @property
+    def deps(self) -> Dependencies:
+        deps: Dependencies = self.app.state.deps
+        return deps
+
+    def as_(self, subject_id: uuid.UUID, role: Role = "client") -> dict[str, str]:
+        return self.minter.headers(subject_id, role)
+
+    async def publish(self, topic: str, *events: IntegrationEvent) -> None:
+        for event in events:
+            envelope = to_envelope(
+                event, event_id=uuid7(), time=datetime.now(UTC), correlation_id=str(uuid.uuid4())
+            )
+            await self.producer.send_and_wait(
+                topic,
+                value=encode_envelope(envelope),
+                key=envelope.subject.encode(),
+                headers=[(CONTENT_TYPE_HEADER, CLOUDEVENTS_JSON.encode())],
+            )
+
+    async def add_card(self, client: uuid.UUID, number: str = APPROVE_VISA) -> str:
+        response = await self.http.post(
+            "/v1/payment-methods", json=card_body(number), headers=self.as_(client)
+        )
+        assert response.status_code == 201, response.text
+        payment_method_id: str = response.json()["payment_method_id"]
+        return payment_method_id
+
+    async def charge(
+        self,
+        client: uuid.UUID,
+        payment_method_id: str,
+        key: str | None = None,
+        **body: Any,
+    ) -> httpx.Response:
+        request = {
+            "payment_method_id": payment_method_id,
+            "amount_cents": 15000,
+            "currency": "USD",
+            "description": "Session, 50 minutes",
+        }
+        request.update(body)
+        request = {k: v for k, v in request.items() if v is not None}
+        return await self.http.post(
+            "/v1/charges",
+            json=request,
+            headers={**self.as_(client), "Idempotency-Key": key or uuid.uuid4().hex},
+        )
+
+
+@pytest.fixture(scope="session")
+def spans() -> InMemorySpanExporter:
+    # Installed before the service configures telemetry (once per process), recording spans.
+    provider = configure_telemetry("confide-billing-test", "none", record_spans=True)
+    exporter = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    return exporter
+
+
+@pytest.fixture(scope="session")
+async def billing(
+    infrastructure: Infrastructure,
+    kafka_bootstrap: str,
+    tmp_path_factory: pytest.TempPathFactory,
+    spans: InMemorySpanExporter,
+) -> AsyncIterator[BillingService]:
+    minter = TokenMinter(kafka_bootstrap)
+    await minter.publish_key()
+    gateway = SandboxGateway()
+    with scratch_database(infrastructure) as database_url:
+        settings = BillingSettings(
+            database_url=database_url,
+            kafka_bootstrap=kafka_bootstrap,
+            kek_file=Path(tmp_path_factory.mktemp("billing")) / "kek.json",
+            consumer_group=f"billing-test-{uuid.uuid4().hex[:8]}",
+            relay_poll_interval=0.2,
+            gateway_timeout_seconds=GATEWAY_TIMEOUT,
+        )
+        app = create_app(settings, gateway=gateway)
+        producer = idempotent_producer(kafka_bootstrap)
+        await producer.start()
+        try:
+            async with serving(app) as http:
+                service = BillingService(app, http, minter, producer, gateway, spans)
+                await minter.wait_until_known(app.state.service.engine)
+                yield service
+        finally:
+            await producer.stop()
+
+
+@pytest.fixture
+def client() -> uuid.UUID:
+    return uuid.uuid4()
+
+
+@dataclass
+class TopicTap:
+    """The records published on a topic since the tap was opened."""
+
+    consumer: AIOKafkaConsumer
+    records: list[Any]
+
+    async def drain(self) -> None:
+        batch = await self.consumer.getmany(timeout_ms=100)
+        for records in batch.values():
+            self.records.extend(records)
+
+    def events(self, event_type: str) -> list[dict[str, Any]]:
+        """The `data` of each record of `event_type` tapped so far."""
+        found = []
+        for record in self.records:
+            if not record.value:  # the relay's fencing markers carry no event
+                continue
+            envelope = decode_envelope(record.value)
+            if envelope.type == event_type:
+                found.append(envelope.data)
+        return found
+
+    async def wait_for(
+        self, event_type: str, predicate: Callable[[list[dict[str, Any]]], bool]
+    ) -> list[dict[str, Any]]:
+        async def seen() -> bool:
+            await self.drain()
+            return predicate(self.events(event_type))
+
+        await eventually(seen)
+        return self.events(event_type)
+
+
+def _assigned(consumer: AIOKafkaConsumer) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:
+        return bool(consumer.assignment())
+
+    return check
+
+
+@pytest.fixture
+async def billing_events(kafka_bootstrap: str) -> AsyncIterator[TopicTap]:
+    """A tap on billing.events from its current end."""
+    consumer = AIOKafkaConsumer(
+        BILLING_EVENTS,
+        bootstrap_servers=kafka_bootstrap,
+        group_id=None,
+        enable_auto_commit=False,
+        auto_offset_reset="latest",
+    )
+    await consumer.start()
+    try:
+        await eventually(_assigned(consumer))
+        for partition in consumer.assignment():
+            await consumer.position(partition)  # resolve "latest" before the test produces
+        yield TopicTap(consumer, [])
+    finally:
+        with contextlib.suppress(asyncio.CancelledError):
+            await consumer.stop()
