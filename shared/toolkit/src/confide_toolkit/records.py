@@ -1,0 +1,128 @@
+"""Consuming every record of some topics, whatever its event type, as raw bytes: for a reader
+that keeps the records themselves (the audit trail hashes each record's value as it was on the
+topic), where `InboxConsumer` decodes each record and hands typed events to handlers.
+
+The exactly-once guarantee is the inbox's: a batch's records are applied and the positions
+moved past them in ONE transaction (`confide_toolkit.positions`), so a redelivered record is
+below the position and is not applied again, a relay's superseded copy is recognised by its
+fence and a relay's marker (no event) is skipped. Each partition is read from the position the
+consumer's own database holds.
+
+Unlike the inbox, nothing is dead-lettered: a reader of raw records has no record it "cannot
+read", so a failing batch (the database, most likely) is tried again until it succeeds; never
+skipped, since a keeper of every record must not have gaps."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from faststream.kafka import KafkaBroker, KafkaMessage
+from faststream.middlewares import AckPolicy
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from confide_toolkit.availability import database_outage
+from confide_toolkit.fences import Admission
+from confide_toolkit.inbox import ConsumedRecord
+from confide_toolkit.positions import ConsumerPositions, PositionsInDatabase
+from confide_toolkit.subscriptions import (
+    BATCH_MAX_RECORDS,
+    BATCH_TIMEOUT_MS,
+    DeferredOffsetCommits,
+    raw_body,
+)
+
+logger = logging.getLogger(__name__)
+
+ApplyRecords = Callable[[AsyncConnection, Sequence[ConsumedRecord]], Awaitable[None]]
+"""Applies new records (in their consumed order) in the caller's transaction."""
+
+FIRST_BACKOFF = 0.2
+MAX_BACKOFF = 5.0
+
+
+class RecordConsumer:
+    """Applies every new record of its topics through `apply`, exactly once in effect, with
+    the record's topic, partition, offset, key, headers and raw value (`ConsumedRecord`)."""
+
+    def __init__(self, name: str, engine: AsyncEngine, apply: ApplyRecords) -> None:
+        self.name = name
+        self._engine = engine
+        self._apply = apply
+        self.positions = ConsumerPositions(name, engine)
+
+    async def consume_batch(self, raws: Sequence[Any]) -> int:
+        """Apply the new records among `raws` and move the positions past all of them in one
+        transaction; returns how many were applied. Waits out failures (retrying with backoff)
+        rather than skip anything."""
+        records = [r if isinstance(r, ConsumedRecord) else ConsumedRecord.of(r) for r in raws]
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                async with self._engine.begin() as conn:
+                    admissions, moved = await self.positions.claim(conn, records)
+                    new = [
+                        record
+                        for record, admission in zip(records, admissions, strict=True)
+                        if admission is Admission.EVENT
+                    ]
+                    if new:
+                        await self._apply(conn, new)
+            except Exception as error:
+                backoff = min(MAX_BACKOFF, FIRST_BACKOFF * 2 ** min(attempt - 1, 8))
+                level = logging.WARNING if database_outage(error) else logging.ERROR
+                logger.log(
+                    level,
+                    "records not applied; trying again",
+                    extra={
+                        "consumer": self.name,
+                        "records": len(records),
+                        "attempt": attempt,
+                        "error": type(error).__name__,
+                    },
+                )
+                await asyncio.sleep(backoff)
+                continue
+            self.positions.remember(moved)
+            return len(new)
+
+
+def subscribe_records(
+    broker: KafkaBroker,
+    topics: Sequence[str],
+    group: str,
+    consumer: RecordConsumer,
+    *,
+    offsets: DeferredOffsetCommits | None = None,
+    **documentation: Any,
+) -> Any:
+    """Subscribe `consumer` to every record of `topics` (one subscriber, so one ordered stream
+    of batches across them), in `group`, each partition read from the position the consumer's
+    database holds, offsets committed to Kafka only after their batch committed. Returns the
+    subscriber."""
+    commits = offsets or DeferredOffsetCommits()
+    positions = PositionsInDatabase(consumer.positions)
+    subscriber = broker.subscriber(
+        *topics,
+        group_id=group,
+        auto_offset_reset="earliest",
+        ack_policy=AckPolicy.MANUAL,
+        decoder=raw_body,
+        batch=True,
+        max_records=BATCH_MAX_RECORDS,
+        batch_timeout_ms=BATCH_TIMEOUT_MS,
+        listener=positions,
+        **documentation,
+    )
+
+    async def on_batch(message: KafkaMessage) -> None:
+        records = list(message.raw_message)
+        await consumer.consume_batch(records)
+        commits.applied(message.consumer, records)
+
+    subscriber(on_batch)
+    positions.subscriber = subscriber
+    return subscriber
