@@ -12,7 +12,13 @@ KAFKA_CONTROLLER_PORT="${CONFIDE_KAFKA_CONTROLLER_PORT:-19093}"
 KAFKA_HEAP="${CONFIDE_KAFKA_HEAP:--Xms256m -Xmx512m}"
 PG_SUPERUSER=postgres
 # service name -> HTTP port; a service is started only when its package exists.
-SERVICES=(identity:8001 messaging:8002 billing:8003 consent:8004 retention:8005 audit:8006)
+# CONFIDE_SERVICE_PORT_OFFSET moves every service's port (a second stack beside the first:
+# the fault tests run on one of their own, with its own PostgreSQL and Kafka ports).
+PORT_OFFSET="${CONFIDE_SERVICE_PORT_OFFSET:-0}"
+SERVICES=()
+for entry in identity:8001 messaging:8002 billing:8003 consent:8004 retention:8005 audit:8006; do
+  SERVICES+=("${entry%%:*}:$((${entry##*:} + PORT_OFFSET))")
+done
 
 log() { printf '[stack] %s\n' "$*"; }
 die() { printf '[stack] error: %s\n' "$*" >&2; exit 1; }
@@ -189,6 +195,7 @@ write_env() {
     for entry in "${SERVICES[@]}"; do
       name="${entry%%:*}"; upper="$(echo "$name" | tr a-z A-Z)"
       echo "export CONFIDE_${upper}_DATABASE_URL=postgresql+psycopg://$name:$(secret "$name")@127.0.0.1:$PG_PORT/$name"
+      echo "export CONFIDE_${upper}_URL=http://127.0.0.1:${entry##*:}"
     done
   } >"$STACK/stack.env"
   chmod 600 "$STACK/stack.env"
