@@ -13,6 +13,10 @@ what the toolkit itself answers, from what each operation has:
   own domain refusals (its `problems.PROBLEM_TYPES`), which a command may meet;
 - every operation → 503 with `Retry-After` while the database or Kafka is out of reach.
 
+An operation restricted to some roles (`confide_toolkit.auth.require_role`) names them in the
+extension `x-roles` (e.g. `["compliance"]`), so a gateway, or a test of the authorisation
+matrix, knows who may call it without reading the code.
+
 A route declares anything else of its own with `responses=`, e.g. `problem_responses(402)`, or
 a success in another media type (a PDF). Every error answer is documented with the `Problem`
 schema under `application/problem+json`.
@@ -20,12 +24,15 @@ schema under `application/problem+json`.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterable, Mapping
 from http import HTTPStatus
 from typing import Any, Final
 
 from fastapi import FastAPI
+from fastapi.dependencies.models import Dependant
 from fastapi.openapi.utils import get_openapi
+from fastapi.routing import APIRoute
 
 from confide_toolkit.problem import PROBLEM_JSON, status_title
 
@@ -103,10 +110,52 @@ def document_answers(app: FastAPI, command_statuses: Iterable[int] = ()) -> None
                 routes=app.routes,
             )
             declare_answers(document, domain_statuses)
+            declare_roles(document, app)
             app.openapi_schema = document
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+ROLES_EXTENSION: Final = "x-roles"
+
+
+def declare_roles(document: dict[str, Any], app: FastAPI) -> None:
+    """Name in `x-roles` the roles each role-restricted operation of `app` admits, in place."""
+    paths = document.get("paths", {})
+    for route in app.routes:
+        if not isinstance(route, APIRoute):
+            continue
+        roles = _roles_required(route.dependant)
+        if roles is None:
+            continue
+        for method in route.methods or ():
+            operation = paths.get(route.path_format, {}).get(method.lower())
+            if operation is not None:
+                operation[ROLES_EXTENSION] = sorted(roles)
+
+
+def _roles_required(dependant: Dependant) -> frozenset[str] | None:
+    # `require_role` builds a closure over the roles it admits (`allowed`); read them from
+    # there rather than asking every route to repeat them. Several such dependencies on one
+    # route admit only the roles all of them admit.
+    required: frozenset[str] | None = None
+    for dependency in dependant.dependencies:
+        call = dependency.call
+        found: frozenset[str] | None = None
+        if (
+            getattr(call, "__module__", None) == "confide_toolkit.auth"
+            and getattr(call, "__name__", None) == "caller_with_role"
+            and inspect.isfunction(call)
+        ):
+            allowed = inspect.getclosurevars(call).nonlocals.get("allowed")
+            if isinstance(allowed, frozenset):
+                found = frozenset(str(role) for role in allowed)
+        inner = _roles_required(dependency)
+        for roles in (found, inner):
+            if roles is not None:
+                required = roles if required is None else required & roles
+    return required
 
 
 def declare_answers(document: dict[str, Any], command_statuses: Iterable[int]) -> None:
