@@ -43,6 +43,17 @@ What a provider must do:
 Rotation (`rotate`, `retire`) is the provider's own business, not part of the interface: the
 keyring only needs `rewrap_all` to move every data key onto the current version before an old one
 is retired.
+
+The schedule
+------------
+`KekSchedule` (settings `CONFIDE_KEK_ROTATION_PERIOD`, 30 days by default, and
+`CONFIDE_KEK_BACKUP_RETENTION`, 35 days) says when a version is replaced and when it dies: a
+version current for a rotation period is superseded, every data key is re-wrapped under its
+successor, and the superseded version is destroyed once the backup retention has passed since,
+when the last backup that could hold a key wrapped under it has aged out. `confide_toolkit.keys`
+carries it out (`python -m confide_toolkit.keys status|rotate|maintain`). So an erased key, gone
+from the live database at `erased_at` but still in the backups taken before, can be unwrapped
+by no backup from `backups_clear_from(erased_at)` on: the date an erasure certificate states.
 """
 
 from __future__ import annotations
@@ -55,13 +66,17 @@ import json
 import os
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Protocol
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from confide_toolkit.clock import Clock, SystemClock
 from confide_toolkit.settings import ServiceSettings
 
 KEK_BYTES = 32
@@ -140,6 +155,66 @@ class KeyEncryptionKeys(Protocol):
 class _KeyFileContents:
     current: int
     versions: Mapping[int, bytes]
+    # When each version was made (files written before the schedule existed have none).
+    created: Mapping[int, datetime] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class KekVersion:
+    """One version of a key file as the schedule sees it (no key material)."""
+
+    version: int
+    created_at: datetime | None
+    superseded_at: datetime | None
+    """When its successor was made (None while it is current, or unknown for an old file)."""
+    current: bool
+
+
+class KekSchedule(BaseSettings):
+    """When KEK versions are replaced and destroyed (settings `CONFIDE_KEK_ROTATION_PERIOD` and
+    `CONFIDE_KEK_BACKUP_RETENTION`: ISO 8601 durations such as `P30D`, or seconds)."""
+
+    model_config = SettingsConfigDict(env_prefix="CONFIDE_KEK_", extra="ignore")
+
+    rotation_period: timedelta = Field(
+        default=timedelta(days=30),
+        gt=timedelta(0),
+        description="how long a version wraps new data keys before a successor replaces it",
+    )
+    backup_retention: timedelta = Field(
+        default=timedelta(days=35),
+        ge=timedelta(0),
+        description="how long backups are kept: a superseded version is destroyed this long "
+        "after its successor took over, so no backup older than that can unwrap anything",
+    )
+
+    def rotation_due(self, current: KekVersion, now: datetime) -> bool:
+        """Whether the current version has served its period (an undated one has)."""
+        return current.created_at is None or now >= current.created_at + self.rotation_period
+
+    def dies_at(self, version: KekVersion, now: datetime) -> datetime | None:
+        """When `version` is destroyed: its successor's start plus the backup retention; for the
+        current version, as scheduled (its next rotation, or now if overdue). None when an old
+        file does not say when its successor was made."""
+        if version.current:
+            due = version.created_at + self.rotation_period if version.created_at else now
+            return max(due, now) + self.backup_retention
+        if version.superseded_at is None:
+            return None
+        return version.superseded_at + self.backup_retention
+
+
+def backups_clear_from(erased_at: datetime, schedule: KekSchedule | None = None) -> datetime:
+    """From when no backup can unwrap a data key shredded at `erased_at`, in any service that
+    follows `schedule` (the settings' when None): what an erasure certificate states.
+
+    The shredded key survives only in backups taken before `erased_at`, wrapped under the
+    version current then (or an older one, destroyed earlier). That version is superseded at
+    the latest one rotation period after `erased_at` and destroyed one backup retention after
+    that. Retention cannot read the owners' key files, so it takes this bound, which holds for
+    every owner; `KekLifecycle.backups_clear_from` gives one service's exact date."""
+    schedule = schedule or KekSchedule()
+    return erased_at + schedule.rotation_period + schedule.backup_retention
 
 
 # Why AES-256-GCM rather than AES key wrap (RFC 3394/5649): GCM takes associated data, so the KEK
@@ -166,8 +241,9 @@ class LocalKeyFile:
     Suited to development and single-host deployments; a deployment that keeps its KEKs in a KMS
     registers a provider of its own (see the module docstring)."""
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], clock: Clock | None = None) -> None:
         self._path = Path(path)
+        self._clock: Clock = clock or SystemClock()
         self._lock_path = self._path.with_name(self._path.name + ".lock")
         self._contents: _KeyFileContents | None = None
         self._stamp: tuple[int, int, int] | None = None
@@ -184,6 +260,24 @@ class LocalKeyFile:
     def versions(self) -> list[int]:
         """The versions that still exist, oldest first."""
         return sorted(self._load().versions)
+
+    def lifecycle(self) -> list[KekVersion]:
+        """Every version that still exists, oldest first, with when it was made and replaced."""
+        contents = self._load()
+        created = contents.created
+        ordered = sorted(contents.versions)
+        result = []
+        for version in ordered:
+            successors = [v for v in sorted(created) if v > version]
+            result.append(
+                KekVersion(
+                    version=version,
+                    created_at=created.get(version),
+                    superseded_at=created[successors[0]] if successors else None,
+                    current=version == contents.current,
+                )
+            )
+        return result
 
     def wrap(self, data_key: bytes) -> tuple[int, bytes]:
         contents = self._load()
@@ -206,15 +300,22 @@ class LocalKeyFile:
         except InvalidTag:
             raise CorruptWrappedKey(version) from None
 
-    def rotate(self) -> int:
-        """Adds a new random version and makes it current; returns it.
+    def rotate(self, *, if_made_by: datetime | None = None) -> int:
+        """Adds a new random version and makes it current; returns the current version.
 
-        Versions only ever grow, so a retired number is never reused."""
+        With `if_made_by`, only when the current version was made by then (or is
+        undated): decided under the file's lock, so replicas that all find a rotation due make
+        one new version, not one each. Versions only ever grow, so a retired number is never
+        reused."""
         with self._exclusive():
             contents = self._read_or_create()
+            made = contents.created.get(contents.current)
+            if if_made_by is not None and made is not None and made > if_made_by:
+                return contents.current
             version = max(contents.current, *contents.versions) + 1
             versions = {**contents.versions, version: os.urandom(KEK_BYTES)}
-            self._write(_KeyFileContents(current=version, versions=versions))
+            created = {**contents.created, version: self._clock.now()}
+            self._write(_KeyFileContents(current=version, versions=versions, created=created))
         return version
 
     def retire(self, version: int) -> None:
@@ -232,7 +333,12 @@ class LocalKeyFile:
             if version not in contents.versions:
                 return
             versions = {v: k for v, k in contents.versions.items() if v != version}
-            self._write(_KeyFileContents(current=contents.current, versions=versions))
+            # Its date stays: it says when the next older version was superseded.
+            self._write(
+                _KeyFileContents(
+                    current=contents.current, versions=versions, created=contents.created
+                )
+            )
 
     def _load(self) -> _KeyFileContents:
         try:
@@ -260,7 +366,13 @@ class LocalKeyFile:
     def _read_or_create(self) -> _KeyFileContents:
         """Under the lock: the file's contents, creating the file with one version if missing."""
         if not self._path.exists():
-            self._write(_KeyFileContents(current=1, versions={1: os.urandom(KEK_BYTES)}))
+            self._write(
+                _KeyFileContents(
+                    current=1,
+                    versions={1: os.urandom(KEK_BYTES)},
+                    created={1: self._clock.now()},
+                )
+            )
         return self._read()
 
     def _read(self) -> _KeyFileContents:
@@ -271,13 +383,17 @@ class LocalKeyFile:
                 int(version): base64.b64decode(encoded, validate=True)
                 for version, encoded in document["versions"].items()
             }
+            created = {
+                int(version): datetime.fromisoformat(stamp)
+                for version, stamp in document.get("created", {}).items()
+            }
         except (ValueError, KeyError, TypeError, AttributeError, binascii.Error) as error:
             raise KeyFileInvalid(f"{self._path} is not a valid key file") from error
         if current not in versions:
             raise KeyFileInvalid(f"{self._path}: the current version {current} is missing")
         if any(len(key) != KEK_BYTES for key in versions.values()):
             raise KeyFileInvalid(f"{self._path}: every version must be {KEK_BYTES} bytes")
-        return _KeyFileContents(current=current, versions=versions)
+        return _KeyFileContents(current=current, versions=versions, created=created)
 
     def _write(self, contents: _KeyFileContents) -> None:
         document = {
@@ -285,6 +401,10 @@ class LocalKeyFile:
             "versions": {
                 str(version): base64.b64encode(key).decode("ascii")
                 for version, key in sorted(contents.versions.items())
+            },
+            "created": {
+                str(version): stamp.isoformat()
+                for version, stamp in sorted(contents.created.items())
             },
         }
         # mkstemp creates the file 0600 whatever the umask, so the keys are never readable by
