@@ -1,0 +1,5 @@
+"""`python -m confide_retention`: serve the retention service."""
+
+from confide_retention.app import main
+
+main()

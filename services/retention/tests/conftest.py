@@ -1,0 +1,320 @@
+"""Fixtures for the retention service's tests: the service running in-process against the real
+Kafka broker and PostgreSQL (one instance for the whole session; every test uses people of its
+own), the owners' events published for real on identity's, messaging's and billing's topics,
+and a tap on the topic retention publishes to.
+
+Two things keep these tests to themselves on a broker that other services share:
+- the service's clock is a `FrozenClock` standing in 2020. The facts that start retention
+  clocks carry their own times; those the tests publish are in 2020, so only they can fall due
+  while the clock is moved by minutes or hours. Facts of anyone else on the broker (in 2026)
+  stay far in the future of this clock and never fall due here.
+- the service publishes to a topic of its own (`events_topic`), so the owners running on the
+  broker (the dev stack's identity and messaging, other engineers' test services) never see its
+  expiries and never answer them: the tests answer as the owners, on the owners' real topics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from confide_events import (
+    CLOUDEVENTS_JSON,
+    CONTENT_TYPE_HEADER,
+    IntegrationEvent,
+    billing,
+    decode_envelope,
+    encode_envelope,
+    identity,
+    messaging,
+    to_envelope,
+)
+from confide_events.identity import Role
+from confide_events.shredding import ShreddingOutcome
+from confide_events.topics import BILLING_EVENTS, IDENTITY_EVENTS, MESSAGING_EVENTS
+from confide_events.vocabulary import DataCategory
+from confide_retention.app import create_app
+from confide_retention.handlers import Dependencies
+from confide_retention.settings import RetentionSettings
+from confide_retention.store import subject_clocks
+from confide_testing import Infrastructure, TokenMinter, eventually, scratch_database, serving
+from confide_toolkit.auth import load_signing_keys, sign_access_token
+from confide_toolkit.clock import FrozenClock
+from confide_toolkit.ids import uuid7
+from confide_toolkit.relay import idempotent_producer
+from confide_toolkit.topics import ensure_topics
+from fastapi import FastAPI
+from sqlalchemy import select
+
+START = datetime(2020, 1, 1, tzinfo=UTC)
+
+TEST_PERIODS = {
+    "identity.profile": "PT60S",
+    "messaging.messages": "PT60S",
+    "messaging.session_notes": "PT1H",
+    "billing.payment_methods": "PT0S",
+    "billing.financial_records": "PT2H",
+}
+"""The test's policy periods: the defaults' shape, in seconds and hours."""
+
+ANSWER_TIMEOUT = timedelta(seconds=30)
+
+OWNER_TOPIC: dict[str, str] = {
+    "identity": IDENTITY_EVENTS,
+    "messaging": MESSAGING_EVENTS,
+    "billing": BILLING_EVENTS,
+}
+ANSWER_CLASS: dict[str, type[IntegrationEvent]] = {
+    "identity": identity.SubjectDataShredded,
+    "messaging": messaging.SubjectDataShredded,
+    "billing": billing.SubjectDataShredded,
+}
+
+
+def owner_of(category: DataCategory) -> str:
+    return category.split(".")[0]
+
+
+@dataclass
+class RetentionService:
+    """The retention service under test, its clock, ways to call it as anyone, and ways to
+    publish the owners' events on their real topics."""
+
+    app: FastAPI
+    http: httpx.AsyncClient
+    minter: TokenMinter
+    producer: AIOKafkaProducer
+    clock: FrozenClock
+    topic: str
+
+    @property
+    def deps(self) -> Dependencies:
+        deps: Dependencies = self.app.state.deps
+        return deps
+
+    def token(
+        self, subject_id: uuid.UUID, role: Role = "client", auth_time: datetime | None = None
+    ) -> str:
+        """An access token issued now by the service's clock (so it is valid in its 2020)."""
+        return sign_access_token(
+            self.minter.private_key,
+            self.minter.kid,
+            subject_id,
+            role,
+            timedelta(minutes=15),
+            self.clock,
+            auth_time or self.clock.now(),
+            token_id=uuid.uuid4().hex,
+        )
+
+    def as_(
+        self, subject_id: uuid.UUID, role: Role = "client", auth_time: datetime | None = None
+    ) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token(subject_id, role, auth_time)}"}
+
+    async def advance(self, delta: timedelta) -> None:
+        """Move the clock, and let the scheduler pass at once."""
+        self.clock.advance(delta)
+        self.deps.scheduler.wake()
+
+    async def publish(self, topic: str, *events: IntegrationEvent) -> None:
+        for event in events:
+            envelope = to_envelope(
+                event, event_id=uuid7(), time=self.clock.now(), correlation_id=str(uuid.uuid4())
+            )
+            await self.producer.send_and_wait(
+                topic,
+                value=encode_envelope(envelope),
+                key=envelope.subject.encode(),
+                headers=[(CONTENT_TYPE_HEADER, CLOUDEVENTS_JSON.encode())],
+            )
+
+    async def close_account(
+        self, subject_id: uuid.UUID, at: datetime | None = None, timeout: float = 30
+    ) -> None:
+        """identity's AccountClosed, and wait until retention recorded it."""
+        await self.publish(
+            IDENTITY_EVENTS,
+            identity.AccountClosed(subject_id=subject_id, closed_at=at or self.clock.now()),
+        )
+        await self.until_clock(subject_id, "account_closed", timeout)
+
+    async def until_clock(self, subject_id: uuid.UUID, trigger: str, timeout: float = 30) -> None:
+        async def recorded() -> bool:
+            async with self.deps.engine.connect() as conn:
+                found = await conn.scalar(
+                    select(subject_clocks.c.happened_at).where(
+                        subject_clocks.c.subject_id == subject_id,
+                        subject_clocks.c.trigger == trigger,
+                    )
+                )
+            return found is not None
+
+        await eventually(recorded, timeout=timeout)
+
+    async def answer(
+        self,
+        subject_id: uuid.UUID,
+        category: DataCategory,
+        outcome: ShreddingOutcome = "shredded",
+        erasure_case_id: uuid.UUID | None = None,
+        key_id: uuid.UUID | None = None,
+    ) -> uuid.UUID | None:
+        """Answer an expiry as its owner would, on the owner's topic; returns the key id."""
+        owner = owner_of(category)
+        key = (key_id or uuid.uuid4()) if outcome == "shredded" else None
+        answer = ANSWER_CLASS[owner].model_validate(
+            {
+                "subject_id": subject_id,
+                "category": category,
+                "outcome": outcome,
+                "key_id": key,
+                "answered_at": self.clock.now(),
+                "erasure_case_id": erasure_case_id,
+            }
+        )
+        await self.publish(OWNER_TOPIC[owner], answer)
+        return key
+
+    async def status(self, request_id: str, as_: dict[str, str]) -> Any:
+        response = await self.http.get(f"/v1/erasure-requests/{request_id}", headers=as_)
+        assert response.status_code == 200, response.text
+        return response.json()
+
+
+@pytest.fixture(scope="session")
+async def retention(
+    infrastructure: Infrastructure, kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[RetentionService]:
+    minter = TokenMinter(kafka_bootstrap)
+    await minter.publish_key()
+    topic = f"retention-test.{uuid.uuid4().hex[:12]}.events"
+    await ensure_topics(kafka_bootstrap, [topic, f"{topic}.dlq"])
+    clock = FrozenClock(START)
+    with scratch_database(infrastructure) as database_url:
+        settings = RetentionSettings(
+            database_url=database_url,
+            kafka_bootstrap=kafka_bootstrap,
+            kek_file=Path(tmp_path_factory.mktemp("retention")) / "kek.json",
+            consumer_group=f"retention-test-{uuid.uuid4().hex[:8]}",
+            relay_poll_interval=0.2,
+            policy_periods=TEST_PERIODS,
+            answer_timeout=ANSWER_TIMEOUT,
+            scheduler_interval=0.1,
+            events_topic=topic,
+        )
+        app = create_app(settings, clock)
+        producer = idempotent_producer(kafka_bootstrap)
+        await producer.start()
+        try:
+            async with serving(app) as http:
+                service = RetentionService(app, http, minter, producer, clock, topic)
+                engine = app.state.service.engine
+
+                async def key_known() -> bool:
+                    async with engine.connect() as conn:
+                        return minter.kid in await load_signing_keys(conn)
+
+                # The key comes after the topics' history (every fact since the suite began).
+                await eventually(key_known, timeout=300)
+                # Every consumer has joined when a fact published now is recorded.
+                await service.close_account(uuid.uuid4(), START - timedelta(days=400), timeout=300)
+                yield service
+        finally:
+            await producer.stop()
+
+
+@dataclass
+class TopicTap:
+    """The records published on a topic since the tap was opened."""
+
+    consumer: AIOKafkaConsumer
+    records: list[Any]
+
+    async def drain(self) -> None:
+        batch = await self.consumer.getmany(timeout_ms=100)
+        for records in batch.values():
+            self.records.extend(records)
+
+    def events(self, event_type: str) -> list[dict[str, Any]]:
+        """The `data` of each record of `event_type` tapped so far."""
+        found = []
+        for record in self.records:
+            if not record.value:  # the relay's fencing markers carry no event
+                continue
+            envelope = decode_envelope(record.value)
+            if envelope.type == event_type:
+                found.append(envelope.data)
+        return found
+
+    def expiries_of(self, subject_id: uuid.UUID) -> list[dict[str, Any]]:
+        return [
+            e
+            for e in self.events("confide.retention.RetentionExpired")
+            if e["subject_id"] == str(subject_id)
+        ]
+
+    async def wait_for(
+        self,
+        event_type: str,
+        predicate: Callable[[list[dict[str, Any]]], bool],
+        timeout: float = 30,
+    ) -> list[dict[str, Any]]:
+        async def seen() -> bool:
+            await self.drain()
+            return predicate(self.events(event_type))
+
+        await eventually(seen, timeout=timeout)
+        return self.events(event_type)
+
+    async def quiet_for(self, seconds: float) -> None:
+        """Keep tapping for a while (to see that nothing more comes)."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + seconds
+        while loop.time() < end:
+            await self.drain()
+
+
+def _assigned(consumer: AIOKafkaConsumer) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:
+        return bool(consumer.assignment())
+
+    return check
+
+
+@contextlib.asynccontextmanager
+async def tap(kafka_bootstrap: str, topic: str) -> AsyncIterator[TopicTap]:
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=kafka_bootstrap,
+        group_id=None,
+        enable_auto_commit=False,
+        auto_offset_reset="latest",
+    )
+    await consumer.start()
+    try:
+        await eventually(_assigned(consumer))
+        for partition in consumer.assignment():
+            await consumer.position(partition)  # resolve "latest" before the test produces
+        yield TopicTap(consumer, [])
+    finally:
+        with contextlib.suppress(asyncio.CancelledError):
+            await consumer.stop()
+
+
+@pytest.fixture
+async def retention_events(
+    retention: RetentionService, kafka_bootstrap: str
+) -> AsyncIterator[TopicTap]:
+    """A tap on the topic the service under test publishes to, from its current end."""
+    async with tap(kafka_bootstrap, retention.topic) as opened:
+        yield opened
