@@ -189,3 +189,50 @@ async def test_an_expiry_for_a_person_identity_never_saw_is_answered_nothing_hel
         assert answer["key_id"] is None
         assert answer["category"] == "identity.profile"
         assert answer["erasure_case_id"] == str(erasure_case_id)
+
+
+async def test_a_redelivered_expiry_is_answered_again_with_the_same_key_and_changes_nothing(
+    identity: RunningIdentity, kafka_bootstrap: str
+) -> None:
+    user_id, body = await identity.register()
+    await identity.tokens(body)  # a live session, which the first shredding ends
+    expiry = RetentionExpired(
+        subject_id=user_id,
+        category="identity.profile",
+        policy="identity.profile.erasure_request",
+        due_at=datetime.now(UTC),
+        erasure_case_id=uuid.uuid4(),
+    )
+
+    async def answers() -> list[dict[str, object]]:
+        events = await events_about(kafka_bootstrap, IDENTITY_EVENTS, str(user_id))
+        return [
+            e.data
+            for e in events
+            if e.type == "confide.identity.SubjectDataShredded" and e.data["outcome"] == "shredded"
+        ]
+
+    async def revocations() -> int:
+        events = await events_about(kafka_bootstrap, IDENTITY_EVENTS, str(user_id))
+        return sum(e.type == "confide.identity.SessionsRevoked" for e in events)
+
+    await publish(kafka_bootstrap, RETENTION_EVENTS, expiry)
+
+    async def answered(count: int) -> bool:
+        return len(await answers()) == count
+
+    await eventually(lambda: answered(1))
+    [first] = await answers()
+    erased = await accounts.read_account(identity.deps, user_id)
+    revoked = await revocations()
+    assert revoked == 1
+
+    # Retention re-emits an expiry whose answer it did not see in time: a new event, the same
+    # expiry. It is answered again, with the same key and time, and nothing else happens.
+    await publish(kafka_bootstrap, RETENTION_EVENTS, expiry)
+    await eventually(lambda: answered(2))
+    _, second = await answers()
+    assert second == first
+    assert await revocations() == revoked
+    assert await accounts.read_account(identity.deps, user_id) == erased
+    assert (await identity.sign_in(body)).status_code == 401
