@@ -32,7 +32,7 @@ from typing import Any, Final
 from fastapi import FastAPI
 from fastapi.dependencies.models import Dependant
 from fastapi.openapi.utils import get_openapi
-from fastapi.routing import APIRoute
+from fastapi.routing import iter_route_contexts
 
 from confide_toolkit.problem import PROBLEM_JSON, status_title
 
@@ -123,10 +123,12 @@ ROLES_EXTENSION: Final = "x-roles"
 def declare_roles(document: dict[str, Any], app: FastAPI) -> None:
     """Name in `x-roles` the roles each role-restricted operation of `app` admits, in place."""
     paths = document.get("paths", {})
-    for route in app.routes:
-        if not isinstance(route, APIRoute):
+    # Routes of included routers are visited as FastAPI documents them, with their prefixes.
+    for route in iter_route_contexts(app.routes):
+        dependant = getattr(route, "dependant", None)
+        if not isinstance(dependant, Dependant) or route.path_format is None:
             continue
-        roles = _roles_required(route.dependant)
+        roles = _roles_required(dependant)
         if roles is None:
             continue
         for method in route.methods or ():

@@ -28,10 +28,11 @@ from typing import Any, Final, TypedDict
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import iter_route_contexts
 from opentelemetry import trace
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
-from starlette.routing import BaseRoute, Match
+from starlette.routing import BaseRoute, compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 logger = logging.getLogger(__name__)
@@ -305,21 +306,25 @@ async def _on_http_exception(request: Request, exc: Exception) -> Response:
     if exc.status_code == 401:
         headers.setdefault("WWW-Authenticate", "Bearer")
     if exc.status_code == 405:
-        allowed = allowed_methods(request.app.router.routes, request.scope)
+        allowed = allowed_methods(request.app.routes, request.url.path)
         if allowed:
             headers["Allow"] = ", ".join(allowed)
     return problem_response(Problem(detail, status=exc.status_code, headers=headers))
 
 
-def allowed_methods(routes: Sequence[BaseRoute], scope: Scope) -> list[str]:
-    """Every method some route serves at the scope's path: a path served by several routes
-    (GET and POST of `/v1/consents` are two routes) allows the union of their methods, where
-    Starlette's own 405 lists only the first matching route's (RFC 9110 §15.5.6)."""
+def allowed_methods(routes: Sequence[BaseRoute], path: str) -> list[str]:
+    """Every method some route serves at `path`: a path served by several routes (GET and POST
+    of `/v1/consents` are two routes) allows the union of their methods, where Starlette's own
+    405 lists only the first matching route's (RFC 9110 §15.5.6). Routes of included routers
+    are visited as FastAPI sees them, with their prefixes."""
     methods: set[str] = set()
-    for route in routes:
-        match, _ = route.matches(scope)
-        if match is not Match.NONE:
-            methods.update(getattr(route, "methods", None) or ())
+    for route in iter_route_contexts(routes):
+        route_path, route_methods = route.path, route.methods
+        if route_path is None or not route_methods:
+            continue
+        regex, _, _ = compile_path(route_path)
+        if regex.match(path):
+            methods.update(route_methods)
     return sorted(methods)
 
 
@@ -356,7 +361,8 @@ class ProblemType:
     exceptions carry pseudonymous ids only (DESIGN rule 5). What the exception says of itself
     is carried over by these attributes, when it has them:
     - `field` (str): with a 422, `errors` names `"<location>.<field>"` (`body.email`), the
-      way request validation names fields;
+      way request validation names fields; with a 404 too, when the field refers to something
+      that does not exist (`body.recipient_id`), as Stripe answers a body's dangling reference;
     - `field_errors` (sequence of `(field, message, type)`): several fields or reasons;
     - `retry_after` (timedelta or seconds): the `Retry-After` header.
     `extensions` adds members computed from the exception (e.g. the current policy version).
@@ -395,7 +401,7 @@ class ProblemType:
                 for field, message, kind in listed
             ]
         field = getattr(error, "field", None)
-        if self.status == 422 and isinstance(field, str):
+        if self.status in {404, 422} and isinstance(field, str):
             kind = getattr(error, "kind", None) or slug.replace("-", "_")
             return [FieldError(field=self._located(field), message=str(error), type=kind)]
         return []
