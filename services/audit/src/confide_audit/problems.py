@@ -1,0 +1,14 @@
+"""How the audit service's refusals answer over HTTP: one `ProblemType` per domain exception,
+passed by app.py to `Service.create_app`."""
+
+from __future__ import annotations
+
+from confide_toolkit.problem import ProblemType, ProblemTypes
+
+from confide_audit.domain import SubjectNotFound, UnknownReportFormat
+
+PROBLEM_TYPES: ProblemTypes = {
+    SubjectNotFound: ProblemType(404, "Not Found"),
+    UnknownReportFormat: ProblemType(422, "Unprocessable Content", location="query"),
+}
+"""Every `AuditError` the service raises, and how it answers."""
