@@ -793,3 +793,31 @@ async def test_a_listing_joined_on_each_values_key_reads_both_generations(
 
     assert bodies[sender] == [ERASED, ERASED, b"anew"]
     assert bodies[other] == [b"body 0", "malformed"]
+
+
+async def test_an_expiry_answered_already_leaves_the_newer_key_alone(
+    toolkit_engine: AsyncEngine, keyring: Keyring, clock: FrozenClock, subject: uuid.UUID
+) -> None:
+    await _encrypt(toolkit_engine, keyring, subject, "m-1")
+    due_at = clock.now()
+    clock.advance(timedelta(seconds=5))
+    async with toolkit_engine.begin() as conn:
+        first = await keyring.shred(conn, subject, MESSAGES, unless_shredded_since=due_at)
+    assert first is not None
+    clock.advance(timedelta(minutes=1))
+    async with toolkit_engine.begin() as conn:
+        later = await keyring.encrypt(
+            conn, subject, MESSAGES, "m-2", b"said since", new_key_after_shredding=True
+        )
+
+    # The same expiry again: answered by the first shredding, the newer key stays.
+    async with toolkit_engine.begin() as conn:
+        again = await keyring.shred(conn, subject, MESSAGES, unless_shredded_since=due_at)
+    assert again == first
+    assert await _decrypt(toolkit_engine, keyring, subject, "m-2", later) == b"said since"
+
+    # An expiry due after that shredding covers the newer key: it goes too.
+    async with toolkit_engine.begin() as conn:
+        newer = await keyring.shred(conn, subject, MESSAGES, unless_shredded_since=clock.now())
+    assert newer is not None and newer.key_id != first.key_id
+    assert await _decrypt(toolkit_engine, keyring, subject, "m-2", later) is ERASED

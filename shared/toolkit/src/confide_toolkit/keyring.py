@@ -518,7 +518,12 @@ class Keyring:
         return KeyOpener(self, wrapped, subject_id, category)
 
     async def shred(
-        self, conn: AsyncConnection, subject_id: uuid.UUID, category: str
+        self,
+        conn: AsyncConnection,
+        subject_id: uuid.UUID,
+        category: str,
+        *,
+        unless_shredded_since: datetime | None = None,
     ) -> Tombstone | None:
         """Destroys the data key of (subject, category): deletes its wrapped row and records a
         tombstone, in one statement of the caller's transaction. From its commit on, everything
@@ -529,8 +534,17 @@ class Keyring:
         redelivered erasure reports the same key id and time) — as long as no writer started a
         new key since; if one did, that key is live and this shreds it. Returns None when the
         (subject, category) never had a key; nothing is recorded then, and a later write creates
-        a key as for anyone else. The cost is one row, whatever the amount of data."""
+        a key as for anyone else. The cost is one row, whatever the amount of data.
+
+        `unless_shredded_since`: an expiry answered already. When a key of (subject, category)
+        was shredded at or after that time (an expiry due then, emitted again because its answer
+        came late), the earlier tombstone is returned and a newer live key is left alone: what
+        was written under it came after the expiry, which it does not cover."""
         await self._lock(conn, subject_id, category)
+        if unless_shredded_since is not None:
+            earlier = await self._latest_tombstone(conn, subject_id, category)
+            if earlier is not None and earlier.shredded_at >= unless_shredded_since:
+                return earlier
         destroyed = (
             delete(data_keys)
             .where(data_keys.c.subject_id == subject_id, data_keys.c.category == category)
@@ -555,20 +569,25 @@ class Keyring:
             )
         ).first()
         if recorded is None:
-            earlier = (
-                await conn.execute(
-                    select(*data_key_tombstones.c)
-                    .where(
-                        data_key_tombstones.c.subject_id == subject_id,
-                        data_key_tombstones.c.category == category,
-                    )
-                    .order_by(data_key_tombstones.c.shredded_at.desc())
-                    .limit(1)
-                )
-            ).first()
-            return None if earlier is None else _tombstone(earlier)
+            return await self._latest_tombstone(conn, subject_id, category)
         self._unwrapped.evict(recorded.key_id)
         return _tombstone(recorded)
+
+    async def _latest_tombstone(
+        self, conn: AsyncConnection, subject_id: uuid.UUID, category: str
+    ) -> Tombstone | None:
+        earlier = (
+            await conn.execute(
+                select(*data_key_tombstones.c)
+                .where(
+                    data_key_tombstones.c.subject_id == subject_id,
+                    data_key_tombstones.c.category == category,
+                )
+                .order_by(data_key_tombstones.c.shredded_at.desc())
+                .limit(1)
+            )
+        ).first()
+        return None if earlier is None else _tombstone(earlier)
 
     async def tombstones(self, conn: AsyncConnection, subject_id: uuid.UUID) -> list[Tombstone]:
         """Every data key of the subject that was shredded, oldest first."""
