@@ -1,0 +1,126 @@
+"""The load generator of the fault scenarios: people registering, signing in, granting consents
+and closing their accounts through the public HTTP API, with each answer tallied."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import httpx
+
+PASSWORD = "fault scenario correct horse battery"
+
+
+@dataclass
+class Tally:
+    """What the API answered: acknowledged values (2xx) and every status seen."""
+
+    attempted: int = 0
+    acknowledged: dict[str, str] = field(default_factory=dict)
+    statuses: dict[int, int] = field(default_factory=dict)
+    unreachable: int = 0
+
+    def answer(self, status: int) -> None:
+        self.statuses[status] = self.statuses.get(status, 0) + 1
+
+    @property
+    def server_errors(self) -> int:
+        return sum(n for status, n in self.statuses.items() if status >= 500)
+
+    @property
+    def unavailable(self) -> int:
+        return self.statuses.get(503, 0)
+
+
+async def steady(
+    stop: asyncio.Event, workers: int, operation: Callable[[int], Awaitable[None]], cap: float = 90
+) -> None:
+    """Run `operation(n)` from `workers` concurrent workers until `stop` is set (or `cap`
+    seconds have passed: load stops by itself)."""
+    deadline = time.monotonic() + cap
+    counter = iter(range(10**9))
+
+    async def worker() -> None:
+        while not stop.is_set() and time.monotonic() < deadline:
+            await operation(next(counter))
+
+    await asyncio.gather(*(worker() for _ in range(workers)))
+
+
+async def after_fault(
+    stop: asyncio.Event, fault: Awaitable[None], *, before: float, after: float
+) -> None:
+    """Let the load run `before` seconds, strike with `fault` (which returns once the faulted
+    part is back), let the load run `after` more seconds, then stop it."""
+    await asyncio.sleep(before)
+    await fault
+    await asyncio.sleep(after)
+    stop.set()
+
+
+async def register(
+    http: httpx.AsyncClient, identity_url: str, email: str, tally: Tally
+) -> str | None:
+    """Register a client; the user id when identity acknowledged it."""
+    tally.attempted += 1
+    try:
+        answer = await http.post(
+            f"{identity_url}/v1/accounts",
+            json={"email": email, "password": PASSWORD, "display_name": "Fault", "role": "client"},
+        )
+    except httpx.TransportError:
+        tally.unreachable += 1
+        await asyncio.sleep(0.2)
+        return None
+    tally.answer(answer.status_code)
+    if answer.status_code != 201:
+        await asyncio.sleep(0.2)
+        return None
+    user_id = str(answer.json()["user_id"])
+    tally.acknowledged[email] = user_id
+    return user_id
+
+
+async def retry(
+    what: str, attempt: Callable[[], Awaitable[httpx.Response]], ok: int, within: float = 60
+) -> httpx.Response:
+    """`attempt` until it answers `ok` (an event still crossing Kafka, a service restarting)."""
+    deadline = time.monotonic() + within
+    last = "no answer"
+    while time.monotonic() < deadline:
+        try:
+            answer = await attempt()
+            if answer.status_code == ok:
+                return answer
+            last = f"{answer.status_code} {answer.text[:200]}"
+        except httpx.TransportError as error:
+            last = repr(error)
+        await asyncio.sleep(0.25)
+    raise AssertionError(f"{what}: still {last} after {within} s")
+
+
+async def signed_in_client(
+    http: httpx.AsyncClient, identity_url: str, prefix: str
+) -> tuple[str, dict[str, str]]:
+    """A newly registered client's user id and bearer header."""
+    email = f"{prefix}-{uuid.uuid4().hex[:12]}@example.org"
+    registered = await retry(
+        "register",
+        lambda: http.post(
+            f"{identity_url}/v1/accounts",
+            json={"email": email, "password": PASSWORD, "display_name": "Fault", "role": "client"},
+        ),
+        201,
+    )
+    tokens = await retry(
+        "sign in",
+        lambda: http.post(
+            f"{identity_url}/v1/sessions", json={"email": email, "password": PASSWORD}
+        ),
+        200,
+    )
+    user_id = str(registered.json()["user_id"])
+    return user_id, {"Authorization": f"Bearer {tokens.json()['access_token']}"}
