@@ -33,18 +33,24 @@ from confide_events import (
 from confide_events.identity import Role
 from confide_events.topics import BILLING_EVENTS
 from confide_testing import Infrastructure, TokenMinter, eventually, scratch_database, serving
+from confide_toolkit.auth import load_signing_keys
 from confide_toolkit.ids import uuid7
 from confide_toolkit.relay import idempotent_producer
 from confide_toolkit.telemetry import configure_telemetry
 from fastapi import FastAPI
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 GATEWAY_TIMEOUT = 0.5
 """Seconds the service under test waits for the gateway (the time-out card never answers)."""
 
-ADDRESS = {"line1": "17 Quillfeather Lane", "city": "Oxbridge", "postal_code": "OX9 7QZ",
-           "country": "GB"}
+ADDRESS = {
+    "line1": "17 Quillfeather Lane",
+    "city": "Oxbridge",
+    "postal_code": "OX9 7QZ",
+    "country": "GB",
+}
 
 
 def card_body(number: str = APPROVE_VISA, **changes: Any) -> dict[str, Any]:
@@ -156,10 +162,22 @@ async def billing(
         try:
             async with serving(app) as http:
                 service = BillingService(app, http, minter, producer, gateway, spans)
-                await minter.wait_until_known(app.state.service.engine)
+                await _until_key_known(minter, app.state.service.engine)
                 yield service
         finally:
             await producer.stop()
+
+
+async def _until_key_known(minter: TokenMinter, engine: AsyncEngine) -> None:
+    """Wait until the service consumed the minter's key. A new consumer group reads
+    identity.events from its start, which on a long-lived dev broker under load can take longer
+    than `TokenMinter.wait_until_known`'s 30 s."""
+
+    async def known() -> bool:
+        async with engine.connect() as conn:
+            return minter.kid in await load_signing_keys(conn)
+
+    await eventually(known, timeout=180)
 
 
 @pytest.fixture
