@@ -252,3 +252,31 @@ def test_the_operator_command_shows_the_versions_and_rotates(
     unknown = keys("destroy-everything")
     assert unknown.returncode != 0
     assert "invalid choice" in unknown.stderr
+
+
+async def test_a_services_own_wrapped_secrets_are_re_wrapped_with_the_data_keys(
+    lifecycle: KekLifecycle,
+    key_file: LocalKeyFile,
+    toolkit_engine: AsyncEngine,
+    clock: FrozenClock,
+) -> None:
+    # As identity keeps its signing keys and secrets: wrapped by the KEK, outside the keyring.
+    secret = os.urandom(32)
+    version, wrapped = key_file.wrap(secret)
+    async with toolkit_engine.begin() as conn:
+        await conn.execute(
+            text("CREATE TABLE own_secrets (kek_version integer NOT NULL, wrapped_secret bytea)")
+        )
+        await conn.execute(
+            text("INSERT INTO own_secrets VALUES (:v, :w)"), {"v": version, "w": wrapped}
+        )
+    clock.advance(timedelta(days=30))
+    await lifecycle.maintain()
+    async with toolkit_engine.connect() as conn:
+        row = (
+            await conn.execute(text("SELECT kek_version, wrapped_secret FROM own_secrets"))
+        ).one()
+    assert row.kek_version == 2
+    clock.advance(timedelta(days=35))
+    assert (await lifecycle.maintain()).retired == [1]
+    assert key_file.unwrap(row.kek_version, bytes(row.wrapped_secret)) == secret

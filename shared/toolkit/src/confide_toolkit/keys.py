@@ -15,7 +15,8 @@ status afterwards (`--json` for a machine-readable one).
 
 A version is destroyed only when nothing in the database is wrapped under it any more: every
 table with a `kek_version` column is counted, not only the keyring's `data_keys` (identity
-wraps its signing keys and secrets with the same KEKs). A version still holding rows past its
+wraps its signing keys and secrets with the same KEKs), and the re-wrap moves those rows too
+when the table has one `wrapped_*` column beside it. A version still holding rows past its
 death is reported as blocked and kept: losing live data is worse than a late destruction.
 """
 
@@ -30,9 +31,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
-from sqlalchemy import column, func, select, text
+from sqlalchemy import column, func, select, text, update
 from sqlalchemy import table as sql_table
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from confide_toolkit.clock import Clock, SystemClock
 from confide_toolkit.database import create_engine
@@ -43,7 +44,7 @@ from confide_toolkit.kek import (
     backups_clear_from,
     keks_from_settings,
 )
-from confide_toolkit.keyring import Keyring
+from confide_toolkit.keyring import Keyring, data_keys
 from confide_toolkit.settings import ServiceSettings
 
 
@@ -101,6 +102,57 @@ class Maintenance:
     rewrapped: int = 0
     retired: list[int] = field(default_factory=list)
     blocked: dict[int, dict[str, int]] = field(default_factory=dict)
+
+
+async def _wrapping_tables(conn: AsyncConnection) -> dict[str, list[str]]:
+    """Every table of the schema with a `kek_version` column, with its `wrapped_*` columns."""
+    rows = await conn.execute(
+        text(
+            "SELECT table_name, column_name FROM information_schema.columns"
+            " WHERE table_schema = current_schema()"
+            " AND (column_name = 'kek_version' OR column_name LIKE 'wrapped%')"
+            " ORDER BY table_name, column_name"
+        )
+    )
+    columns: dict[str, list[str]] = {}
+    for table_name, column_name in rows:
+        columns.setdefault(table_name, []).append(column_name)
+    return {
+        table_name: [c for c in names if c != "kek_version"]
+        for table_name, names in columns.items()
+        if "kek_version" in names
+    }
+
+
+async def rewrap_other_tables(engine: AsyncEngine, keks: KeyEncryptionKeys) -> int:
+    """Re-wraps, under the current version, what a service wraps with its KEKs outside the
+    keyring (identity's signing keys and secrets): every row of a table with a `kek_version`
+    column and exactly one `wrapped_*` column. Each row is moved only if it still holds the
+    bytes read, so a concurrent writer wins. Returns how many rows moved."""
+    target = keks.current_version
+    moved = 0
+    async with engine.connect() as conn:
+        tables = await _wrapping_tables(conn)
+        for name, wrapped_columns in tables.items():
+            if name == data_keys.name or len(wrapped_columns) != 1:
+                continue
+            wrapped = sql_table(name, column("kek_version"), column(wrapped_columns[0]))
+            version_column, bytes_column = wrapped.c.kek_version, wrapped.c[wrapped_columns[0]]
+            rows = (
+                await conn.execute(
+                    select(version_column, bytes_column).where(version_column != target)
+                )
+            ).all()
+            for version, old in rows:
+                new_version, new = keks.wrap(keks.unwrap(version, bytes(old)))
+                result = await conn.execute(
+                    update(wrapped)
+                    .where(version_column == version, bytes_column == old)
+                    .values({version_column: new_version, bytes_column: new})
+                )
+                moved += result.rowcount
+            await conn.commit()
+    return moved
 
 
 async def wrapped_counts(engine: AsyncEngine) -> dict[int, dict[str, int]]:
@@ -170,9 +222,11 @@ class KekLifecycle:
         return current if current != before else None
 
     async def rewrap(self) -> int:
-        """Every data key not yet under the current version moved onto it."""
+        """Every data key, and every other row wrapped by the KEKs (`rewrap_other_tables`),
+        not yet under the current version moved onto it."""
         async with self.engine.connect() as conn:
-            return await self.keyring.rewrap_all(conn)
+            moved = await self.keyring.rewrap_all(conn)
+        return moved + await rewrap_other_tables(self.engine, self.keks)
 
     async def retire_expired(self) -> tuple[list[int], dict[int, dict[str, int]]]:
         """Destroy every superseded version past its death that wraps nothing; returns those
