@@ -42,18 +42,21 @@ from confide_events.identity import Role
 from confide_events.shredding import ShreddingOutcome
 from confide_events.topics import BILLING_EVENTS, IDENTITY_EVENTS, MESSAGING_EVENTS
 from confide_events.vocabulary import DataCategory
-from confide_retention.app import create_app
+from confide_retention.app import MIGRATIONS, create_app
 from confide_retention.handlers import Dependencies
 from confide_retention.settings import RetentionSettings
-from confide_retention.store import subject_clocks
+from confide_retention.store import expiries, subject_clocks
 from confide_testing import Infrastructure, TokenMinter, eventually, scratch_database, serving
 from confide_toolkit.auth import load_signing_keys, sign_access_token
 from confide_toolkit.clock import FrozenClock
+from confide_toolkit.database import create_engine
 from confide_toolkit.ids import uuid7
+from confide_toolkit.migrations import upgrade_database
+from confide_toolkit.positions import consumer_positions
 from confide_toolkit.relay import idempotent_producer
 from confide_toolkit.topics import ensure_topics
 from fastapi import FastAPI
-from sqlalchemy import select
+from sqlalchemy import insert, select
 
 START = datetime(2020, 1, 1, tzinfo=UTC)
 
@@ -161,6 +164,18 @@ class RetentionService:
 
         await eventually(recorded, timeout=timeout)
 
+    async def until_answered(self, subject_id: uuid.UUID, category: DataCategory) -> None:
+        async def answered() -> bool:
+            async with self.deps.engine.connect() as conn:
+                found = await conn.scalar(
+                    select(expiries.c.answered_at).where(
+                        expiries.c.subject_id == subject_id, expiries.c.category == category
+                    )
+                )
+            return found is not None
+
+        await eventually(answered)
+
     async def answer(
         self,
         subject_id: uuid.UUID,
@@ -191,16 +206,55 @@ class RetentionService:
         return response.json()
 
 
+async def start_at_the_end(database_url: str, kafka_bootstrap: str) -> None:
+    """Migrate the service's database and record its consumers' positions at the current end
+    of the topics it reads: the broker's history (every fact since the suite began, thousands
+    of them) is no business of these tests, and reading it takes minutes on a busy machine."""
+    await asyncio.to_thread(upgrade_database, database_url, MIGRATIONS)
+    consumer = AIOKafkaConsumer(
+        IDENTITY_EVENTS,
+        MESSAGING_EVENTS,
+        BILLING_EVENTS,
+        bootstrap_servers=kafka_bootstrap,
+        group_id=None,
+        enable_auto_commit=False,
+    )
+    await consumer.start()
+    try:
+        await eventually(_assigned(consumer))
+        ends = await consumer.end_offsets(list(consumer.assignment()))
+    finally:
+        with contextlib.suppress(asyncio.CancelledError):
+            await consumer.stop()
+    engine = create_engine(database_url)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(
+                insert(consumer_positions),
+                [
+                    {
+                        "consumer": "retention",
+                        "topic": tp.topic,
+                        "partition": tp.partition,
+                        "next_offset": offset,
+                    }
+                    for tp, offset in ends.items()
+                ],
+            )
+    finally:
+        await engine.dispose()
+
+
 @pytest.fixture(scope="session")
 async def retention(
     infrastructure: Infrastructure, kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[RetentionService]:
     minter = TokenMinter(kafka_bootstrap)
-    await minter.publish_key()
     topic = f"retention-test.{uuid.uuid4().hex[:12]}.events"
     await ensure_topics(kafka_bootstrap, [topic, f"{topic}.dlq"])
     clock = FrozenClock(START)
     with scratch_database(infrastructure) as database_url:
+        await start_at_the_end(database_url, kafka_bootstrap)
         settings = RetentionSettings(
             database_url=database_url,
             kafka_bootstrap=kafka_bootstrap,
@@ -212,6 +266,7 @@ async def retention(
             scheduler_interval=0.1,
             events_topic=topic,
         )
+        await minter.publish_key()  # after the positions: the service reads it
         app = create_app(settings, clock)
         producer = idempotent_producer(kafka_bootstrap)
         await producer.start()
@@ -224,8 +279,7 @@ async def retention(
                     async with engine.connect() as conn:
                         return minter.kid in await load_signing_keys(conn)
 
-                # The key comes after the topics' history (every fact since the suite began).
-                await eventually(key_known, timeout=300)
+                await eventually(key_known, timeout=60)
                 # Every consumer has joined when a fact published now is recorded.
                 await service.close_account(uuid.uuid4(), START - timedelta(days=400), timeout=300)
                 yield service

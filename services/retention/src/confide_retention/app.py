@@ -15,6 +15,7 @@ from confide_events.retention import (
     RetentionExpired,
 )
 from confide_toolkit.clock import Clock
+from confide_toolkit.kek import KekSchedule
 from confide_toolkit.outbox import Outbox
 from confide_toolkit.service import Service, run
 from confide_toolkit.signed_documents import DocumentSigningKeys
@@ -71,7 +72,7 @@ def build(settings: RetentionSettings, clock: Clock | None = None) -> tuple[Serv
             purpose="retention.certificates",
         ),
         fresh_sign_in=settings.fresh_sign_in,
-        backup_retention=settings.backup_retention,
+        kek_schedule=KekSchedule(),  # from the environment, as every service's key lifecycle
         scheduler=scheduler,
     )
     return service, deps

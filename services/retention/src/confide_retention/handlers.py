@@ -22,6 +22,7 @@ from confide_toolkit.clock import Clock
 from confide_toolkit.commands import run_command
 from confide_toolkit.ids import uuid7
 from confide_toolkit.inbox import EventContext
+from confide_toolkit.kek import KekSchedule, backups_clear_from
 from confide_toolkit.outbox import Outbox
 from confide_toolkit.signed_documents import DocumentSigningKeys, sign_document
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -57,8 +58,9 @@ class Dependencies:
     certificate_keys: DocumentSigningKeys
     fresh_sign_in: timedelta
     """How recent a person's sign-in must be for them to request their own erasure."""
-    backup_retention: timedelta
-    """How long backups are kept: a certificate's `backups_clear_from` is that long after it."""
+    kek_schedule: KekSchedule
+    """When the suite's KEK versions rotate and die (`CONFIDE_KEK_ROTATION_PERIOD`,
+    `CONFIDE_KEK_BACKUP_RETENTION`): a certificate's `backups_clear_from` follows from it."""
     scheduler: Scheduler
     """Woken after a command that may have made expiries due (a request, a release, a resume)."""
 
@@ -274,14 +276,16 @@ async def _complete(deps: Dependencies, conn: AsyncConnection, case: ErasureCase
     transaction of the answer that settled it."""
     now = deps.clock.now()
     certificate_id = uuid7()
-    backups_clear_from = now + deps.backup_retention
+    # Every shredding of the case happened by now: from this date no backup taken before it
+    # can unwrap any of the shredded keys (their KEK version is destroyed by then).
+    clear_from = backups_clear_from(now, deps.kek_schedule)
     key = await deps.certificate_keys.current(conn)
-    claims = certificate_claims(case, certificate_id, now, backups_clear_from)
+    claims = certificate_claims(case, certificate_id, now, clear_from)
     jws = sign_document(claims, key, CERTIFICATE_TYPE)
     await store.add_certificate(
         conn, StoredCertificate(certificate_id, case.case_id, case.subject_id, key.kid, jws, now)
     )
-    case.close(certificate_id, backups_clear_from, now)
+    case.close(certificate_id, clear_from, now)
     await deps.cases.save(conn, case)
     await deps.outbox.put(
         conn,
@@ -290,7 +294,7 @@ async def _complete(deps: Dependencies, conn: AsyncConnection, case: ErasureCase
             subject_id=case.subject_id,
             certificate_id=certificate_id,
             outcomes=tuple(case.outcomes()),
-            backups_clear_from=backups_clear_from,
+            backups_clear_from=clear_from,
             completed_at=now,
         ),
     )

@@ -108,6 +108,10 @@ class Scheduler:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self._interval)
 
+    @property
+    def running(self) -> bool:
+        return self._task is not None
+
     def start(self) -> None:
         self._stopping.clear()
         self._task = asyncio.create_task(self.run(), name="retention-scheduler")

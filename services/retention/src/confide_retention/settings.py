@@ -32,11 +32,6 @@ class RetentionSettings(ServiceSettings):
         gt=timedelta(0),
         description="how long an expiry waits for its owner's answer before it is emitted again",
     )
-    backup_retention: timedelta = Field(
-        default=timedelta(days=35),
-        description="how long backups are kept; a certificate's backups_clear_from is that long "
-        "after it is issued",
-    )
     fresh_sign_in: timedelta = Field(
         default=timedelta(minutes=5),
         description="how recent a person's sign-in (auth_time) must be to request their erasure",
