@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from datetime import timedelta
 
 import pytest
 from confide_billing.gateway import (
@@ -16,6 +17,7 @@ from confide_billing.gateway import (
     PROCESSOR_ERROR,
     TIME_OUT,
 )
+from confide_billing.handlers.charges import reconcile_pending
 from confide_billing.store import charge_attempts, charges
 from sqlalchemy import func, select
 
@@ -150,6 +152,21 @@ async def test_a_retry_after_a_gateway_time_out_charges_exactly_once(
     await asyncio.sleep(0.5)
     await billing_events.drain()
     assert [e["charge_id"] for e in billing_events.events(SUCCEEDED)].count(charge_id) == 1
+
+
+async def test_a_time_out_nobody_retries_is_settled_from_the_gateways_record(
+    billing: BillingService, client: uuid.UUID
+) -> None:
+    card = await billing.add_card(client, TIME_OUT)
+    assert (await billing.charge(client, card, key="left")).status_code == 503
+    assert await _rows(billing, charges, client) == 0
+
+    assert await reconcile_pending(billing.deps, timedelta(0)) >= 1
+    [item] = (await billing.http.get("/v1/charges", headers=billing.as_(client))).json()["items"]
+    assert item["status"] == "succeeded"
+    retried = await billing.charge(client, card, key="left")
+    assert (retried.status_code, retried.json()["charge_id"]) == (201, item["charge_id"])
+    assert await _rows(billing, charge_attempts, client) == 1
 
 
 async def test_concurrent_retries_with_one_key_charge_once(

@@ -3,6 +3,7 @@ dependencies, consumers, routes and how refusals answer."""
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 
 from confide_events.billing import (
@@ -19,7 +20,7 @@ from fastapi import FastAPI
 
 from confide_billing import api, consumers
 from confide_billing.gateway import PaymentGateway, SandboxGateway
-from confide_billing.handlers import Dependencies
+from confide_billing.handlers import Dependencies, charges
 from confide_billing.problems import PROBLEM_TYPES
 from confide_billing.settings import BillingSettings
 from confide_billing.store import Accounts
@@ -67,6 +68,15 @@ def create_app(
     # A signed-out or closed session's tokens are refused here too, not only at identity.
     service.refuse_revoked_sessions()
     consumers.subscribe(service, deps)
+
+    async def reconcile_left_pending() -> None:
+        # Attempts an earlier process left pending (it died mid-call, or a time-out nobody
+        # retried): settled from the gateway's record. Twice the timeout: none still in flight.
+        await charges.reconcile_pending(
+            deps, timedelta(seconds=2 * settings.gateway_timeout_seconds)
+        )
+
+    service.after_start(reconcile_left_pending)
     service.document_publications(
         [
             PaymentMethodAdded,

@@ -20,7 +20,7 @@ import asyncio
 import hashlib
 import json
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from uuid import UUID
 
 from confide_events import billing as published
@@ -173,6 +173,23 @@ async def _gateway_outcome(
         async with deps.engine.begin() as conn:
             await store.forget_attempt(conn, attempt.charge_id)
         raise ProcessorFailed() from None
+
+
+async def reconcile_pending(deps: Dependencies, older_than: timedelta) -> int:
+    """Settle the attempts left pending longer than `older_than` (a time-out nobody retried,
+    a process that died mid-call): the gateway's record decides, and an attempt the gateway
+    never saw is forgotten, as it charged nothing. A retry with the attempt's key afterwards
+    answers what was settled. Returns how many were settled or forgotten."""
+    async with deps.engine.connect() as conn:
+        pending = await store.pending_attempts(conn, deps.clock.now() - older_than)
+    for attempt, idempotency_key in pending:
+        found = await deps.gateway.find_charge(attempt.charge_id)
+        if found is None:
+            async with deps.engine.begin() as conn:
+                await store.forget_attempt(conn, attempt.charge_id)
+        else:
+            await _settle(deps, attempt.subject_id, idempotency_key, found)
+    return len(pending)
 
 
 async def _chargeable_card(deps: Dependencies, attempt: Attempt) -> CardDetails:
