@@ -4,6 +4,7 @@ refusal names its field without quoting what was submitted."""
 
 from __future__ import annotations
 
+import uuid
 from datetime import UTC, datetime
 
 import pytest
@@ -72,3 +73,36 @@ def test_each_refusal_names_its_field_and_never_the_value(
     message = str(refused.value)
     digits = number.replace("-", "")
     assert digits[:6] not in message and digits[-4:] not in message and cvc not in message
+
+
+def test_no_object_carrying_card_data_shows_it_in_its_repr() -> None:
+    # A repr is what a log line or a traceback would show.
+    from confide_billing.api import AddCardRequest
+    from confide_billing.gateway import CardDetails
+    from confide_billing.handlers.payment_methods import AddCard
+    from confide_billing.handlers.sealing import CardData
+
+    address = {
+        "line1": "9 Zephyrine Mews",
+        "city": "Oxbridge",
+        "postal_code": "OX1",
+        "country": "GB",
+    }
+    number, cvc = "4242424242424242", "913"
+    shown = [
+        AddCardRequest(
+            card_number=number,
+            exp_month=1,
+            exp_year=2030,
+            cvc=cvc,
+            cardholder_name="A",
+            billing_address=address,  # type: ignore[arg-type]
+        ),
+        CardDetails(number, 1, 2030),
+        check_card(number, 1, 2030, "123", NOW),
+        AddCard(uuid.UUID(int=1), number, 1, 2030, cvc, "A", address),
+        CardData(number, 1, 2030, "A", address),
+    ]
+    for carrier in shown:
+        text = repr(carrier)
+        assert number[:12] not in text and "Zephyrine" not in text and cvc not in text, text

@@ -52,6 +52,9 @@ class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+# Card data is left out of the models' repr, so no log line or traceback can show it.
+
+
 class BillingAddress(_Body):
     line1: str = Field(min_length=1, max_length=200)
     city: str = Field(min_length=1, max_length=100)
@@ -60,12 +63,14 @@ class BillingAddress(_Body):
 
 
 class AddCardRequest(_Body):
-    card_number: str = Field(min_length=1, max_length=32, description="Digits; spaces allowed.")
+    card_number: str = Field(
+        min_length=1, max_length=32, repr=False, description="Digits; spaces allowed."
+    )
     exp_month: int
     exp_year: int = Field(ge=2000, le=2200)
-    cvc: str = Field(min_length=1, max_length=8, description="Verified, never stored.")
+    cvc: str = Field(min_length=1, max_length=8, repr=False, description="Verified, never kept.")
     cardholder_name: str = Field(min_length=1, max_length=200)
-    billing_address: BillingAddress
+    billing_address: BillingAddress = Field(repr=False)
 
 
 class ChargeRequest(_Body):

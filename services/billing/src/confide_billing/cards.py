@@ -8,7 +8,7 @@ value: not the number, not part of it, not the CVC.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Final
 
@@ -48,7 +48,7 @@ MAX_DIGITS: Final = 19
 class CheckedCard:
     """A card that passed every check: its digits, brand and expiry (the CVC is not kept)."""
 
-    number: str
+    number: str = field(repr=False)  # never in a log line or a traceback's repr
     brand: CardBrand
     exp_month: int
     exp_year: int

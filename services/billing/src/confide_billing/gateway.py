@@ -29,7 +29,7 @@ The CVC is handed to `verify_card` only, checked, and forgotten: no gateway keep
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final, Literal, Protocol
 from uuid import UUID
 
@@ -58,7 +58,7 @@ _DECLINES: Final[dict[str, ChargeFailureCode]] = {
 class CardDetails:
     """What a gateway needs to charge a card (opened from the keyring for the call only)."""
 
-    number: str
+    number: str = field(repr=False)  # never in a log line or a traceback's repr
     exp_month: int
     exp_year: int
 
