@@ -28,6 +28,7 @@ from confide_events import (
 )
 from confide_events.identity import Role
 from confide_testing import Infrastructure, TokenMinter, eventually, scratch_database, serving
+from confide_toolkit.auth import load_signing_keys
 from confide_toolkit.ids import uuid7
 from confide_toolkit.positions import consumer_positions
 from confide_toolkit.relay import idempotent_producer
@@ -119,6 +120,17 @@ class AuditService:
         return sent
 
 
+async def key_known(minter: TokenMinter, app: FastAPI) -> None:
+    """Wait until the service consumed the minter's signing key: longer than `eventually`'s
+    default, since identity.events is read from its start and the dev stack's may be long."""
+
+    async def known() -> bool:
+        async with app.state.service.engine.connect() as conn:
+            return minter.kid in await load_signing_keys(conn)
+
+    await eventually(known, timeout=180)
+
+
 async def make_topics(kafka_bootstrap: str) -> Topics:
     run = uuid.uuid4().hex[:10]
     topics = Topics(
@@ -152,7 +164,7 @@ async def audit(
         await producer.start()
         try:
             async with serving(app) as http:
-                await minter.wait_until_known(app.state.service.engine)
+                await key_known(minter, app)
                 yield AuditService(app, http, minter, producer, topics, settings)
         finally:
             await producer.stop()

@@ -1,8 +1,6 @@
 """The audit service's HTTP API (/v1): answers for compliance officers only. Every other caller
 gets 403 on every route, and every answer is recorded in the trail (`handlers`)."""
 
-from __future__ import annotations
-
 from datetime import datetime
 from typing import Annotated, Any, Literal
 from uuid import UUID

@@ -6,8 +6,6 @@ The access token comes from the `Authorization` header or, for a browser, from t
 `confide_console` cookie, which the sign-in page sets from the URL's fragment (never sent to a
 server, so it stays out of logs)."""
 
-from __future__ import annotations
-
 from typing import Annotated
 from uuid import UUID
 
