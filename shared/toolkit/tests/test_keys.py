@@ -201,10 +201,12 @@ def test_a_key_file_from_before_the_schedule_is_rotated_at_once_and_never_retire
 def test_the_schedule_and_its_retention_are_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CONFIDE_KEK_ROTATION_PERIOD", "P7D")
     monkeypatch.setenv("CONFIDE_KEK_BACKUP_RETENTION", "PT90S")
+    monkeypatch.setenv("CONFIDE_KEK_MAINTENANCE_INTERVAL", "PT1H")
     schedule = KekSchedule()
     assert schedule.rotation_period == timedelta(days=7)
     assert schedule.backup_retention == timedelta(seconds=90)
-    assert backups_clear_from(START, schedule) == START + timedelta(days=7, seconds=90)
+    # Replaced within a week of the erasure, destroyed 90 s later, each up to an hour late.
+    assert backups_clear_from(START, schedule) == START + timedelta(days=7, hours=2, seconds=90)
     monkeypatch.setenv("CONFIDE_KEK_ROTATION_PERIOD", "P0D")
     with pytest.raises(ValueError, match="rotation_period"):
         KekSchedule()

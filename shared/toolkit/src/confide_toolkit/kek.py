@@ -171,8 +171,9 @@ class KekVersion:
 
 
 class KekSchedule(BaseSettings):
-    """When KEK versions are replaced and destroyed (settings `CONFIDE_KEK_ROTATION_PERIOD` and
-    `CONFIDE_KEK_BACKUP_RETENTION`: ISO 8601 durations such as `P30D`, or seconds)."""
+    """When KEK versions are replaced and destroyed: settings `CONFIDE_KEK_ROTATION_PERIOD`,
+    `CONFIDE_KEK_BACKUP_RETENTION` and `CONFIDE_KEK_MAINTENANCE_INTERVAL`, ISO 8601 durations
+    (`P30D`, `PT1H`; tests set seconds, `PT90S`)."""
 
     model_config = SettingsConfigDict(env_prefix="CONFIDE_KEK_", extra="ignore")
 
@@ -186,6 +187,14 @@ class KekSchedule(BaseSettings):
         ge=timedelta(0),
         description="how long backups are kept: a superseded version is destroyed this long "
         "after its successor took over, so no backup older than that can unwrap anything",
+    )
+
+    maintenance_interval: timedelta = Field(
+        default=timedelta(days=1),
+        ge=timedelta(0),
+        description="how often `python -m confide_toolkit.keys maintain` runs (a timer): a "
+        "rotation and a destruction can each come this much late, which `backups_clear_from` "
+        "allows for",
     )
 
     def rotation_due(self, current: KekVersion, now: datetime) -> bool:
@@ -211,10 +220,16 @@ def backups_clear_from(erased_at: datetime, schedule: KekSchedule | None = None)
     The shredded key survives only in backups taken before `erased_at`, wrapped under the
     version current then (or an older one, destroyed earlier). That version is superseded at
     the latest one rotation period after `erased_at` and destroyed one backup retention after
-    that. Retention cannot read the owners' key files, so it takes this bound, which holds for
-    every owner; `KekLifecycle.backups_clear_from` gives one service's exact date."""
+    that, each step up to one maintenance interval late (the timer's period). Retention cannot
+    read the owners' key files, so it takes this bound, which holds for every owner that runs
+    `maintain` on its timer; `KekLifecycle.backups_clear_from` gives one service's exact date."""
     schedule = schedule or KekSchedule()
-    return erased_at + schedule.rotation_period + schedule.backup_retention
+    return (
+        erased_at
+        + schedule.rotation_period
+        + schedule.backup_retention
+        + 2 * schedule.maintenance_interval
+    )
 
 
 # Why AES-256-GCM rather than AES key wrap (RFC 3394/5649): GCM takes associated data, so the KEK
