@@ -99,7 +99,7 @@ async def test_a_months_charges_and_refunds_make_one_invoice_with_its_totals(
 
 @pytest.mark.skipif(shutil.which("pdftotext") is None, reason="needs poppler-utils")
 async def test_the_pdf_opens_and_holds_the_invoices_number_and_totals(
-    billing: BillingService, client: uuid.UUID, tmp_path: object
+    billing: BillingService, client: uuid.UUID
 ) -> None:
     card = await billing.add_card(client)
     charged = (await billing.charge(client, card, amount_cents=12345, currency="EUR")).json()
@@ -111,6 +111,14 @@ async def test_the_pdf_opens_and_holds_the_invoices_number_and_totals(
     assert response.status_code == 200
     assert response.headers["content-type"] == "application/pdf"
     assert response.content.startswith(b"%PDF-")
+    text = await _pdf_text(response.content)
+    assert f"Invoice {invoice['invoice_number']}" in text
+    assert "Total charged: 124.00 EUR" in text
+    assert "Total: 124.00 EUR" in text
+    assert "Ada Quillfeather" in text
+
+
+async def _pdf_text(content: bytes) -> str:
     extractor = await asyncio.create_subprocess_exec(
         "pdftotext",
         "-layout",
@@ -119,13 +127,36 @@ async def test_the_pdf_opens_and_holds_the_invoices_number_and_totals(
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
     )
-    out, _ = await extractor.communicate(response.content)
+    out, _ = await extractor.communicate(content)
     assert extractor.returncode == 0
-    text = out.decode()
-    assert f"Invoice {invoice['invoice_number']}" in text
-    assert "Total charged: 124.00 EUR" in text
-    assert "Total: 124.00 EUR" in text
-    assert "Ada Quillfeather" in text
+    return out.decode()
+
+
+@pytest.mark.skipif(shutil.which("pdftotext") is None, reason="needs poppler-utils")
+async def test_the_superbill_pdf_holds_each_sessions_date_type_therapist_and_amount(
+    billing: BillingService, client: uuid.UUID
+) -> None:
+    therapist = uuid.uuid4()
+    card = await billing.add_card(client)
+    charged = (
+        await billing.charge(
+            client,
+            card,
+            amount_cents=None,
+            currency="USD",
+            session_type="couples_80",
+            therapist_id=str(therapist),
+            description="Talked about Zebulon",
+        )
+    ).json()
+    response = await billing.http.get(
+        f"/v1/invoices/{charged['invoice_id']}/superbill/pdf", headers=billing.as_(client)
+    )
+    assert response.status_code == 200 and response.content.startswith(b"%PDF-")
+    text = await _pdf_text(response.content)
+    assert f"{datetime.now(UTC):%Y-%m-%d} couples_80 therapist {therapist} 220.00 USD" in text
+    assert "Total paid: 220.00 USD" in text
+    assert "Zebulon" not in text
 
 
 async def test_invoice_numbers_have_no_gaps_under_concurrent_charges(

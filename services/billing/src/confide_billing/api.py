@@ -443,4 +443,19 @@ def router(deps: Dependencies, current_caller: CallerDependency) -> APIRouter:
     async def get_superbill(invoice_id: UUID, caller: signed_in) -> SuperbillOut:
         return _superbill_out(await invoices.read_invoice(deps, caller.subject_id, invoice_id))
 
+    @api.get(
+        "/invoices/{invoice_id}/superbill/pdf",
+        summary="The invoice's superbill, as a PDF",
+        response_class=Response,
+        responses={200: {"content": {PDF: {}}}},
+    )
+    async def get_superbill_pdf(invoice_id: UUID, caller: signed_in) -> Response:
+        invoice = await invoices.read_invoice(deps, caller.subject_id, invoice_id)
+        filename = f"superbill-{invoice.invoice_number}.pdf"
+        return Response(
+            pdf.superbill_pdf(invoice),
+            media_type=PDF,
+            headers={"Content-Disposition": f'attachment; filename="{filename}"'},
+        )
+
     return api

@@ -78,3 +78,27 @@ def invoice_pdf(invoice: Invoice) -> bytes:
     pdf.set_font("Helvetica", style="B", size=11)
     _line(pdf, f"Total: {format_amount(invoice.total_cents, invoice.currency)}")
     return bytes(pdf.output())
+
+
+def superbill_pdf(invoice: Invoice) -> bytes:
+    """The superbill a client files with their insurer: per session its date, type, amount
+    (less any refund) and therapist's id; never a description, nothing from session notes."""
+    pdf = _document(f"Superbill for invoice {invoice.invoice_number}")
+    _line(pdf, f"Period: {invoice.period}    Currency: {invoice.currency}")
+    name = ERASED_PERSON if invoice.bill_to is None else str(invoice.bill_to.get("name", ""))
+    _line(pdf, f"Client: {name}")
+    pdf.ln(4)
+    refunded: dict[object, int] = {}
+    for refund in invoice.refunds:
+        refunded[refund.charge_id] = refunded.get(refund.charge_id, 0) + refund.amount_cents
+    for line in invoice.lines:
+        paid = line.amount_cents - refunded.get(line.charge_id, 0)
+        _line(
+            pdf,
+            f"{line.charged_at:%Y-%m-%d}  {line.session_type or '-'}  "
+            f"therapist {line.therapist_id or '-'}  {format_amount(paid, invoice.currency)}",
+        )
+    pdf.ln(4)
+    pdf.set_font("Helvetica", style="B", size=11)
+    _line(pdf, f"Total paid: {format_amount(invoice.total_cents, invoice.currency)}")
+    return bytes(pdf.output())
