@@ -45,6 +45,15 @@ from confide_toolkit.telemetry import context_from_traceparent, unsampled
 logger = logging.getLogger(__name__)
 tracer = trace.get_tracer("confide_toolkit.inbox")
 
+DEAD_LETTERS_SUFFIX = ".dead-letters"
+"""A consumer's dead-letter replay keeps its positions under the consumer's name with this."""
+
+DEAD_LETTER_CONSUMER_HEADER = "dlq-consumer"
+"""The dead-letter header naming the consumer that failed the record."""
+
+DEAD_LETTER_GROUP_HEADER = "dlq-consumer-group"
+"""The dead-letter header naming that consumer's group: the deployment the record waits for."""
+
 _CATALOGUE_TYPES = frozenset(event_type for event_type, _ in REGISTRY.models)
 """Every event type of the contract: one a consumer does not handle is ignored unread."""
 
@@ -148,8 +157,11 @@ class InboxConsumer:
         handlers: Mapping[type[IntegrationEvent], Handler],
         dead_letters: AIOKafkaProducer,
         retry: RetryPolicy | None = None,
+        group: str | None = None,
     ) -> None:
         self.name = name
+        # The Kafka consumer group: the deployment whose dead letters are its own.
+        self.group = group or name
         self._engine = engine
         self._outbox = outbox
         self._handlers = dict(handlers)
@@ -217,6 +229,34 @@ class InboxConsumer:
                 extra={"consumer": self.name, "records": len(records)},
             )
             return [await self.consume(record) for record in records]
+
+    def for_dead_letters(self) -> InboxConsumer:
+        """A consumer of this one's dead letters, with the same handlers and positions of its
+        own (on the dead-letter topic), so an operator's replay applies each record once
+        (`confide_toolkit.dead_letters`)."""
+        return InboxConsumer(
+            f"{self.name}{DEAD_LETTERS_SUFFIX}",
+            self._engine,
+            self._outbox,
+            self._handlers,
+            self._dead_letters,
+            self._retry,
+            self.group,
+        )
+
+    async def replay(self, record: ConsumedRecord) -> Outcome:
+        """Apply one record in one transaction with its position, with no retry and no dead
+        letter: a failure raises, and the position stays before the record."""
+        [outcome] = await self._apply([record])
+        return outcome
+
+    async def pass_over(self, records: Sequence[ConsumedRecord]) -> None:
+        """Move the position past `records` without applying them, in one transaction."""
+        if not records:
+            return
+        async with self._engine.begin() as conn:
+            _, moved = await self.positions.claim(conn, records)
+        self.positions.remember(moved)
 
     async def _apply(self, records: Sequence[ConsumedRecord]) -> list[Outcome]:
         """Apply the new records among `records` in one transaction, with the positions."""
@@ -325,7 +365,8 @@ class InboxConsumer:
     ) -> None:
         headers = [
             *record.headers,
-            ("dlq-consumer", self.name.encode()),
+            (DEAD_LETTER_CONSUMER_HEADER, self.name.encode()),
+            (DEAD_LETTER_GROUP_HEADER, self.group.encode()),
             ("dlq-error-type", type(error).__name__.encode()),
             # Errors name ids, never personal data (rule 5); the message is bounded anyway.
             ("dlq-error-message", str(error)[:1000].encode()),

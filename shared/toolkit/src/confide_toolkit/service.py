@@ -193,6 +193,10 @@ class Service:
         """The idempotent consumer of one topic (for tests and replay tools)."""
         return self._consumers[topic]
 
+    def consumers(self) -> dict[str, InboxConsumer]:
+        """The idempotent consumer of each subscribed topic (for operator tools)."""
+        return dict(self._consumers)
+
     def _register_subscribers(self) -> None:
         retry = RetryPolicy(attempts=self.settings.consumer_retry_attempts)
         for topic, handlers in self._subscriptions.items():
@@ -203,6 +207,7 @@ class Service:
                 handlers=handlers,
                 dead_letters=self.dead_letters,
                 retry=retry,
+                group=self.settings.consumer_group or self.name,
             )
             self._consumers[topic] = consumer
             names = ", ".join(sorted(e.event_type for e in handlers))
@@ -210,7 +215,7 @@ class Service:
             subscribe_batches(
                 self.broker,
                 topic,
-                self.settings.consumer_group or self.name,
+                consumer.group,
                 consumer,
                 title=f"{topic}:{self.name}",
                 description=f"Consumed idempotently by {self.name}: {names}",
