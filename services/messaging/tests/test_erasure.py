@@ -227,3 +227,56 @@ async def test_an_expiry_for_a_person_messaging_never_saw_is_answered_nothing_he
     assert [(e["category"], e["outcome"], e["key_id"]) for e in mine] == [
         ("messaging.session_notes", "nothing_held", None)
     ]
+
+
+async def test_an_expiry_re_emitted_after_the_conversation_went_on_is_answered_again_harmlessly(
+    messaging: MessagingService, cast: Cast, messaging_events: TopicTap
+) -> None:
+    conversation_id = await messaging.open_conversation(cast)
+    await messaging.post(conversation_id, cast.client, "before the erasure")
+    expiry = RetentionExpired(
+        subject_id=cast.client,
+        category="messaging.messages",
+        policy="messaging.default",
+        due_at=datetime.now(UTC),
+        erasure_case_id=uuid.uuid4(),
+    )
+
+    def shredded_answers(count: int) -> Any:
+        def enough(found: list[dict[str, Any]]) -> bool:
+            return len(_mine(found)) >= count
+
+        return enough
+
+    def _mine(found: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        # Every messaging deployment on the broker answers (the dev stack's "nothing held", for
+        # a client it never saw): this messaging's answers are the ones that shredded.
+        return [
+            e
+            for e in found
+            if e["subject_id"] == str(cast.client)
+            and e["category"] == "messaging.messages"
+            and e["outcome"] == "shredded"
+        ]
+
+    await messaging.publish(RETENTION_EVENTS, expiry)
+    [first] = _mine(await messaging_events.wait_for(SHREDDED, shredded_answers(1)))
+    assert first["key_id"] is not None
+    await messaging.post(conversation_id, cast.client, "after the erasure")
+    fresh_key = await _live_key(messaging, cast.client, "messaging.messages")
+    assert fresh_key is not None
+
+    # Retention did not see the answer in time and emits the same expiry again (a new event):
+    # it is answered again with the same key and time, and the messages written since under
+    # the fresh key are not shredded with it.
+    await messaging.publish(RETENTION_EVENTS, expiry)
+    first_again, second = _mine(await messaging_events.wait_for(SHREDDED, shredded_answers(2)))
+    assert first_again == first
+    assert second == first
+    assert await _live_key(messaging, cast.client, "messaging.messages") == fresh_key
+    path = f"/v1/conversations/{conversation_id}/messages"
+    for reader in (messaging.as_(cast.client), messaging.as_(cast.therapist, "therapist")):
+        assert await _bodies(messaging, path, reader) == [
+            ("after the erasure", False),
+            (None, True),
+        ]

@@ -361,13 +361,19 @@ async def shred_on_retention_expired(
     client's key for that category (every message or note under it reads as erased from the
     commit on) and answer, shredded with the key's id or nothing held when messaging never had
     a key for them. Retention counts on an answer to every expiry of a category messaging owns;
-    a redelivered expiry answers the same tombstone again. What is written afterwards in a
-    conversation still open goes under a fresh key (see `_seal`); the consumer's exact
-    positions keep an applied expiry from running twice, which would shred that key too."""
+    a redelivered or re-emitted expiry answers the same tombstone again. What is written
+    afterwards in a conversation still open goes under a fresh key (see `_seal`); the consumer's
+    exact positions keep an applied expiry from running twice, and an expiry re-emitted by
+    retention (a new event, the same `due_at`) finds the shredding it caused and leaves that
+    key alone."""
     category = messaging_category(event.category)
     if category is None:
         return
-    tombstone = await deps.keyring.shred(ctx.conn, event.subject_id, category)
+    # An expiry emitted again (its answer came late) is answered by the shredding it caused,
+    # not by shredding the fresh key of what the conversation said since.
+    tombstone = await deps.keyring.shred(
+        ctx.conn, event.subject_id, category, unless_shredded_since=event.due_at
+    )
     await ctx.emit(
         published.SubjectDataShredded(
             subject_id=event.subject_id,
