@@ -67,7 +67,6 @@ def test_missing_and_conflicting_answers_carry_no_field_errors(
     ("error", "field", "kind"),
     [
         (PurposeNeverAllowed("sell_data", "selling data"), "body.purpose", "purpose_never_allowed"),
-        (UnknownRecipient(uuid.uuid4()), "body.recipient_id", "unknown_recipient"),
         (CategoriesNotCovered("research", ["x"]), "body.data_categories", "categories_not_covered"),
     ],
 )
@@ -77,3 +76,11 @@ def test_refused_fields_answer_422_named_as_request_validation_names_them(
     problem = answer(error)
     assert problem["status"] == 422
     assert problem["errors"] == [{"field": field, "message": str(error), "type": kind}]
+
+
+def test_a_recipient_that_does_not_exist_answers_404_naming_the_field() -> None:
+    problem = answer(UnknownRecipient(uuid.uuid4()))
+    assert (problem["status"], problem["type"]) == (404, problem_type("unknown-recipient"))
+    errors = problem["errors"]
+    assert isinstance(errors, list)
+    assert [e["field"] for e in errors] == ["body.recipient_id"]

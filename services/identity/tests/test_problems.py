@@ -54,7 +54,7 @@ def test_locks_say_when_to_try_again() -> None:
     throttled = answer(domain.TooManySignInAttempts(timedelta(minutes=15)))
 
     assert (locked.status, locked.slug, locked.headers) == (
-        423,
+        429,
         "sign-in-locked",
         {"Retry-After": "900"},
     )

@@ -112,8 +112,8 @@ async def test_repeated_failures_lock_the_account_until_the_cool_down_ends(
     answers = [(await identity.sign_in(wrong)).status_code for _ in range(limit)]
     locked = await identity.sign_in(body)
 
-    assert answers == [401] * (limit - 1) + [423]
-    assert locked.status_code == 423
+    assert answers == [401] * (limit - 1) + [429]
+    assert locked.status_code == 429
     assert int(locked.headers["retry-after"]) == identity.settings.lockout_seconds
 
     async def announced() -> bool:
@@ -126,7 +126,7 @@ async def test_repeated_failures_lock_the_account_until_the_cool_down_ends(
     assert (await identity.sign_in(body)).status_code == 200
 
 
-async def test_an_unknown_email_locks_like_a_real_one_so_423_reveals_nothing(
+async def test_an_unknown_email_locks_like_a_real_one_so_429_reveals_nothing(
     identity: RunningIdentity,
 ) -> None:
     stranger = registration()
@@ -134,7 +134,7 @@ async def test_an_unknown_email_locks_like_a_real_one_so_423_reveals_nothing(
         (await identity.sign_in(stranger)).status_code
         for _ in range(identity.settings.account_failure_limit + 1)
     ]
-    assert answers[-2:] == [423, 423]
+    assert answers[-2:] == [429, 429]
 
 
 async def test_one_address_failing_on_many_accounts_gets_429(

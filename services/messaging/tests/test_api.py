@@ -68,7 +68,7 @@ async def test_a_therapist_who_is_unknown_not_a_therapist_or_closed_is_refused_b
             json={"therapist_id": str(cast.other_therapist)},
             headers=messaging.as_(cast.client),
         )
-        return response.status_code == 422
+        return response.status_code == 404
 
     await eventually(closed_refused)
     for therapist_id in (uuid.uuid4(), cast.other_client):
@@ -77,7 +77,7 @@ async def test_a_therapist_who_is_unknown_not_a_therapist_or_closed_is_refused_b
             json={"therapist_id": str(therapist_id)},
             headers=messaging.as_(cast.client),
         )
-        assert response.status_code == 422
+        assert response.status_code == 404
         assert [e["field"] for e in response.json()["errors"]] == ["body.therapist_id"]
 
 
@@ -97,7 +97,7 @@ async def test_who_may_do_what_on_every_endpoint(messaging: MessagingService, ca
     disclosure = {"recipient_id": str(uuid.uuid4()), "data_categories": ["messaging.messages"]}
     expected: dict[tuple[str, str], tuple[int, int, int, int, int, int]] = {
         # (method, path): client, therapist, other therapist, other client, compliance, none
-        ("POST", "/v1/conversations"): (201, 403, 403, 422, 403, 401),
+        ("POST", "/v1/conversations"): (201, 403, 403, 404, 403, 401),
         ("GET", "/v1/conversations"): (200, 200, 200, 200, 200, 401),
         ("POST", messages_path): (201, 201, 404, 404, 404, 401),
         ("GET", messages_path): (200, 200, 404, 404, 404, 401),
@@ -116,7 +116,7 @@ async def test_who_may_do_what_on_every_endpoint(messaging: MessagingService, ca
     for (method, path), statuses in expected.items():
         got = []
         for who, headers in callers.items():
-            # The other client opens a conversation with a therapist who is a client: 422.
+            # The other client opens a conversation with a therapist who is a client: 404.
             payload = payloads.get((method, path))
             if who == "other client" and path == "/v1/conversations" and method == "POST":
                 payload = {"therapist_id": str(cast.client)}

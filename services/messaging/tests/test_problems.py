@@ -56,7 +56,6 @@ def test_refusals_without_a_field(error: MessagingError, status: int, slug: str)
 @pytest.mark.parametrize(
     ("error", "field"),
     [
-        (TherapistNotAvailable(uuid.uuid4()), "body.therapist_id"),
         (NotHeldHere(["billing.payment_methods"]), "body.data_categories"),
         (IdempotencyKeyReused(), "header.Idempotency-Key"),
     ],
@@ -72,3 +71,9 @@ def test_refused_fields_are_named_as_request_validation_names_them(
 def test_a_refusal_names_ids_never_what_was_written() -> None:
     problem = answer(ConversationNotFound(uuid.UUID(int=7)))
     assert problem["detail"] == f"There is no conversation {uuid.UUID(int=7)}."
+
+
+def test_a_therapist_that_does_not_exist_answers_404_naming_the_field() -> None:
+    problem = answer(TherapistNotAvailable(uuid.uuid4()))
+    assert problem["status"] == 404
+    assert [e["field"] for e in problem["errors"]] == ["body.therapist_id"]  # type: ignore[attr-defined]

@@ -11,6 +11,7 @@ A consent someone may not see answers 404, as if it did not exist.
 
 # No `from __future__ import annotations` here: FastAPI must evaluate the route annotations,
 # and the caller dependencies they name are local to `router`.
+import re
 from datetime import datetime
 from typing import Annotated, Any, Literal
 from uuid import UUID
@@ -21,7 +22,7 @@ from confide_toolkit.auth import Caller, CallerDependency, require_role
 from confide_toolkit.pagination import Page, page_of
 from confide_toolkit.problem import NotFound
 from fastapi import APIRouter, Depends, Query, Response
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
 
 from confide_consent import handlers
 from confide_consent.domain import Consent, Recipient, RecipientKind
@@ -34,6 +35,21 @@ Cursor = Annotated[
     UUID | None, Query(description="The `next_cursor` of the previous page; omit for the first.")
 ]
 
+# Pydantic would also read `0.5` or `1700000000` as a moment (seconds since 1970); the
+# document promises RFC 3339 date-times, so only those are accepted.
+_RFC3339 = re.compile(
+    r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?([Zz]|[+-][0-9]{2}:[0-9]{2})$"
+)
+
+
+def _rfc3339(value: object) -> object:
+    if isinstance(value, str) and not _RFC3339.fullmatch(value):
+        raise ValueError("must be an RFC 3339 date-time with an offset, e.g. 2026-01-31T09:00:00Z")
+    return value
+
+
+Moment = Annotated[AwareDatetime, BeforeValidator(_rfc3339)]
+
 
 # --- bodies ----------------------------------------------------------------------------------
 
@@ -43,8 +59,37 @@ class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def _grant_schema(schema: dict[str, Any]) -> None:
+    # What the ledger accepts, said in the document: each purpose with the categories it
+    # covers, its policy versions, and a recipient exactly when it names one. A purpose that is
+    # never allowed (sell_data) is still refused by name, with 422 purpose-never-allowed.
+    schema["oneOf"] = [
+        {
+            "properties": {
+                "purpose": {"const": purpose.code},
+                "data_categories": {"items": {"enum": list(purpose.data_categories)}},
+                "policy_version": {"enum": [policy.version for policy in purpose.policies]},
+                "recipient_id": {"type": "string", "format": "uuid"}
+                if purpose.requires_recipient
+                else {"type": "null"},
+            },
+            "required": ["purpose", "recipient_id"] if purpose.requires_recipient else ["purpose"],
+        }
+        for purpose in PURPOSES.values()
+    ]
+
+
+def _recipient_purposes_schema(schema: dict[str, Any]) -> None:
+    schema["items"] = {"enum": [p.code for p in PURPOSES.values() if p.requires_recipient]}
+
+
 class GrantRequest(_Body):
-    purpose: PolicyCode = Field(description="A purpose code from GET /v1/purposes.")
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_grant_schema)
+
+    purpose: PolicyCode = Field(
+        description="A purpose code from GET /v1/purposes.",
+        json_schema_extra={"enum": list(PURPOSES)},
+    )
     recipient_id: UUID | None = Field(
         default=None, description="The registered recipient; required by share_with_provider."
     )
@@ -61,9 +106,19 @@ class GrantRequest(_Body):
 
 
 class RecipientRequest(_Body):
-    name: Annotated[str, StringConstraints(strip_whitespace=True, min_length=2, max_length=200)]
+    name: Annotated[
+        str,
+        StringConstraints(strip_whitespace=True, min_length=2, max_length=200),
+        # The document says what stripping then counting means: two characters besides spaces.
+        Field(json_schema_extra={"pattern": r"\S[\s\S]*\S"}),
+    ]
     kind: RecipientKind
-    purposes: list[PolicyCode] = Field(min_length=1, max_length=16)
+    purposes: list[PolicyCode] = Field(
+        min_length=1,
+        max_length=16,
+        description="Purposes that name a recipient (`requires_recipient`).",
+        json_schema_extra=_recipient_purposes_schema,
+    )
 
 
 class PolicyOut(BaseModel):
@@ -295,7 +350,7 @@ def router(deps: Dependencies, current_caller: CallerDependency) -> APIRouter:
         consent_id: UUID,
         caller: signed_in,
         at: Annotated[
-            AwareDatetime | None,
+            Moment | None,
             Query(description="RFC 3339 time with an offset; now when omitted."),
         ] = None,
     ) -> ValidityOut:
@@ -317,7 +372,7 @@ def router(deps: Dependencies, current_caller: CallerDependency) -> APIRouter:
     async def get_subject_consents(
         subject_id: UUID,
         caller: compliance,
-        valid_at: Annotated[AwareDatetime | None, Query()] = None,
+        valid_at: Annotated[Moment | None, Query()] = None,
         limit: Limit = 50,
         cursor: Cursor = None,
     ) -> Page[ConsentOut]:

@@ -51,12 +51,14 @@ PROBLEM_TYPES: ProblemTypes = {
     PolicyHashMismatch: _CONFLICT,
     AccountIsClosed: _CONFLICT,
     RecipientAlreadyRegistered: _CONFLICT,
+    # A field refers to a recipient that does not exist: 404 naming the field, as a missing
+    # path resource answers (Stripe answers a body's dangling reference the same way).
+    UnknownRecipient: _NOT_FOUND,
     # A field names something that does not exist or does not fit the purpose.
     PurposeNeverAllowed: _REFUSED_FIELD,
     UnknownPurpose: _REFUSED_FIELD,
     RecipientRequired: _REFUSED_FIELD,
     RecipientNotApplicable: _REFUSED_FIELD,
-    UnknownRecipient: _REFUSED_FIELD,
     RecipientNotRegisteredForPurpose: _REFUSED_FIELD,
     CategoriesNotCovered: _REFUSED_FIELD,
     UnknownPolicyVersion: _REFUSED_FIELD,

@@ -1,6 +1,7 @@
 """Identity's HTTP API (the identity section of the handbook's API.md): parse, authorise,
 call one handler, answer."""
 
+import sys
 import unicodedata
 from typing import Annotated, Literal
 from uuid import UUID
@@ -10,6 +11,7 @@ from confide_toolkit.keyring import Erased
 from fastapi import APIRouter, Depends, Request, Response, status
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
+from confide_identity.domain import MAX_PASSWORD_LENGTH, MIN_PASSWORD_LENGTH
 from confide_identity.handlers import Dependencies, accounts, sessions, totp
 
 
@@ -21,20 +23,68 @@ def _printable(value: str) -> str:
     return value
 
 
+def _unprintable_class(allowed: str = "") -> str:
+    # The characters `_printable` refuses, as a regular-expression class (ranges of the actual
+    # characters), so that the document says what the server refuses.
+    refused = [
+        code
+        for code in range(sys.maxunicode + 1)
+        if unicodedata.category(chr(code)) in {"Cc", "Cf"} and chr(code) not in allowed
+    ]
+    ranges: list[tuple[int, int]] = []
+    for code in refused:
+        if ranges and ranges[-1][1] == code - 1:
+            ranges[-1] = (ranges[-1][0], code)
+        else:
+            ranges.append((code, code))
+    return "".join(chr(a) if a == b else f"{chr(a)}-{chr(b)}" for a, b in ranges)
+
+
+def _printable_pattern(allowed: str = "") -> str:
+    # Only printable characters, at least one of them not a space (the value is stripped).
+    unprintable = _unprintable_class(allowed)
+    return f"^[^{unprintable}]*[^{unprintable}\\s][^{unprintable}]*$"
+
+
 DisplayName = Annotated[
     str,
     StringConstraints(strip_whitespace=True, min_length=1, max_length=100),
     AfterValidator(_printable),
+    Field(json_schema_extra={"pattern": _printable_pattern()}),
 ]
 Phone = Annotated[str, StringConstraints(strip_whitespace=True, pattern=r"^\+?[0-9 ()./-]{6,24}$")]
 Address = Annotated[
     str,
     StringConstraints(strip_whitespace=True, min_length=1, max_length=500),
     AfterValidator(lambda v: _printable(v.replace("\n", " "))),
+    Field(json_schema_extra={"pattern": _printable_pattern(allowed="\n")}),
 ]
 Email = Annotated[str, StringConstraints(min_length=3, max_length=320)]
+# A new account's email, checked here exactly as the document states it, so that what the
+# schema allows identity accepts: ASCII, one @, a dotted domain (a subset of what
+# `domain.normalise_email` accepts, and unchanged by its NFKC and lower-casing). Signing in
+# keeps the looser `Email`: an address that cannot exist answers 401 like any wrong one.
+NewEmail = Annotated[
+    str,
+    StringConstraints(
+        max_length=254,
+        pattern=r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]{1,64}@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+        r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+$",
+    ),
+]
 # Long enough for any passphrase, short enough that nobody hashes megabytes with Argon2id.
 Password = Annotated[str, StringConstraints(min_length=1, max_length=1024)]
+# A new password: the document states the policy's lengths; what it cannot state (a breached
+# or repetitive password, one containing the email) answers 422 password-refused.
+NewPassword = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=1024),
+    Field(
+        json_schema_extra={"minLength": MIN_PASSWORD_LENGTH, "maxLength": MAX_PASSWORD_LENGTH},
+        description=f"{MIN_PASSWORD_LENGTH} to {MAX_PASSWORD_LENGTH} characters, not a common "
+        "or breached password, at least 5 different characters, not containing the email.",
+    ),
+]
 TotpCode = Annotated[str, StringConstraints(pattern=r"^[0-9]{6}$")]
 
 
@@ -43,8 +93,8 @@ class _Body(BaseModel):
 
 
 class Registration(_Body):
-    email: Email
-    password: Password
+    email: NewEmail
+    password: NewPassword
     display_name: DisplayName
     role: Literal["client", "therapist"]
 
@@ -92,7 +142,7 @@ class ProfileChanges(_Body):
 
 class PasswordChange(_Body):
     current_password: Password
-    new_password: Password
+    new_password: NewPassword
 
 
 class TotpEnrolmentResponse(BaseModel):

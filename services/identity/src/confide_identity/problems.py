@@ -1,7 +1,8 @@
 """How each of identity's refusals answers over HTTP: the one place they meet problem types.
 
 A 422 names the refused field by its place in the request (`body.email`), as request
-validation does; the 401s carry `WWW-Authenticate: Bearer`; a lock answers `Retry-After`."""
+validation does; the 401s carry `WWW-Authenticate: Bearer`; a lock answers 429 with
+`Retry-After`."""
 
 from __future__ import annotations
 
@@ -27,7 +28,9 @@ PROBLEM_TYPES: Final[ProblemTypes] = {
     domain.InvalidRefreshToken: ProblemType(
         401, "Invalid refresh token", slug="invalid-refresh-token", headers=_BEARER
     ),
-    domain.SignInLocked: ProblemType(423, "Sign-in locked", slug="sign-in-locked"),
+    # 429, not 423: a throttled sign-in is "too many requests, retry after" (RFC 6585), what
+    # clients and gateways expect; 423 is WebDAV's locked resource.
+    domain.SignInLocked: ProblemType(429, "Sign-in locked", slug="sign-in-locked"),
     domain.TooManySignInAttempts: ProblemType(
         429, "Too many sign-in attempts", slug="too-many-sign-in-attempts"
     ),

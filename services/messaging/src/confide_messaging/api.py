@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from confide_messaging import handlers
 from confide_messaging.domain import (
     MAX_BODY_CHARACTERS,
+    MESSAGING_CATEGORIES,
     ConversationSummary,
     Message,
     SessionNote,
@@ -67,7 +68,13 @@ class PostRequest(_Body):
 
 class DisclosureRequest(_Body):
     recipient_id: UUID = Field(description="A registered recipient the client consented to.")
-    data_categories: list[DataCategory] = Field(min_length=1, max_length=2)
+    data_categories: list[DataCategory] = Field(
+        min_length=1,
+        max_length=2,
+        description="Categories messaging holds; another's answers 422 not-held-here.",
+        # The document lists only what messaging can disclose, so a client sees it up front.
+        json_schema_extra={"items": {"enum": list(MESSAGING_CATEGORIES)}},
+    )
 
 
 class DownloadRequest(_Body):
@@ -196,7 +203,7 @@ def router(deps: Dependencies, current_caller: CallerDependency) -> APIRouter:
         "/conversations",
         status_code=201,
         summary="Open a conversation with a registered therapist (signed-in client)",
-        responses={422: {"description": "No registered therapist with an open account"}},
+        responses={404: {"description": "No registered therapist with an open account"}},
     )
     async def post_conversation(
         body: OpenConversationRequest, caller: client, response: Response

@@ -32,11 +32,13 @@ PROBLEM_TYPES: ProblemTypes = {
     ConversationNotFound: _NOT_FOUND,
     ClientNotFound: _NOT_FOUND,
     DownloadNotAvailable: _NOT_FOUND,
+    # The body names a therapist there is none of (or none with an open account): 404 naming
+    # `body.therapist_id`, as Stripe answers a body's reference to nothing.
+    TherapistNotAvailable: _NOT_FOUND,
     ConversationClosed: ProblemType(409, "Conversation closed", slug="conversation-closed"),
     ClientNotAvailable: ProblemType(409, "Conflict", slug="account-not-open"),
     RecordsErased: ProblemType(409, "Conflict", slug="records-erased"),
     ConsentRequired: ProblemType(403, "Consent required", slug="consent-required"),
-    TherapistNotAvailable: _REFUSED_FIELD,
     NotHeldHere: _REFUSED_FIELD,
     IdempotencyKeyReused: ProblemType(422, "Unprocessable Content", location="header"),
 }
