@@ -5,6 +5,7 @@ wrote), and ways to publish the events of a person's journey on them."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -74,6 +75,16 @@ class AuditService:
     @property
     def officer(self) -> dict[str, str]:
         return self.as_(self.compliance, "compliance")
+
+    async def get(self, path: str, **options: Any) -> httpx.Response:
+        """GET as a client would, looking again when the service answered 503 for a moment:
+        its 2 s database check misses now and then on this loaded 2-core machine."""
+        for _ in range(10):
+            response = await self.http.get(path, **options)
+            if response.status_code != 503:
+                break
+            await asyncio.sleep(1)
+        return response
 
     async def publish(self, topic: str, *events: IntegrationEvent) -> list[Any]:
         """Publish events as their producers do (CloudEvents, keyed by subject); returns the

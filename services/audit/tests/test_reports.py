@@ -25,7 +25,7 @@ pytestmark = pytest.mark.integration
 async def reports(audit: AuditService, subject_id: uuid.UUID) -> dict[str, bytes]:
     found = {}
     for kind in ("json", "html", "pdf"):
-        response = await audit.http.get(
+        response = await audit.get(
             f"/v1/subjects/{subject_id}/report", params={"format": kind}, headers=audit.officer
         )
         assert response.status_code == 200, response.text
@@ -64,7 +64,7 @@ async def test_the_pdf_report_opens_and_holds_the_persons_timeline(audit: AuditS
 async def test_a_report_in_an_unknown_format_is_refused_naming_the_field(
     audit: AuditService,
 ) -> None:
-    response = await audit.http.get(
+    response = await audit.get(
         f"/v1/subjects/{uuid.uuid4()}/report", params={"format": "docx"}, headers=audit.officer
     )
     assert response.status_code == 422
@@ -95,12 +95,10 @@ async def test_replay_while_serving_gives_byte_identical_reports_twice(
         generation = outcome.generation
         after = await reports(audit, journey.client)
         assert after == before, f"round {round_}"
-        timeline = await audit.http.get(
-            f"/v1/subjects/{other.client}/timeline", headers=audit.officer
-        )
+        timeline = await audit.get(f"/v1/subjects/{other.client}/timeline", headers=audit.officer)
         assert len(timeline.json()["items"]) == 3, f"round {round_}"
     assert "events/s" in progress.getvalue()
     assert "s left" in progress.getvalue()
-    chain = await audit.http.get("/v1/chain", headers=audit.officer)
+    chain = await audit.get("/v1/chain", headers=audit.officer)
     assert chain.json()["intact"] is True
     assert [c["state"] for c in chain.json()["chains"]] == ["queries", "current"]
