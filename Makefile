@@ -7,7 +7,7 @@ export CONFIDE_STACK_DIR := $(STACK_DIR)
 UV ?= uv
 PYTEST_ARGS ?=
 
-.PHONY: help install prerequisites up down status logs test test-unit lint format schemas compose-up compose-down bench
+.PHONY: help install prerequisites up down status logs test faults test-unit lint format schemas compose-up compose-down bench
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -33,7 +33,13 @@ logs: ## follow every log of the native stack
 
 test: install prerequisites ## every test, unit to end-to-end, against real Kafka and PostgreSQL
 	@deploy/stack.sh infra-up
-	@source $(STACK_DIR)/stack.env && $(UV) run --frozen pytest $(PYTEST_ARGS)
+	@source $(STACK_DIR)/stack.env && $(UV) run --frozen pytest $(PYTEST_ARGS); \
+	  status=$$?; $(UV) run --frozen python tests/faults/report.py; exit $$status
+
+faults: install prerequisites ## the fault scenarios and bad-input checks alone; writes docs/reliability.md
+	@deploy/stack.sh infra-up
+	@source $(STACK_DIR)/stack.env && $(UV) run --frozen pytest tests/faults $(PYTEST_ARGS); \
+	  status=$$?; $(UV) run --frozen python tests/faults/report.py; exit $$status
 
 test-unit: install ## only the tests that need no broker or database
 	@$(UV) run --frozen pytest -m "not integration" $(PYTEST_ARGS)

@@ -14,7 +14,9 @@ Lost and applied-twice must be 0 in every scenario.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
@@ -24,6 +26,14 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from confide_events import decode_envelope
 from confide_toolkit.fences import is_marker
+
+from .load import Tally
+
+VERDICTS = Path(__file__).resolve().parent / "verdicts"
+"""Where each scenario's figures are kept until docs/reliability.md is written from them."""
+
+SETTLE_SECONDS = 90
+"""How long the effects of the acknowledged operations may take to show after the load."""
 
 
 @dataclass(frozen=True)
@@ -165,3 +175,32 @@ def write_verdict(folder: Path, verdict: Verdict) -> None:
     """Keep a scenario's figures for docs/reliability.md (written at the session's end)."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / f"{verdict.scenario}.json").write_text(json.dumps(asdict(verdict), indent=2))
+
+
+async def settled_topic(
+    bootstrap: str, topic: str, done: Callable[[list[TopicEvent]], bool]
+) -> list[TopicEvent]:
+    """The topic once `done` holds of it (or as it is after SETTLE_SECONDS: the checker then
+    counts what is missing as lost)."""
+    deadline = time.monotonic() + SETTLE_SECONDS
+    while True:
+        events = await read_topic(bootstrap, topic)
+        if done(events) or time.monotonic() > deadline:
+            return events
+        await asyncio.sleep(1)
+
+
+def tally_into(verdict: Verdict, tally: Tally) -> None:
+    verdict.attempted = tally.attempted
+    verdict.acknowledged = len(tally.acknowledged)
+    verdict.server_errors = tally.server_errors
+    verdict.unavailable_answers = tally.unavailable
+
+
+def assert_nothing_lost_or_doubled(verdict: Verdict) -> None:
+    print(verdict.line())
+    assert verdict.acknowledged > 0, "the load generator got nothing acknowledged"
+    assert verdict.lost == 0, verdict.examples
+    assert verdict.applied_twice == 0, verdict.examples
+    assert verdict.out_of_order == 0, verdict.examples
+    assert verdict.server_errors == verdict.unavailable_answers, "a 5xx other than 503"

@@ -22,6 +22,8 @@ class Tally:
     acknowledged: dict[str, str] = field(default_factory=dict)
     statuses: dict[int, int] = field(default_factory=dict)
     unreachable: int = 0
+    # A 503 must say when to come back (Retry-After); counted when it does not.
+    missing_retry_after: int = 0
 
     def answer(self, status: int) -> None:
         self.statuses[status] = self.statuses.get(status, 0) + 1
@@ -76,6 +78,8 @@ async def register(
         await asyncio.sleep(0.2)
         return None
     tally.answer(answer.status_code)
+    if answer.status_code == 503 and "retry-after" not in answer.headers:
+        tally.missing_retry_after += 1
     if answer.status_code != 201:
         await asyncio.sleep(0.2)
         return None
@@ -124,3 +128,35 @@ async def signed_in_client(
     )
     user_id = str(registered.json()["user_id"])
     return user_id, {"Authorization": f"Bearer {tokens.json()['access_token']}"}
+
+
+async def clients_with_consents(
+    http: httpx.AsyncClient, identity_url: str, consent_url: str, people: int
+) -> list[tuple[str, dict[str, str], str]]:
+    """`people` newly registered clients, each signed in and with a research consent granted:
+    (user id, bearer header, consent id) each."""
+    purposes = (
+        await retry("purposes", lambda: http.get(f"{consent_url}/v1/purposes"), 200)
+    ).json()["items"]
+    version = next(p["policy_version"] for p in purposes if p["purpose"] == "research")
+    gate = asyncio.Semaphore(4)
+
+    async def client_with_consent() -> tuple[str, dict[str, str], str]:
+        async with gate:
+            user_id, auth = await signed_in_client(http, identity_url, "fault")
+            granted = await retry(
+                "grant",
+                lambda: http.post(
+                    f"{consent_url}/v1/consents",
+                    json={
+                        "purpose": "research",
+                        "data_categories": ["messaging.messages"],
+                        "policy_version": version,
+                    },
+                    headers=auth,
+                ),
+                201,
+            )
+            return user_id, auth, str(granted.json()["consent_id"])
+
+    return list(await asyncio.gather(*(client_with_consent() for _ in range(people))))

@@ -12,76 +12,31 @@ import asyncio
 import signal
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
-from pathlib import Path
+from collections.abc import Awaitable, Callable
 
 import httpx
 import pytest
 from confide_events.topics import CONSENT_EVENTS, IDENTITY_EVENTS
-from confide_testing import Infrastructure
 from confide_testing.processes import ServiceProcess, ServiceProcesses
 
 from .checker import (
-    TopicEvent,
+    VERDICTS,
     Verdict,
+    assert_nothing_lost_or_doubled,
     count_effects,
     count_out_of_order,
-    read_topic,
+    settled_topic,
+    tally_into,
     write_verdict,
 )
-from .load import Tally, after_fault, register, retry, signed_in_client, steady
+from .load import Tally, after_fault, clients_with_consents, register, retry, steady
 
 pytestmark = pytest.mark.integration
 
-SETTLE_SECONDS = 90
-
-
-@pytest.fixture
-def processes(
-    infrastructure: Infrastructure, kafka_bootstrap: str, tmp_path: Path
-) -> Iterator[ServiceProcesses]:
-    started = ServiceProcesses(infrastructure.postgres_admin_url, kafka_bootstrap, tmp_path)
-    yield started
-    started.close()
-
-
-@pytest.fixture
-def verdicts() -> Path:
-    """Where each scenario's figures are kept until docs/reliability.md is written from them."""
-    return Path(__file__).resolve().parent / "verdicts"
-
-
-async def settled_topic(
-    bootstrap: str, topic: str, done: Callable[[list[TopicEvent]], bool]
-) -> list[TopicEvent]:
-    """The topic once `done` holds of it (or as it is after SETTLE_SECONDS: the checker then
-    counts what is missing as lost)."""
-    deadline = time.monotonic() + SETTLE_SECONDS
-    while True:
-        events = await read_topic(bootstrap, topic)
-        if done(events) or time.monotonic() > deadline:
-            return events
-        await asyncio.sleep(1)
-
-
-def tally_into(verdict: Verdict, tally: Tally) -> None:
-    verdict.attempted = tally.attempted
-    verdict.acknowledged = len(tally.acknowledged)
-    verdict.server_errors = tally.server_errors
-    verdict.unavailable_answers = tally.unavailable
-
-
-def assert_nothing_lost_or_doubled(verdict: Verdict) -> None:
-    print(verdict.line())
-    assert verdict.acknowledged > 0, "the load generator got nothing acknowledged"
-    assert verdict.lost == 0, verdict.examples
-    assert verdict.applied_twice == 0, verdict.examples
-    assert verdict.out_of_order == 0, verdict.examples
-    assert verdict.server_errors == verdict.unavailable_answers, "a 5xx other than 503"
-
 
 async def test_sigkill_of_a_producing_service_mid_stream_loses_no_acknowledged_event(
-    processes: ServiceProcesses, kafka_bootstrap: str, verdicts: Path
+    processes: ServiceProcesses,
+    kafka_bootstrap: str,
 ) -> None:
     identity = processes.start("identity")
     tally = Tally()
@@ -117,7 +72,7 @@ async def test_sigkill_of_a_producing_service_mid_stream_loses_no_acknowledged_e
     count_effects(
         verdict, acknowledged, events, event_type="UserRegistered", value_of=lambda e: e.subject
     )
-    write_verdict(verdicts, verdict)
+    write_verdict(VERDICTS, verdict)
     assert_nothing_lost_or_doubled(verdict)
 
 
@@ -132,29 +87,7 @@ async def _consents_withdrawn_on_closing_under(
     """`people` clients each grant a consent, then all close their accounts while `fault`
     strikes consent; every acknowledged closing must withdraw its consent exactly once."""
     async with httpx.AsyncClient(timeout=15) as http:
-        research = (await http.get(f"{consent.url}/v1/purposes")).json()["items"]
-        version = next(p["policy_version"] for p in research if p["purpose"] == "research")
-        gate = asyncio.Semaphore(4)
-
-        async def client_with_consent() -> tuple[str, dict[str, str], str]:
-            async with gate:
-                user_id, auth = await signed_in_client(http, identity.url, "fault")
-                granted = await retry(
-                    "grant",
-                    lambda: http.post(
-                        f"{consent.url}/v1/consents",
-                        json={
-                            "purpose": "research",
-                            "data_categories": ["messaging.messages"],
-                            "policy_version": version,
-                        },
-                        headers=auth,
-                    ),
-                    201,
-                )
-                return user_id, auth, str(granted.json()["consent_id"])
-
-        clients = await asyncio.gather(*(client_with_consent() for _ in range(people)))
+        clients = await clients_with_consents(http, identity.url, consent.url, people)
         tally = Tally()
 
         async def close(auth: dict[str, str], consent_id: str) -> None:
@@ -198,7 +131,8 @@ async def _consents_withdrawn_on_closing_under(
 
 
 async def test_sigkill_of_a_consuming_service_mid_batch_applies_each_event_once(
-    processes: ServiceProcesses, kafka_bootstrap: str, verdicts: Path
+    processes: ServiceProcesses,
+    kafka_bootstrap: str,
 ) -> None:
     identity = processes.start("identity")
     consent = processes.start("consent")
@@ -216,12 +150,13 @@ async def test_sigkill_of_a_consuming_service_mid_batch_applies_each_event_once(
     await _consents_withdrawn_on_closing_under(
         kill_and_restart, identity, consent, kafka_bootstrap, verdict
     )
-    write_verdict(verdicts, verdict)
+    write_verdict(VERDICTS, verdict)
     assert_nothing_lost_or_doubled(verdict)
 
 
 async def test_a_consumer_stopped_past_its_session_timeout_applies_nothing_its_successor_did(
-    processes: ServiceProcesses, kafka_bootstrap: str, verdicts: Path
+    processes: ServiceProcesses,
+    kafka_bootstrap: str,
 ) -> None:
     identity = processes.start("identity")
     consent = processes.start("consent")
@@ -242,12 +177,13 @@ async def test_a_consumer_stopped_past_its_session_timeout_applies_nothing_its_s
     await _consents_withdrawn_on_closing_under(
         stop_then_continue, identity, successor, kafka_bootstrap, verdict
     )
-    write_verdict(verdicts, verdict)
+    write_verdict(VERDICTS, verdict)
     assert_nothing_lost_or_doubled(verdict)
 
 
 async def test_two_consumer_replicas_one_killed_the_other_takes_over(
-    processes: ServiceProcesses, kafka_bootstrap: str, verdicts: Path
+    processes: ServiceProcesses,
+    kafka_bootstrap: str,
 ) -> None:
     identity = processes.start("identity")
     consent = processes.start("consent")
@@ -263,12 +199,13 @@ async def test_two_consumer_replicas_one_killed_the_other_takes_over(
         faults="one consent replica SIGKILLed at 2.5 s, not restarted",
     )
     await _consents_withdrawn_on_closing_under(kill_one, identity, other, kafka_bootstrap, verdict)
-    write_verdict(verdicts, verdict)
+    write_verdict(VERDICTS, verdict)
     assert_nothing_lost_or_doubled(verdict)
 
 
 async def test_two_producer_replicas_one_relay_publishes_and_the_other_takes_over(
-    processes: ServiceProcesses, kafka_bootstrap: str, verdicts: Path
+    processes: ServiceProcesses,
+    kafka_bootstrap: str,
 ) -> None:
     first = processes.start("identity")
     second = processes.start("identity", like=first)
@@ -318,6 +255,6 @@ async def test_two_producer_replicas_one_relay_publishes_and_the_other_takes_ove
     count_effects(
         verdict, acknowledged, events, event_type="UserRegistered", value_of=lambda e: e.subject
     )
-    write_verdict(verdicts, verdict)
+    write_verdict(VERDICTS, verdict)
     assert_nothing_lost_or_doubled(verdict)
     assert took_over_after[0] < 30, "the standby relay did not take over within seconds"
