@@ -17,7 +17,9 @@ def subscribe(service: Service, settings: AuditSettings) -> RecordConsumer:
     subscribe_records(
         service.broker,
         settings.trail_topics,
-        settings.consumer_group or service.name,
+        # A group of its own: in the service's group, identity.events' partitions would be
+        # shared between the trail and the toolkit's consumer of signing keys, each seeing part.
+        f"{settings.consumer_group or service.name}.trail",
         consumer,
         title=f"{','.join(settings.trail_topics)}:{service.name}",
         description="Every record, whatever its type, kept as raw bytes in the hash chain",

@@ -94,9 +94,12 @@ trail_state = Table(
 under a share lock, so a replay's switch (which updates it) waits for appends in flight and
 every later append goes to the new generation."""
 
-LIVE_CONSUMER = "audit"
+LIVE_CONSUMER = "audit.trail"
 """The position name of the live consumer of the topics, whichever generation it appends to:
-a replay's new generation is switched in once it holds exactly the records up to here."""
+a replay's new generation is switched in once it holds exactly the records up to here. Not the
+service's name, which the toolkit's own consumer of identity.events (signing keys, revoked
+sessions) keeps its positions under: two consumers under one name would each skip what the
+other applied."""
 
 
 def replay_consumer(generation: int) -> str:
