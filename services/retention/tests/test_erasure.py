@@ -13,6 +13,7 @@ from typing import Any
 from confide_retention.certificates import CERTIFICATE_TYPE
 from confide_retention.store import erasure_cases
 from confide_testing import eventually
+from confide_toolkit.kek import KekSchedule, backups_clear_from
 from confide_toolkit.signed_documents import DocumentInvalid, verify_document
 from sqlalchemy import func, select
 
@@ -156,9 +157,12 @@ async def test_answers_complete_the_case_with_a_certificate_that_verifies_offlin
     }
     assert by_category["billing.financial_records"]["outcome"] == "retained"
     assert by_category["billing.financial_records"]["retained_on"] == "legal_obligation"
-    # The KEK version that wrapped the shredded keys is replaced within a rotation period (30
-    # days by default) and destroyed one backup retention (35 days) after that.
-    assert _time(claims["backups_clear_from"]) == _time(claims["issued_at"]) + timedelta(days=65)
+    # The KEK version that wrapped the shredded keys is replaced within a rotation period and
+    # destroyed one backup retention after that (the toolkit's schedule: 30 + 35 days and the
+    # maintenance timer's slack by default).
+    clear_from = _time(claims["backups_clear_from"])
+    assert clear_from == backups_clear_from(_time(claims["issued_at"]), KekSchedule())
+    assert clear_from >= _time(claims["issued_at"]) + timedelta(days=65)
     assert "d" not in jwks["keys"][0]  # only the public half is published
 
     header, payload, signature = jws.split(".")
@@ -337,3 +341,21 @@ async def test_the_policies_in_force_are_published(retention: RetentionService) 
     assert policies["messaging.session_notes"]["clock_starts_on"] == ["last_note", "account_closed"]
     assert policies["billing.financial_records"]["legal_obligation"] == "tax_law"
     assert policies["billing.payment_methods"]["legal_obligation"] is None
+
+
+async def test_the_api_and_the_events_are_documented(retention: RetentionService) -> None:
+    openapi = (await retention.http.get("/openapi.json")).json()
+    assert {
+        "/v1/policies",
+        "/v1/erasure-requests",
+        "/v1/erasure-requests/{request_id}",
+        "/v1/legal-holds",
+        "/v1/legal-holds/{hold_id}",
+        "/v1/certificates/{certificate_id}",
+        "/v1/signing-keys",
+    } <= set(openapi["paths"])
+    asyncapi = json.dumps((await retention.http.get("/asyncapi.json")).json())
+    for published in ("RetentionExpired", "ErasureCompleted", "LegalHoldPlaced"):
+        assert f"confide.retention.{published}" in asyncapi
+    for consumed in ("identity.events", "messaging.events", "billing.events"):
+        assert consumed in asyncapi
