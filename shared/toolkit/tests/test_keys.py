@@ -14,14 +14,19 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy
+from confide_testing import eventually, serving
 from confide_toolkit.clock import FrozenClock
 from confide_toolkit.database import toolkit_metadata
 from confide_toolkit.ids import uuid7
 from confide_toolkit.kek import KekSchedule, LocalKeyFile, RetiredKekVersion, backups_clear_from
 from confide_toolkit.keyring import Keyring, data_keys
 from confide_toolkit.keys import KekLifecycle
+from confide_toolkit.service import Service
+from confide_toolkit.settings import ServiceSettings
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
+
+from .test_positions import MIGRATIONS
 
 pytestmark = pytest.mark.integration
 
@@ -282,3 +287,34 @@ async def test_a_services_own_wrapped_secrets_are_re_wrapped_with_the_data_keys(
     clock.advance(timedelta(days=35))
     assert (await lifecycle.maintain()).retired == [1]
     assert key_file.unwrap(row.kek_version, bytes(row.wrapped_secret)) == secret
+
+
+async def test_a_running_service_rotates_and_rewraps_on_its_schedule_by_itself(
+    database_url: str, kafka_bootstrap: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A key file whose only version was made two days ago, on a one-day schedule.
+    made_long_ago = FrozenClock(datetime.now(UTC) - timedelta(days=2))
+    LocalKeyFile(tmp_path / "kek.json", made_long_ago).current_version  # noqa: B018
+    monkeypatch.setenv("CONFIDE_KEK_ROTATION_PERIOD", "P1D")
+    monkeypatch.setenv("CONFIDE_KEK_MAINTENANCE_INTERVAL", "PT1S")
+    service = Service(
+        ServiceSettings(
+            service_name="probe",
+            database_url=database_url,
+            kafka_bootstrap=kafka_bootstrap,
+            kek_file=tmp_path / "kek.json",
+            graceful_shutdown_seconds=5,
+        ),
+        MIGRATIONS,
+    )
+    async with serving(service.create_app(title="p", description="p", routers=[], deps=None)):
+        async with service.engine.begin() as conn:
+            await service.keyring.encrypt(conn, uuid7(), CATEGORY, "m-1", b"what was said")
+
+        async def rotated_and_rewrapped() -> bool:
+            versions = LocalKeyFile(tmp_path / "kek.json").lifecycle()
+            async with service.engine.connect() as conn:
+                wrapped = set((await conn.execute(select(data_keys.c.kek_version))).scalars())
+            return len(versions) == 2 and versions[-1].current and wrapped == {2}
+
+        await eventually(rotated_and_rewrapped, timeout=30)

@@ -14,7 +14,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import uvicorn
 from confide_events import Envelope, IntegrationEvent
@@ -54,8 +54,9 @@ from confide_toolkit.inbox import (
     InboxConsumer,
     RetryPolicy,
 )
-from confide_toolkit.kek import keks_from_settings
+from confide_toolkit.kek import KekSchedule, keks_from_settings
 from confide_toolkit.keyring import Keyring
+from confide_toolkit.keys import KekLifecycle, ScheduledKeks
 from confide_toolkit.logs import configure_logging
 from confide_toolkit.migrations import upgrade_database
 from confide_toolkit.openapi import document_answers
@@ -148,6 +149,7 @@ class Service:
         # (a restored database re-applies the erasures it missed first): `confide_toolkit.catch_up`.
         self.catch_up = CatchUp(self.name, self.engine, settings.kafka_bootstrap)
         self._catch_up_task: asyncio.Task[None] | None = None
+        self._kek_task: asyncio.Task[None] | None = None
         # Every service verifies tokens from the keys identity publishes: never by calling it.
         self.subscribe(IDENTITY_EVENTS, {SigningKeyPublished: _record_signing_key})
 
@@ -242,6 +244,7 @@ class Service:
                 self.catch_up.watch(self._stopping), name="catch-up"
             )
         self._relay_task = asyncio.create_task(self.relay.run(self._stopping), name="relay")
+        self._kek_task = asyncio.create_task(self._maintain_keks(self._stopping), name="keks")
         self._watch_task = asyncio.create_task(
             self.availability.watch(self._stopping), name="dependency-watch"
         )
@@ -259,9 +262,46 @@ class Service:
             await self._watch_task
         if self._catch_up_task is not None:
             await self._catch_up_task
+        if self._kek_task is not None:
+            await self._kek_task
         await self.dead_letters.stop()
         await self.engine.dispose()
         logger.info("service stopped", extra={"service": self.name})
+
+    async def _maintain_keks(self, stop: asyncio.Event) -> None:
+        """The KEK schedule (`confide_toolkit.keys`), run by the service itself at start and
+        every maintenance interval: rotate when due, re-wrap, destroy the versions past the
+        backup window. Replicas may all run it: the key file decides a rotation under its lock.
+        A provider that keeps no version dates is rotated by its own tools instead."""
+        keks = self.keyring.keks
+        if not (hasattr(keks, "lifecycle") and hasattr(keks, "retire")):
+            return
+        schedule = KekSchedule()
+        scheduled = cast(ScheduledKeks, keks)  # a file of dated versions (see above)
+        lifecycle = KekLifecycle(scheduled, self.keyring, self.engine, schedule, self.clock)
+        interval = max(schedule.maintenance_interval.total_seconds(), 1.0)
+        while not stop.is_set():
+            try:
+                done = await lifecycle.maintain()
+                if done.rotated_to or done.retired or done.blocked:
+                    logger.info(
+                        "key-encryption keys maintained",
+                        extra={
+                            "service": self.name,
+                            "rotated_to": done.rotated_to,
+                            "retired": done.retired,
+                            "blocked": sorted(done.blocked),
+                        },
+                    )
+            except Exception as error:
+                # Never fatal to serving: the next round tries again, and `keys status` shows
+                # a version past its death as blocked.
+                logger.warning(
+                    "KEK maintenance failed; retrying at the next interval",
+                    extra={"service": self.name, "error_type": type(error).__name__},
+                )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=interval)
 
     @contextlib.asynccontextmanager
     async def lifespan(self, _app: FastAPI) -> AsyncIterator[None]:
