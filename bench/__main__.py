@@ -15,6 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from bench.billing import BillingConfig, billing_result, measure_billing
 from bench.decryption import DecryptionConfig, run_decryption
 from bench.figures import ScenarioResult, text_table
 from bench.http_load import HttpConfig, HttpRun, http_result, measure_http
@@ -25,7 +26,7 @@ from bench.report import write_report
 from bench.shredding import ShreddingConfig, run_shredding
 from bench.stack import ROOT, machine_facts, remove_leftovers, stack_from_environment
 
-SCENARIOS = ("pipeline", "http", "shred", "decrypt", "memory")
+SCENARIOS = ("pipeline", "http", "shred", "decrypt", "memory", "billing")
 
 logger = logging.getLogger("bench")
 
@@ -51,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         metavar="DIR",
         help="profile with pyinstrument into DIR: the pipeline's two service processes, and "
-        "the HTTP scenario's identity, consent and bare endpoint",
+        "the HTTP and billing scenarios' services and bare endpoint",
     )
     parser.add_argument(
         "--events", type=int, default=None, help="pipeline events (batched throughput phase)"
@@ -118,8 +119,10 @@ def main(argv: list[str] | None = None) -> int:
     shredding = ShreddingConfig.quick() if args.quick else ShreddingConfig()
     decryption = DecryptionConfig.quick() if args.quick else DecryptionConfig()
     http = HttpConfig.quick() if args.quick else HttpConfig()
+    billing = BillingConfig.quick() if args.quick else BillingConfig()
     if args.profile:
         http = HttpConfig(**{**http.__dict__, "profile_dir": str(args.profile)})
+        billing = replace(billing, profile_dir=str(args.profile))
 
     http_run: HttpRun | None = None
 
@@ -136,17 +139,21 @@ def main(argv: list[str] | None = None) -> int:
     async def run_memory() -> ScenarioResult:
         return memory_result(await measured_http())
 
+    async def run_billing() -> ScenarioResult:
+        return billing_result(await measure_billing(stack, billing))
+
     runners: dict[str, Callable[[], Coroutine[Any, Any, ScenarioResult]]] = {
         "pipeline": lambda: run_pipeline(stack, pipeline),
         "http": run_http,
         "shred": lambda: run_shredding(stack, shredding),
         "decrypt": lambda: run_decryption(stack, decryption),
         "memory": run_memory,
+        "billing": run_billing,
     }
     started = time.monotonic()
     results: list[ScenarioResult] = []
     # Cheap scenarios first, so that a failure of the long one leaves their figures printed.
-    for name in ("decrypt", "shred", "http", "memory", "pipeline"):
+    for name in ("decrypt", "shred", "http", "memory", "billing", "pipeline"):
         if name not in chosen:
             continue
         logger.info("scenario %s: running", name)

@@ -55,6 +55,7 @@ import tempfile
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -171,7 +172,7 @@ def serve_bare() -> None:
     )
 
 
-def _create_bare_table(database_url: str) -> None:
+def create_bare_table(database_url: str) -> None:
     import psycopg
     from confide_toolkit.database import libpq_url
 
@@ -233,7 +234,7 @@ def _python(module: str, profile_dir: str | None, name: str) -> list[str]:
     return [sys.executable, "-m", "pyinstrument", "-r", "text", "-o", report, "-m", module]
 
 
-def _start_service(
+def start_service(
     name: str,
     database_url: str,
     bootstrap: str,
@@ -255,7 +256,7 @@ def _start_service(
     return _start(name, _python(f"confide_{name}", profile_dir, name), port, env, logs)
 
 
-def _start_bare(database_url: str, logs: Path, profile_dir: str | None = None) -> Server:
+def start_bare(database_url: str, logs: Path, profile_dir: str | None = None) -> Server:
     port = _free_port()
     env = _child_environment(
         {"BENCH_BARE_DATABASE_URL": database_url, "BENCH_BARE_PORT": str(port)}
@@ -263,7 +264,7 @@ def _start_bare(database_url: str, logs: Path, profile_dir: str | None = None) -
     return _start("bare", _python("bench.bare", profile_dir, "bare"), port, env, logs)
 
 
-async def _wait_ready(client: httpx.AsyncClient, server: Server) -> None:
+async def wait_ready(client: httpx.AsyncClient, server: Server) -> None:
     import httpx
 
     deadline = time.monotonic() + START_TIMEOUT
@@ -279,7 +280,7 @@ async def _wait_ready(client: httpx.AsyncClient, server: Server) -> None:
     raise TimeoutError(f"{server.name} not ready in {START_TIMEOUT:.0f} s:\n{server.log_tail()}")
 
 
-def _stop_all(servers: list[Server], timeout: float = 20.0) -> None:
+def stop_all(servers: list[Server], timeout: float = 20.0) -> None:
     """SIGTERM (or SIGINT, see `Server.stop_signal`) to every server, then wait for each
     (SIGKILL after `timeout`)."""
     for server in servers:
@@ -319,6 +320,17 @@ class LoadSpec:
     conversations: tuple[str, ...] = ()
     """A conversation id per worker (its own client's), for post and list."""
     method: str = "POST"
+    request: RequestBuilder | None = None
+    """For another scenario's phases: a module-level function (pickled by name for the load
+    generator's process) giving request `n` of a worker; None for this module's phases."""
+    per_worker: tuple[str, ...] = ()
+    """Another value per worker, for `request` (billing: each worker's card)."""
+    keep: str = ""
+    """When set, that field of every successful JSON answer is kept in `PhaseResult.kept`."""
+
+
+RequestBuilder = Callable[[LoadSpec, int, int], tuple[str, dict[str, Any] | None, dict[str, str]]]
+"""(spec, worker, n) → the path, JSON body and headers of request `n` of a worker."""
 
 
 @dataclass
@@ -340,6 +352,8 @@ class PhaseResult:
     PostgreSQL server."""
     machine_busy_cores: float = 0.0
     """Busy CPU of the whole machine over the phase, in cores (whoever used it)."""
+    kept: list[tuple[int, int, str]] = field(default_factory=list)
+    """(worker, n, value of `LoadSpec.keep`) per successful request, when the spec asks."""
 
     def cpu_ms_per_request(self, key: str) -> float | None:
         ok = len(self.latencies_ms)
@@ -361,6 +375,8 @@ def _request(
     spec: LoadSpec, worker: int, n: int
 ) -> tuple[str, dict[str, Any] | None, dict[str, str]]:
     """The path, JSON body and headers of request `n` of a worker."""
+    if spec.request is not None:
+        return spec.request(spec, worker, n)
     if spec.phase in ("post", "list"):
         path = spec.path.format(conversation_id=spec.conversations[worker])
         headers = {"Authorization": f"Bearer {spec.tokens[worker]}"}
@@ -415,6 +431,7 @@ async def _drive(spec: LoadSpec, pipe: Connection) -> PhaseResult:
     completed: list[float] = []
     errors: Counter[str] = Counter()
     samples: list[str] = []
+    kept: list[tuple[int, int, str]] = []
     sent = [0]
     # One client (one keep-alive connection) per worker: a single client with a 32-connection
     # pool cost about 3 ms of CPU per request in httpcore's pool here, against about 0.9 ms,
@@ -448,6 +465,8 @@ async def _drive(spec: LoadSpec, pipe: Connection) -> PhaseResult:
                 if 200 <= answer.status_code < 300:
                     latencies.append((done - began) * 1000)
                     completed.append(done - started)
+                    if spec.keep:
+                        kept.append((i, n - 1, str(answer.json()[spec.keep])))
                 else:
                     errors[str(answer.status_code)] += 1
                     if len(samples) < 5:
@@ -457,7 +476,7 @@ async def _drive(spec: LoadSpec, pipe: Connection) -> PhaseResult:
         elapsed = time.perf_counter() - started
         cpu = time.process_time() - cpu
     return PhaseResult(
-        spec.phase, sent[0], elapsed, latencies, completed, dict(errors), samples, cpu
+        spec.phase, sent[0], elapsed, latencies, completed, dict(errors), samples, cpu, kept=kept
     )
 
 
@@ -539,7 +558,7 @@ def _busy_seconds() -> tuple[float, float]:
     return total - times.idle - getattr(times, "iowait", 0.0), total
 
 
-async def _run_phase(spec: LoadSpec, servers: list[Server], timeout: float) -> PhaseResult:
+async def run_phase(spec: LoadSpec, servers: list[Server], timeout: float) -> PhaseResult:
     parent_end, child_end = SPAWN.Pipe()
     process = SPAWN.Process(target=_load_process, args=(spec, child_end), name=f"load-{spec.phase}")
     done = asyncio.Event()
@@ -825,7 +844,7 @@ async def _fill_pages(
     return sum(counts)
 
 
-async def _wait_caught_up(server: Server) -> bool:
+async def wait_caught_up(server: Server) -> bool:
     """Until the server's CPU stays under QUIET_CORES for two seconds in a row (True), or
     CATCH_UP_TIMEOUT passed (False): messaging consumes identity's and consent's topics from
     their beginning, all the runs' events, slower still under a profiler."""
@@ -872,21 +891,21 @@ async def measure_http(stack: Stack, config: HttpConfig) -> HttpRun:
     ):
         logs = Path(scratch)
         try:
-            _create_bare_table(bare_db)
+            create_bare_table(bare_db)
             began = time.monotonic()
-            bare = _start_bare(bare_db, logs, config.profile_dir)
+            bare = start_bare(bare_db, logs, config.profile_dir)
             servers.append(bare)
-            identity = _start_service(
+            identity = start_service(
                 "identity", identity_db, stack.kafka_bootstrap, run, logs, config.profile_dir
             )
             servers.append(identity)
-            consent = _start_service(
+            consent = start_service(
                 "consent", consent_db, stack.kafka_bootstrap, run, logs, config.profile_dir
             )
             servers.append(consent)
             async with httpx.AsyncClient(timeout=60.0) as client:
                 for server in servers:
-                    await _wait_ready(client, server)
+                    await wait_ready(client, server)
                 fresh = _sample(servers)
                 logger.info("http: servers ready in %.0f s; warming up", time.monotonic() - began)
                 accounts, tokens, version = await _warm_up(
@@ -936,7 +955,7 @@ async def measure_http(stack: Stack, config: HttpConfig) -> HttpRun:
             async def measure(phase: LoadSpec, settle: bool = True) -> None:
                 if settle:
                     await asyncio.sleep(config.settle_seconds)
-                phases[phase.phase] = await _run_phase(phase, servers, phase.seconds + 120)
+                phases[phase.phase] = await run_phase(phase, servers, phase.seconds + 120)
                 for server in servers:
                     if server.process.poll() is not None:
                         raise RuntimeError(
@@ -949,16 +968,16 @@ async def measure_http(stack: Stack, config: HttpConfig) -> HttpRun:
 
             logger.info("http: starting messaging")
             began = time.monotonic()
-            messaging = _start_service(
+            messaging = start_service(
                 "messaging", messaging_db, stack.kafka_bootstrap, run, logs, config.profile_dir
             )
             servers.append(messaging)
             async with httpx.AsyncClient(timeout=60.0) as client:
-                await _wait_ready(client, messaging)
+                await wait_ready(client, messaging)
                 logger.info("http: messaging ready in %.0f s", time.monotonic() - began)
                 conversations = await _open_conversations(client, identity, messaging, tokens, run)
                 logger.info("http: conversations open at %.0f s", time.monotonic() - began)
-            caught_up = await _wait_caught_up(messaging)
+            caught_up = await wait_caught_up(messaging)
             messaging_start = time.monotonic() - began
             logger.info("http: messaging ready and caught up in %.0f s", messaging_start)
             page = config.message_page
@@ -977,7 +996,7 @@ async def measure_http(stack: Stack, config: HttpConfig) -> HttpRun:
                 topped_up = await _fill_pages(client, messaging, tokens, conversations, page, run)
             await measure(messaging_spec("list", "GET", f"{MESSAGES_PATH}?limit={page}"))
         finally:
-            _stop_all(servers)
+            stop_all(servers)
     messages = len(conversations) + len(phases["post"].latencies_ms) + topped_up
     return HttpRun(
         config,
@@ -993,7 +1012,7 @@ async def measure_http(stack: Stack, config: HttpConfig) -> HttpRun:
     )
 
 
-def _server_cpu_ms(phase: PhaseResult, server: str) -> float | None:
+def server_cpu_ms(phase: PhaseResult, server: str) -> float | None:
     own, database = phase.cpu_ms_per_request(server), phase.cpu_ms_per_request("postgres")
     return None if own is None else own + (database or 0.0)
 
@@ -1028,8 +1047,8 @@ def http_result(run: HttpRun) -> ScenarioResult:
         and grant_p99 <= 3 * bare_p99
         and grant.error_count == 0
     )
-    grant_cpu, bare_cpu = _server_cpu_ms(grant, "consent"), _server_cpu_ms(bare, "bare")
-    post_cpu = _server_cpu_ms(post, "messaging")
+    grant_cpu, bare_cpu = server_cpu_ms(grant, "consent"), server_cpu_ms(bare, "bare")
+    post_cpu = server_cpu_ms(post, "messaging")
     first_page = f"a conversation's first page ({config.message_page} messages)"
     hash_label = f"Argon2id alone, {argon2.concurrency} threads"
     figures = [

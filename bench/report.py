@@ -15,6 +15,7 @@ TITLES = {
     "shred": "3. Shredding",
     "decrypt": "4. Decryption on read",
     "memory": "5. Memory",
+    "billing": "6. Billing",
 }
 ORDER = list(TITLES)
 
