@@ -13,6 +13,11 @@ import httpx
 
 PASSWORD = "fault scenario correct horse battery"
 
+CATCH_UP_SECONDS = 300
+"""How long a service just started may take to learn what it needs from the topics (identity's
+signing keys, the people): a new consumer group reads each topic from its first record, and the
+broker of a long test run holds many."""
+
 
 @dataclass
 class Tally:
@@ -89,7 +94,10 @@ async def register(
 
 
 async def retry(
-    what: str, attempt: Callable[[], Awaitable[httpx.Response]], ok: int, within: float = 60
+    what: str,
+    attempt: Callable[[], Awaitable[httpx.Response]],
+    ok: int,
+    within: float = CATCH_UP_SECONDS,
 ) -> httpx.Response:
     """`attempt` until it answers `ok` (an event still crossing Kafka, a service restarting)."""
     deadline = time.monotonic() + within

@@ -1,0 +1,82 @@
+"""One request is one trace, through the outbox, Kafka and every consumer that handled what it
+caused, across services: checked from the spans each process exported (printed into its log by
+the "console" exporter)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+import httpx
+import pytest
+from confide_testing.processes import ServiceProcess, ServiceProcesses
+
+from .load import CATCH_UP_SECONDS, clients_with_consents, retry
+
+pytestmark = pytest.mark.integration
+
+SPANS = {"CONFIDE_OTEL_EXPORTER": "console"}
+
+
+def exported_spans(service: ServiceProcess) -> list[dict[str, Any]]:
+    """Every span the service printed: pretty JSON objects among its one-line JSON logs."""
+    text = service.log()
+    decoder = json.JSONDecoder()
+    spans = []
+    at = text.find("{")
+    while at != -1:
+        try:
+            found, end = decoder.raw_decode(text, at)
+        except json.JSONDecodeError:
+            at = text.find("{", at + 1)
+            continue
+        if isinstance(found, dict) and "context" in found and "kind" in found:
+            spans.append(found)
+        at = text.find("{", end)
+    return spans
+
+
+def _trace_of(spans: list[dict[str, Any]], name_contains: str) -> set[str]:
+    return {s["context"]["trace_id"] for s in spans if name_contains in s["name"]}
+
+
+async def test_closing_an_account_is_one_trace_across_identity_consent_and_messaging(
+    processes: ServiceProcesses,
+) -> None:
+    identity = processes.start("identity", SPANS)
+    consent = processes.start("consent", SPANS)
+    messaging = processes.start("messaging", SPANS)
+    async with httpx.AsyncClient(timeout=30) as http:
+        [(_, auth, _)] = await clients_with_consents(http, identity.url, consent.url, 1)
+        closed = await retry(
+            "close", lambda: http.post(f"{identity.url}/v1/accounts/me/close", headers=auth), 202
+        )
+        assert closed.status_code == 202
+
+    # identity's HTTP span starts the trace ...
+    [trace_id] = _trace_of(exported_spans(identity), "/v1/accounts/me/close")
+    # ... consent consumes AccountClosed in it, and its ConsentRevoked carries it on, through
+    # consent's outbox and Kafka, to messaging's consumer.
+    deadline = time.monotonic() + CATCH_UP_SECONDS
+    while time.monotonic() < deadline:
+        in_consent = _trace_of(exported_spans(consent), "consume confide.identity.AccountClosed")
+        in_messaging = _trace_of(
+            exported_spans(messaging), "consume confide.consent.ConsentRevoked"
+        )
+        if trace_id in in_consent and trace_id in in_messaging:
+            break
+        await asyncio.sleep(0.5)
+    else:
+        pytest.fail(
+            f"trace {trace_id} did not reach both consumers: consent {in_consent}, "
+            f"messaging {in_messaging}"
+        )
+    consumer_spans = [
+        s
+        for service in (consent, messaging)
+        for s in exported_spans(service)
+        if s["context"]["trace_id"] == trace_id
+    ]
+    assert {s["kind"] for s in consumer_spans} >= {"SpanKind.CONSUMER"}
