@@ -7,7 +7,7 @@ export CONFIDE_STACK_DIR := $(STACK_DIR)
 UV ?= uv
 PYTEST_ARGS ?=
 
-.PHONY: help install prerequisites up down status logs test faults test-unit lint format schemas compose-up compose-down bench
+.PHONY: help install prerequisites up down status logs test faults replay test-unit lint format schemas compose-up compose-down bench
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -40,6 +40,11 @@ faults: install prerequisites ## the fault scenarios and bad-input checks alone;
 	@deploy/stack.sh infra-up
 	@source $(STACK_DIR)/stack.env && $(UV) run --frozen pytest tests/faults $(PYTEST_ARGS); \
 	  status=$$?; $(UV) run --frozen python tests/faults/report.py; exit $$status
+
+replay: install ## rebuild audit's trail from offset 0 beside the live one, switched in when caught up
+	@source $(STACK_DIR)/stack.env && CONFIDE_SERVICE_NAME=audit \
+	  CONFIDE_DATABASE_URL="$$CONFIDE_AUDIT_DATABASE_URL" CONFIDE_KEK_FILE="$(STACK_DIR)/keys/audit.kek.json" \
+	  $(UV) run --frozen python -m confide_audit replay
 
 test-unit: install ## only the tests that need no broker or database
 	@$(UV) run --frozen pytest -m "not integration" $(PYTEST_ARGS)
