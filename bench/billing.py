@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from bench.figures import Figure, ScenarioResult
 from bench.http_load import (
+    START_TIMEOUT,
     LoadSpec,
     PhaseResult,
     Server,
@@ -53,9 +54,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-START_TIMEOUT = 180.0
-"""Billing reads identity's topic from its beginning (every earlier run's events) before it
-knows the signing key and the registrations."""
 CHARGES_PATH = "/v1/charges"
 APPROVE_VISA = "4242424242424242"
 AMOUNT_CENTS = 15_000
