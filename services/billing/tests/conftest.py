@@ -6,10 +6,8 @@ service records kept in memory (to be searched for card data)."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,24 +15,19 @@ from typing import Any
 
 import httpx
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaProducer
 from confide_billing.app import create_app
 from confide_billing.gateway import APPROVE_VISA, SandboxGateway
 from confide_billing.handlers import Dependencies
 from confide_billing.settings import BillingSettings
 from confide_events import (
-    CLOUDEVENTS_JSON,
-    CONTENT_TYPE_HEADER,
     IntegrationEvent,
-    decode_envelope,
-    encode_envelope,
-    to_envelope,
 )
 from confide_events.identity import Role
 from confide_events.topics import BILLING_EVENTS
 from confide_testing import Infrastructure, TokenMinter, eventually, scratch_database, serving
+from confide_testing.topics import TopicTap, publish_events, tap
 from confide_toolkit.auth import load_signing_keys
-from confide_toolkit.ids import uuid7
 from confide_toolkit.relay import idempotent_producer
 from confide_toolkit.telemetry import configure_telemetry
 from fastapi import FastAPI
@@ -87,16 +80,7 @@ class BillingService:
         return self.minter.headers(subject_id, role)
 
     async def publish(self, topic: str, *events: IntegrationEvent) -> None:
-        for event in events:
-            envelope = to_envelope(
-                event, event_id=uuid7(), time=datetime.now(UTC), correlation_id=str(uuid.uuid4())
-            )
-            await self.producer.send_and_wait(
-                topic,
-                value=encode_envelope(envelope),
-                key=envelope.subject.encode(),
-                headers=[(CONTENT_TYPE_HEADER, CLOUDEVENTS_JSON.encode())],
-            )
+        await publish_events(self.producer, topic, *events)
 
     async def add_card(self, client: uuid.UUID, number: str = APPROVE_VISA) -> str:
         response = await self.http.post(
@@ -185,63 +169,8 @@ def client() -> uuid.UUID:
     return uuid.uuid4()
 
 
-@dataclass
-class TopicTap:
-    """The records published on a topic since the tap was opened."""
-
-    consumer: AIOKafkaConsumer
-    records: list[Any]
-
-    async def drain(self) -> None:
-        batch = await self.consumer.getmany(timeout_ms=100)
-        for records in batch.values():
-            self.records.extend(records)
-
-    def events(self, event_type: str) -> list[dict[str, Any]]:
-        """The `data` of each record of `event_type` tapped so far."""
-        found = []
-        for record in self.records:
-            if not record.value:  # the relay's fencing markers carry no event
-                continue
-            envelope = decode_envelope(record.value)
-            if envelope.type == event_type:
-                found.append(envelope.data)
-        return found
-
-    async def wait_for(
-        self, event_type: str, predicate: Callable[[list[dict[str, Any]]], bool]
-    ) -> list[dict[str, Any]]:
-        async def seen() -> bool:
-            await self.drain()
-            return predicate(self.events(event_type))
-
-        await eventually(seen)
-        return self.events(event_type)
-
-
-def _assigned(consumer: AIOKafkaConsumer) -> Callable[[], Awaitable[bool]]:
-    async def check() -> bool:
-        return bool(consumer.assignment())
-
-    return check
-
-
 @pytest.fixture
 async def billing_events(kafka_bootstrap: str) -> AsyncIterator[TopicTap]:
     """A tap on billing.events from its current end."""
-    consumer = AIOKafkaConsumer(
-        BILLING_EVENTS,
-        bootstrap_servers=kafka_bootstrap,
-        group_id=None,
-        enable_auto_commit=False,
-        auto_offset_reset="latest",
-    )
-    await consumer.start()
-    try:
-        await eventually(_assigned(consumer))
-        for partition in consumer.assignment():
-            await consumer.position(partition)  # resolve "latest" before the test produces
-        yield TopicTap(consumer, [])
-    finally:
-        with contextlib.suppress(asyncio.CancelledError):
-            await consumer.stop()
+    async with tap(kafka_bootstrap, BILLING_EVENTS) as opened:
+        yield opened

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -28,15 +28,10 @@ import httpx
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from confide_events import (
-    CLOUDEVENTS_JSON,
-    CONTENT_TYPE_HEADER,
     IntegrationEvent,
     billing,
-    decode_envelope,
-    encode_envelope,
     identity,
     messaging,
-    to_envelope,
 )
 from confide_events.identity import Role
 from confide_events.shredding import ShreddingOutcome
@@ -47,10 +42,11 @@ from confide_retention.handlers import Dependencies
 from confide_retention.settings import RetentionSettings
 from confide_retention.store import expiries, subject_clocks
 from confide_testing import Infrastructure, TokenMinter, eventually, scratch_database, serving
+from confide_testing.topics import TopicTap as Tap
+from confide_testing.topics import assigned, publish_events, tap
 from confide_toolkit.auth import load_signing_keys, sign_access_token
 from confide_toolkit.clock import FrozenClock
 from confide_toolkit.database import create_engine
-from confide_toolkit.ids import uuid7
 from confide_toolkit.migrations import upgrade_database
 from confide_toolkit.positions import consumer_positions
 from confide_toolkit.relay import idempotent_producer
@@ -130,16 +126,7 @@ class RetentionService:
         self.deps.scheduler.wake()
 
     async def publish(self, topic: str, *events: IntegrationEvent) -> None:
-        for event in events:
-            envelope = to_envelope(
-                event, event_id=uuid7(), time=self.clock.now(), correlation_id=str(uuid.uuid4())
-            )
-            await self.producer.send_and_wait(
-                topic,
-                value=encode_envelope(envelope),
-                key=envelope.subject.encode(),
-                headers=[(CONTENT_TYPE_HEADER, CLOUDEVENTS_JSON.encode())],
-            )
+        await publish_events(self.producer, topic, *events, at=self.clock.now())
 
     async def close_account(
         self, subject_id: uuid.UUID, at: datetime | None = None, timeout: float = 30
@@ -221,7 +208,7 @@ async def start_at_the_end(database_url: str, kafka_bootstrap: str) -> None:
     )
     await consumer.start()
     try:
-        await eventually(_assigned(consumer))
+        await eventually(assigned(consumer))
         ends = await consumer.end_offsets(list(consumer.assignment()))
     finally:
         with contextlib.suppress(asyncio.CancelledError):
@@ -287,28 +274,8 @@ async def retention(
             await producer.stop()
 
 
-@dataclass
-class TopicTap:
-    """The records published on a topic since the tap was opened."""
-
-    consumer: AIOKafkaConsumer
-    records: list[Any]
-
-    async def drain(self) -> None:
-        batch = await self.consumer.getmany(timeout_ms=100)
-        for records in batch.values():
-            self.records.extend(records)
-
-    def events(self, event_type: str) -> list[dict[str, Any]]:
-        """The `data` of each record of `event_type` tapped so far."""
-        found = []
-        for record in self.records:
-            if not record.value:  # the relay's fencing markers carry no event
-                continue
-            envelope = decode_envelope(record.value)
-            if envelope.type == event_type:
-                found.append(envelope.data)
-        return found
+class TopicTap(Tap):
+    """The shared tap, with what retention's tests look for in it."""
 
     def expiries_of(self, subject_id: uuid.UUID) -> list[dict[str, Any]]:
         return [
@@ -317,53 +284,6 @@ class TopicTap:
             if e["subject_id"] == str(subject_id)
         ]
 
-    async def wait_for(
-        self,
-        event_type: str,
-        predicate: Callable[[list[dict[str, Any]]], bool],
-        timeout: float = 30,
-    ) -> list[dict[str, Any]]:
-        async def seen() -> bool:
-            await self.drain()
-            return predicate(self.events(event_type))
-
-        await eventually(seen, timeout=timeout)
-        return self.events(event_type)
-
-    async def quiet_for(self, seconds: float) -> None:
-        """Keep tapping for a while (to see that nothing more comes)."""
-        loop = asyncio.get_running_loop()
-        end = loop.time() + seconds
-        while loop.time() < end:
-            await self.drain()
-
-
-def _assigned(consumer: AIOKafkaConsumer) -> Callable[[], Awaitable[bool]]:
-    async def check() -> bool:
-        return bool(consumer.assignment())
-
-    return check
-
-
-@contextlib.asynccontextmanager
-async def tap(kafka_bootstrap: str, topic: str) -> AsyncIterator[TopicTap]:
-    consumer = AIOKafkaConsumer(
-        topic,
-        bootstrap_servers=kafka_bootstrap,
-        group_id=None,
-        enable_auto_commit=False,
-        auto_offset_reset="latest",
-    )
-    await consumer.start()
-    try:
-        await eventually(_assigned(consumer))
-        for partition in consumer.assignment():
-            await consumer.position(partition)  # resolve "latest" before the test produces
-        yield TopicTap(consumer, [])
-    finally:
-        with contextlib.suppress(asyncio.CancelledError):
-            await consumer.stop()
-
 
 @pytest.fixture
 async def retention_events(
@@ -371,4 +291,4 @@ async def retention_events(
 ) -> AsyncIterator[TopicTap]:
     """A tap on the topic the service under test publishes to, from its current end."""
     async with tap(kafka_bootstrap, retention.topic) as opened:
-        yield opened
+        yield TopicTap(opened.consumer, opened.records)
