@@ -22,7 +22,15 @@ from confide_toolkit.auth import Caller, CallerDependency, require_role
 from confide_toolkit.pagination import Page, page_of
 from confide_toolkit.problem import NotFound
 from fastapi import APIRouter, Depends, Query, Response
-from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+)
 
 from confide_consent import handlers
 from confide_consent.domain import Consent, Recipient, RecipientKind
@@ -105,10 +113,20 @@ class GrantRequest(_Body):
     )
 
 
+def _stripped_name(value: str) -> str:
+    stripped = value.strip()
+    if len(stripped) < 2:
+        raise ValueError("must have at least 2 characters besides spaces")
+    return stripped
+
+
 class RecipientRequest(_Body):
     name: Annotated[
         str,
-        StringConstraints(strip_whitespace=True, min_length=2, max_length=200),
+        # The length is checked on what was sent (as the document's maxLength counts it),
+        # then the name is stripped and must keep two characters.
+        StringConstraints(min_length=2, max_length=200),
+        AfterValidator(_stripped_name),
         # The document says what stripping then counting means: two characters besides spaces.
         Field(json_schema_extra={"pattern": r"\S[\s\S]*\S"}),
     ]

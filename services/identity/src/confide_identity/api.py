@@ -46,30 +46,42 @@ def _printable_pattern(allowed: str = "") -> str:
     return f"^[^{unprintable}]*[^{unprintable}\\s][^{unprintable}]*$"
 
 
+def _stripped(value: str) -> str:
+    # Stripped after the length is checked on what was sent, as the document's maxLength
+    # counts it; a value of spaces only is refused, as the document's pattern says.
+    stripped = value.strip()
+    if not stripped:
+        raise ValueError("must not be blank")
+    return stripped
+
+
 DisplayName = Annotated[
     str,
-    StringConstraints(strip_whitespace=True, min_length=1, max_length=100),
+    StringConstraints(min_length=1, max_length=100),
+    AfterValidator(_stripped),
     AfterValidator(_printable),
     Field(json_schema_extra={"pattern": _printable_pattern()}),
 ]
 Phone = Annotated[str, StringConstraints(strip_whitespace=True, pattern=r"^\+?[0-9 ()./-]{6,24}$")]
 Address = Annotated[
     str,
-    StringConstraints(strip_whitespace=True, min_length=1, max_length=500),
+    StringConstraints(min_length=1, max_length=500),
+    AfterValidator(_stripped),
     AfterValidator(lambda v: _printable(v.replace("\n", " "))),
     Field(json_schema_extra={"pattern": _printable_pattern(allowed="\n")}),
 ]
 Email = Annotated[str, StringConstraints(min_length=3, max_length=320)]
 # A new account's email, checked here exactly as the document states it, so that what the
 # schema allows identity accepts: ASCII, one @, a dotted domain (a subset of what
-# `domain.normalise_email` accepts, and unchanged by its NFKC and lower-casing). Signing in
+# `domain.normalise_email` accepts, and unchanged by its NFKC and lower-casing; spaces
+# around it are trimmed there). Signing in
 # keeps the looser `Email`: an address that cannot exist answers 401 like any wrong one.
 NewEmail = Annotated[
     str,
     StringConstraints(
         max_length=254,
-        pattern=r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]{1,64}@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-        r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+$",
+        pattern=r"^\s*[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]{1,64}@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+        r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+\s*$",
     ),
 ]
 # Long enough for any passphrase, short enough that nobody hashes megabytes with Argon2id.
