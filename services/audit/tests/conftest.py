@@ -9,7 +9,6 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -21,16 +20,12 @@ from confide_audit.app import create_app
 from confide_audit.handlers import Dependencies
 from confide_audit.settings import AuditSettings
 from confide_events import (
-    CLOUDEVENTS_JSON,
-    CONTENT_TYPE_HEADER,
     IntegrationEvent,
-    encode_envelope,
-    to_envelope,
 )
 from confide_events.identity import Role
 from confide_testing import Infrastructure, TokenMinter, eventually, scratch_database, serving
+from confide_testing.topics import publish_events
 from confide_toolkit.auth import load_signing_keys
-from confide_toolkit.ids import uuid7
 from confide_toolkit.positions import consumer_positions
 from confide_toolkit.relay import idempotent_producer
 from confide_toolkit.topics import ensure_topics
@@ -89,20 +84,7 @@ class AuditService:
     async def publish(self, topic: str, *events: IntegrationEvent) -> list[Any]:
         """Publish events as their producers do (CloudEvents, keyed by subject); returns the
         records' metadata (partition, offset)."""
-        sent = []
-        for event in events:
-            envelope = to_envelope(
-                event, event_id=uuid7(), time=datetime.now(UTC), correlation_id=str(uuid.uuid4())
-            )
-            sent.append(
-                await self.producer.send_and_wait(
-                    topic,
-                    value=encode_envelope(envelope),
-                    key=envelope.subject.encode(),
-                    headers=[(CONTENT_TYPE_HEADER, CLOUDEVENTS_JSON.encode())],
-                )
-            )
-        return sent
+        return await publish_events(self.producer, topic, *events)
 
     async def in_trail(self, sent: list[Any]) -> None:
         """Wait until the live consumer kept every record of `sent`."""

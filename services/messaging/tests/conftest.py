@@ -5,10 +5,8 @@ tap on `messaging.events`."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,14 +14,9 @@ from typing import Any
 
 import httpx
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaProducer
 from confide_events import (
-    CLOUDEVENTS_JSON,
-    CONTENT_TYPE_HEADER,
     IntegrationEvent,
-    decode_envelope,
-    encode_envelope,
-    to_envelope,
 )
 from confide_events.consent import ConsentRevoked
 from confide_events.identity import Role, UserRegistered
@@ -33,8 +26,8 @@ from confide_messaging.handlers import Dependencies
 from confide_messaging.settings import MessagingSettings
 from confide_messaging.store import people
 from confide_testing import Infrastructure, TokenMinter, eventually, scratch_database, serving
+from confide_testing.topics import TopicTap, publish_events, tap
 from confide_toolkit.consents import consent_view
-from confide_toolkit.ids import uuid7
 from confide_toolkit.relay import idempotent_producer
 from fastapi import FastAPI
 from sqlalchemy import func, select
@@ -70,17 +63,7 @@ class MessagingService:
         return self.minter.headers(subject_id, role)
 
     async def publish(self, topic: str, *events: IntegrationEvent) -> None:
-        for event in events:
-            now = datetime.now(UTC)
-            envelope = to_envelope(
-                event, event_id=uuid7(), time=now, correlation_id=str(uuid.uuid4())
-            )
-            await self.producer.send_and_wait(
-                topic,
-                value=encode_envelope(envelope),
-                key=envelope.subject.encode(),
-                headers=[(CONTENT_TYPE_HEADER, CLOUDEVENTS_JSON.encode())],
-            )
+        await publish_events(self.producer, topic, *events)
 
     async def register(self, *who: tuple[uuid.UUID, Role]) -> None:
         """Publish `UserRegistered` for each on identity.events; wait until messaging knows."""
@@ -190,63 +173,8 @@ async def cast(messaging: MessagingService) -> Cast:
     return await messaging.cast()
 
 
-@dataclass
-class TopicTap:
-    """The records published on a topic since the tap was opened."""
-
-    consumer: AIOKafkaConsumer
-    records: list[Any]
-
-    async def drain(self) -> None:
-        batch = await self.consumer.getmany(timeout_ms=100)
-        for records in batch.values():
-            self.records.extend(records)
-
-    def events(self, event_type: str) -> list[dict[str, Any]]:
-        """The `data` of each record of `event_type` tapped so far."""
-        found = []
-        for record in self.records:
-            if not record.value:  # the relay's fencing markers carry no event
-                continue
-            envelope = decode_envelope(record.value)
-            if envelope.type == event_type:
-                found.append(envelope.data)
-        return found
-
-    async def wait_for(
-        self, event_type: str, predicate: Callable[[list[dict[str, Any]]], bool]
-    ) -> list[dict[str, Any]]:
-        async def seen() -> bool:
-            await self.drain()
-            return predicate(self.events(event_type))
-
-        await eventually(seen)
-        return self.events(event_type)
-
-
-def _assigned(consumer: AIOKafkaConsumer) -> Callable[[], Awaitable[bool]]:
-    async def check() -> bool:
-        return bool(consumer.assignment())
-
-    return check
-
-
 @pytest.fixture
 async def messaging_events(kafka_bootstrap: str) -> AsyncIterator[TopicTap]:
     """A tap on messaging.events from its current end."""
-    consumer = AIOKafkaConsumer(
-        MESSAGING_EVENTS,
-        bootstrap_servers=kafka_bootstrap,
-        group_id=None,
-        enable_auto_commit=False,
-        auto_offset_reset="latest",
-    )
-    await consumer.start()
-    try:
-        await eventually(_assigned(consumer))
-        for partition in consumer.assignment():
-            await consumer.position(partition)  # resolve "latest" before the test produces
-        yield TopicTap(consumer, [])
-    finally:
-        with contextlib.suppress(asyncio.CancelledError):
-            await consumer.stop()
+    async with tap(kafka_bootstrap, MESSAGING_EVENTS) as opened:
+        yield opened
