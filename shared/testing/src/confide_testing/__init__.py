@@ -217,14 +217,15 @@ class TokenMinter:
         finally:
             await producer.stop()
 
-    async def wait_until_known(self, engine: AsyncEngine) -> None:
-        """Wait until the service under test has consumed the key."""
+    async def wait_until_known(self, engine: AsyncEngine, timeout: float = 180) -> None:
+        """Wait until the service under test has consumed the key: a new consumer reads
+        identity.events from its first record, and a long test run's broker holds many."""
 
         async def known() -> bool:
             async with engine.connect() as conn:
                 return self.kid in await load_signing_keys(conn)
 
-        await eventually(known)
+        await eventually(known, timeout=timeout)
 
     def token(
         self,

@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 from confide_toolkit.database import create_scratch_database, drop_database
 
-READY_WITHIN_SECONDS = 90
+READY_WITHIN_SECONDS = 180
 
 
 class ServiceDidNotStart(Exception):
