@@ -209,7 +209,7 @@ async def run_audit_replay(stack: Stack, config: AuditReplayConfig) -> ScenarioR
             )
     label = f"{events:,} events"
     return ScenarioResult(
-        name="audit replay",
+        name="audit",
         figures=[
             Figure(
                 "audit replay",

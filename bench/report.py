@@ -16,6 +16,7 @@ TITLES = {
     "decrypt": "4. Decryption on read",
     "memory": "5. Memory",
     "billing": "6. Billing",
+    "audit": "7. Audit replay",
 }
 ORDER = list(TITLES)
 
