@@ -48,6 +48,9 @@ HTTP_SECONDS = 90.0
 """Per request: a sign-in hashes a password while the service reads the broker's history; on
 two loaded cores that alone took over 30 s."""
 
+UNAVAILABLE_SECONDS = 120.0
+"""How long a request answered 503 is retried."""
+
 FIRST_CONTACT_SECONDS = 300.0
 """The first step needing another service's facts: that service reads the broker's history."""
 
@@ -64,7 +67,39 @@ RETENTION_ENV = {
 }
 
 IMMEDIATE = ("identity.profile", "messaging.messages", "billing.payment_methods")
+IMMEDIATE_STATES = {"shredded", "nothing_held"}
+"""An owner's answer: this deployment's, or the dev stack's "nothing held" on the same broker."""
 RETAINED = {"messaging.session_notes": "clinical_record", "billing.financial_records": "tax_law"}
+
+
+class _Patient:
+    """httpx, retrying a request answered `503` (a service's 2 s database check flaps on a
+    loaded machine, and it then answers 503 database-unavailable with Retry-After for a moment),
+    as a client honouring Retry-After does; other answers are returned as they are."""
+
+    retried = 0
+
+    def request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        deadline = time.monotonic() + UNAVAILABLE_SECONDS
+        while True:
+            answer = httpx.request(method, url, **kwargs)
+            if answer.status_code != 503 or time.monotonic() > deadline:
+                return answer
+            _Patient.retried += 1
+            print(f"retrying {method} {url}: 503 {answer.text[:160]}")
+            time.sleep(min(float(answer.headers.get("Retry-After", "1")), 2.0))
+
+    def get(self, url: str, **kwargs: Any) -> httpx.Response:
+        return self.request("GET", url, **kwargs)
+
+    def post(self, url: str, **kwargs: Any) -> httpx.Response:
+        return self.request("POST", url, **kwargs)
+
+    def delete(self, url: str, **kwargs: Any) -> httpx.Response:
+        return self.request("DELETE", url, **kwargs)
+
+
+http = _Patient()
 
 
 class Waited:
@@ -94,6 +129,8 @@ class Waited:
                         f"{self.what}: {answer.status_code} after "
                         f"{time.monotonic() - started:.1f} s ({len(self.answers)} tries before)"
                     )
+                    if self.answers:
+                        print("\n".join(self.kinds()))
                     return answer
                 self.answers.append(
                     (time.monotonic() - started, answer.status_code, answer.text[:300])
@@ -102,16 +139,20 @@ class Waited:
                 pytest.fail(self.report())
             time.sleep(0.5)
 
-    def report(self) -> str:
+    def kinds(self) -> list[str]:
+        """The answers before the awaited one, each kind once with how often."""
         kinds: dict[tuple[int, str], int] = {}
         for _, status, body in self.answers:
             kinds[(status, body[:160])] = kinds.get((status, body[:160]), 0) + 1
+        return [f"  {n} x {status}: {body}" for (status, body), n in kinds.items()]
+
+    def report(self) -> str:
         try:
             ready = httpx.get(f"{self.service.url}/readyz", timeout=5).text
         except httpx.HTTPError as error:
             ready = repr(error)
         lines = [f"timed out waiting for {self.what} ({len(self.answers)} answers):"]
-        lines += [f"  {n} x {status}: {body}" for (status, body), n in kinds.items()]
+        lines += self.kinds()
         lines += [f"last: {self.answers[-1] if self.answers else None}", f"readyz: {ready}"]
         lines += [f"{self.service.name} log tail:", self.service.log()[-2500:]]
         return "\n".join(lines)
@@ -163,7 +204,7 @@ def bearer(token: str) -> dict[str, str]:
 
 
 def sign_in(identity: ServiceProcess, email: str, password: str) -> httpx.Response:
-    return httpx.post(
+    return http.post(
         f"{identity.url}/v1/sessions", json={"email": email, "password": password}, timeout=30
     )
 
@@ -171,7 +212,7 @@ def sign_in(identity: ServiceProcess, email: str, password: str) -> httpx.Respon
 def register(identity: ServiceProcess, role: str, name: str) -> tuple[uuid.UUID, str, str]:
     email = f"erasure-{uuid.uuid4().hex[:10]}@example.org"
     password = f"purple walrus {uuid.uuid4().hex[:8]} lantern"
-    answer = httpx.post(
+    answer = http.post(
         f"{identity.url}/v1/accounts",
         json={"email": email, "password": password, "display_name": name, "role": role},
         timeout=HTTP_SECONDS,
@@ -247,7 +288,7 @@ def test_a_person_who_messaged_paid_and_consented_is_erased_everywhere(
 
     # Messaging: a conversation needs both people known from identity.events (its history).
     opened = Waited(messaging, "messaging to open a conversation").until(
-        lambda: httpx.post(
+        lambda: http.post(
             f"{messaging.url}/v1/conversations",
             json={"therapist_id": str(therapist)},
             headers=as_client,
@@ -257,14 +298,14 @@ def test_a_person_who_messaged_paid_and_consented_is_erased_everywhere(
         FIRST_CONTACT_SECONDS,
     )
     conversation = opened.json()["conversation_id"]
-    posted = httpx.post(
+    posted = http.post(
         f"{messaging.url}/v1/conversations/{conversation}/messages",
         json={"body": planted["message"]},
         headers=as_client,
         timeout=HTTP_SECONDS,
     )
     assert posted.status_code == 201, posted.text
-    noted = httpx.post(
+    noted = http.post(
         f"{messaging.url}/v1/clients/{client}/notes",
         json={"body": planted["note"]},
         headers=as_therapist,
@@ -274,7 +315,7 @@ def test_a_person_who_messaged_paid_and_consented_is_erased_everywhere(
 
     # Billing: a card, and a charge on it (an invoice: a financial record).
     card = Waited(billing, "billing to add a card").until(
-        lambda: httpx.post(
+        lambda: http.post(
             f"{billing.url}/v1/payment-methods",
             json={
                 "card_number": planted["card number"],
@@ -298,7 +339,7 @@ def test_a_person_who_messaged_paid_and_consented_is_erased_everywhere(
     payment_method = card.json()["payment_method_id"]
     planted["street"] = f"{marker} Planted Street"
     charged = Waited(billing, "billing to charge the card").until(
-        lambda: httpx.post(
+        lambda: http.post(
             f"{billing.url}/v1/charges",
             json={
                 "payment_method_id": payment_method,
@@ -318,11 +359,11 @@ def test_a_person_who_messaged_paid_and_consented_is_erased_everywhere(
     # Consent: research on their messages.
     research = next(
         p
-        for p in httpx.get(f"{consent.url}/v1/purposes", timeout=HTTP_SECONDS).json()["items"]
+        for p in http.get(f"{consent.url}/v1/purposes", timeout=HTTP_SECONDS).json()["items"]
         if p["purpose"] == "research"
     )
     Waited(consent, "consent to grant").until(
-        lambda: httpx.post(
+        lambda: http.post(
             f"{consent.url}/v1/consents",
             json={
                 "purpose": "research",
@@ -339,7 +380,7 @@ def test_a_person_who_messaged_paid_and_consented_is_erased_everywhere(
     # The request, with a fresh sign-in: retention verifies identity's token from its events.
     fresh = bearer(token(identity, client_email, client_password))
     requested = Waited(retention, "retention to accept the erasure request").until(
-        lambda: httpx.post(
+        lambda: http.post(
             f"{retention.url}/v1/erasure-requests", headers=fresh, timeout=HTTP_SECONDS
         ),
         lambda r: r.status_code == 202,
@@ -349,7 +390,7 @@ def test_a_person_who_messaged_paid_and_consented_is_erased_everywhere(
 
     def status() -> dict[str, Any]:
         answer = Waited(retention, "the erasure status (as compliance)").until(
-            lambda: httpx.get(
+            lambda: http.get(
                 f"{retention.url}/v1/erasure-requests/{request_id}",
                 headers=as_compliance(),
                 timeout=HTTP_SECONDS,
@@ -368,14 +409,14 @@ def test_a_person_who_messaged_paid_and_consented_is_erased_everywhere(
     notes_until = datetime.fromisoformat(first["messaging.session_notes"]["retained_until"])
 
     def notes() -> list[dict[str, Any]]:
-        answer = httpx.get(
+        answer = http.get(
             f"{messaging.url}/v1/clients/{client}/notes", headers=as_therapist, timeout=30
         )
         assert answer.status_code == 200, answer.text
         return list(answer.json()["items"])
 
     def messages() -> list[dict[str, Any]]:
-        answer = httpx.get(
+        answer = http.get(
             f"{messaging.url}/v1/conversations/{conversation}/messages",
             headers=as_therapist,
             timeout=HTTP_SECONDS,
@@ -389,9 +430,9 @@ def test_a_person_who_messaged_paid_and_consented_is_erased_everywhere(
         lambda: sign_in(identity, client_email, client_password).status_code == 401,
         "the old password to stop working",
     )
-    me = httpx.get(f"{identity.url}/v1/accounts/me", headers=fresh, timeout=HTTP_SECONDS)
+    me = http.get(f"{identity.url}/v1/accounts/me", headers=fresh, timeout=HTTP_SECONDS)
     assert me.status_code == 401 or (me.status_code == 200 and me.json()["email"] is None), me.text
-    cards = httpx.get(f"{billing.url}/v1/payment-methods", headers=fresh, timeout=HTTP_SECONDS)
+    cards = http.get(f"{billing.url}/v1/payment-methods", headers=fresh, timeout=HTTP_SECONDS)
     assert cards.status_code == 401 or cards.json()["items"] == [], cards.text
     until(
         lambda: (
@@ -406,16 +447,29 @@ def test_a_person_who_messaged_paid_and_consented_is_erased_everywhere(
         assert [n["body"] for n in notes()] == [planted["note"]]
         assert "messaging.session_notes" not in tombstones(messaging, client)
 
-    # Then the retained categories go too, and the case completes with its certificate.
+    # The case completes once what goes at once is gone: its certificate names what the law
+    # keeps, until when and why (observed: completed 18 s before the notes' legal end).
     def completed() -> dict[str, Any] | None:
         body = status()
         return body if body["status"] == "completed" else None
 
-    done = until(completed, "the case to complete", timeout=INVOICES_PERIOD_SECONDS + 180)
-    assert datetime.now(UTC) >= notes_until
+    done = until(completed, "the case to complete", timeout=180)
     for category in done["categories"]:
-        assert category["state"] in {"shredded", "nothing_held"}, category
-    until(lambda: all(n["erased"] and n["body"] is None for n in notes()), "the note erased")
+        expected = {"retained"} if category["category"] in RETAINED else IMMEDIATE_STATES
+        assert category["state"] in expected, category
+
+    # Then the retained categories go too, at their legal end.
+    until(
+        lambda: all(n["erased"] and n["body"] is None for n in notes()),
+        "the note erased",
+        timeout=INVOICES_PERIOD_SECONDS + 180,
+    )
+    assert datetime.now(UTC) >= notes_until
+    until(
+        lambda: all(c["state"] in IMMEDIATE_STATES for c in status()["categories"]),
+        "the status to show the retained categories shredded",
+        timeout=INVOICES_PERIOD_SECONDS + 180,
+    )
     until(
         lambda: (
             {"messaging.session_notes"} <= tombstones(messaging, client)
@@ -434,14 +488,14 @@ def test_a_person_who_messaged_paid_and_consented_is_erased_everywhere(
         assert not found, f"{service.name}'s database holds the planted {found}"
 
     # The certificate verifies with retention's published keys, and not once altered.
-    certificate = httpx.get(
+    certificate = http.get(
         f"{retention.url}/v1/certificates/{done['certificate_id']}",
         headers=as_compliance(),
         timeout=HTTP_SECONDS,
     )
     assert certificate.status_code == 200, certificate.text
     jws = certificate.json()["jws"]
-    jwks = httpx.get(f"{retention.url}/v1/signing-keys", timeout=HTTP_SECONDS).json()
+    jwks = http.get(f"{retention.url}/v1/signing-keys", timeout=HTTP_SECONDS).json()
     claims = verify_document(jws, jwks, CERTIFICATE_TYPE)
     assert claims["sub"] == str(client)
     header, payload, signature = jws.split(".")
@@ -466,7 +520,7 @@ def test_a_legal_hold_stops_the_erasure_and_an_owner_down_shreds_once_back(
     as_client = bearer(token(identity, client_email, client_password))
     as_therapist = bearer(token(identity, therapist_email, therapist_password))
     opened = Waited(messaging, "messaging to open a conversation").until(
-        lambda: httpx.post(
+        lambda: http.post(
             f"{messaging.url}/v1/conversations",
             json={"therapist_id": str(therapist)},
             headers=as_client,
@@ -477,7 +531,7 @@ def test_a_legal_hold_stops_the_erasure_and_an_owner_down_shreds_once_back(
     )
     conversation = opened.json()["conversation_id"]
     said = f"held message {uuid.uuid4().hex[:10]}"
-    posted = httpx.post(
+    posted = http.post(
         f"{messaging.url}/v1/conversations/{conversation}/messages",
         json={"body": said},
         headers=as_client,
@@ -486,7 +540,7 @@ def test_a_legal_hold_stops_the_erasure_and_an_owner_down_shreds_once_back(
     assert posted.status_code == 201, posted.text
 
     held = Waited(retention, "retention to place a legal hold").until(
-        lambda: httpx.post(
+        lambda: http.post(
             f"{retention.url}/v1/legal-holds",
             json={"subject_id": str(client), "reason": "litigation"},
             headers=as_compliance(),
@@ -498,7 +552,7 @@ def test_a_legal_hold_stops_the_erasure_and_an_owner_down_shreds_once_back(
     hold_id = held.json()["hold_id"]
     messaging.kill()  # down before anything of the person's is emitted
 
-    requested = httpx.post(
+    requested = http.post(
         f"{retention.url}/v1/erasure-requests",
         json={"subject_id": str(client)},
         headers=as_compliance(),
@@ -508,7 +562,7 @@ def test_a_legal_hold_stops_the_erasure_and_an_owner_down_shreds_once_back(
     request_id = requested.json()["request_id"]
 
     def status() -> dict[str, Any]:
-        answer = httpx.get(
+        answer = http.get(
             f"{retention.url}/v1/erasure-requests/{request_id}",
             headers=as_compliance(),
             timeout=HTTP_SECONDS,
@@ -528,7 +582,7 @@ def test_a_legal_hold_stops_the_erasure_and_an_owner_down_shreds_once_back(
     assert sign_in(identity, client_email, client_password).status_code == 200
     assert tombstones(identity, client) == set()
 
-    released = httpx.delete(
+    released = http.delete(
         f"{retention.url}/v1/legal-holds/{hold_id}", headers=as_compliance(), timeout=30
     )
     assert released.status_code == 204, released.text
@@ -557,7 +611,7 @@ def test_a_legal_hold_stops_the_erasure_and_an_owner_down_shreds_once_back(
         timeout=FIRST_CONTACT_SECONDS,
     )
     page = Waited(messaging, "the messages after the restart").until(
-        lambda: httpx.get(
+        lambda: http.get(
             f"{messaging.url}/v1/conversations/{conversation}/messages",
             headers=as_therapist,
             timeout=HTTP_SECONDS,
