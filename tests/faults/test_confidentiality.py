@@ -19,7 +19,9 @@ from sqlalchemy import make_url
 
 from .load import PASSWORD, retry
 
-pytestmark = pytest.mark.integration
+# Minutes each (services started as processes, faults injected): `make faults` runs them,
+# `make test` leaves them out to keep CI within its budget.
+pytestmark = [pytest.mark.integration, pytest.mark.faults]
 
 ROOT = Path(__file__).resolve().parents[2]
 STACK = Path(os.environ.get("CONFIDE_STACK_DIR", ROOT / ".stack"))

@@ -31,7 +31,9 @@ from .checker import (
 )
 from .load import Tally, after_fault, clients_with_consents, register, retry, steady
 
-pytestmark = pytest.mark.integration
+# Minutes each (services started as processes, faults injected): `make faults` runs them,
+# `make test` leaves them out to keep CI within its budget.
+pytestmark = [pytest.mark.integration, pytest.mark.faults]
 
 
 async def test_sigkill_of_a_producing_service_mid_stream_loses_no_acknowledged_event(

@@ -15,7 +15,9 @@ from confide_testing.processes import ServiceProcess, ServiceProcesses
 
 from .load import CATCH_UP_SECONDS, clients_with_consents, retry
 
-pytestmark = pytest.mark.integration
+# Minutes each (services started as processes, faults injected): `make faults` runs them,
+# `make test` leaves them out to keep CI within its budget.
+pytestmark = [pytest.mark.integration, pytest.mark.faults]
 
 SPANS = {"CONFIDE_OTEL_EXPORTER": "console"}
 

@@ -25,7 +25,9 @@ from .checker import (
 )
 from .load import Tally, clients_with_consents, retry
 
-pytestmark = pytest.mark.integration
+# Minutes each (services started as processes, faults injected): `make faults` runs them,
+# `make test` leaves them out to keep CI within its budget.
+pytestmark = [pytest.mark.integration, pytest.mark.faults]
 
 
 def _sql(service: ServiceProcess, statement: str) -> None:

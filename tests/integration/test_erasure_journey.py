@@ -38,7 +38,9 @@ from confide_testing.processes import ServiceDidNotStart, ServiceProcess, Servic
 from confide_toolkit.database import libpq_url
 from confide_toolkit.signed_documents import DocumentInvalid, verify_document
 
-pytestmark = pytest.mark.integration
+# Minutes each (services started as processes, faults injected): `make faults` runs them,
+# `make test` leaves them out to keep CI within its budget.
+pytestmark = [pytest.mark.integration, pytest.mark.faults]
 
 OWNERS = ("identity", "messaging", "billing", "consent", "retention")
 START_SECONDS = 240.0
