@@ -33,8 +33,7 @@ logs: ## follow every log of the native stack
 
 test: install prerequisites ## every test but the fault scenarios, unit to end-to-end, against real Kafka and PostgreSQL
 	@deploy/stack.sh infra-up
-	@source $(STACK_DIR)/stack.env && $(UV) run --frozen pytest -m "not faults" $(PYTEST_ARGS); \
-	  status=$$?; $(UV) run --frozen python tests/faults/report.py; exit $$status
+	@source $(STACK_DIR)/stack.env && $(UV) run --frozen pytest -m "not faults" $(PYTEST_ARGS)
 
 faults: install prerequisites ## the fault scenarios (minutes each) and bad-input checks; writes docs/reliability.md
 	@deploy/stack.sh infra-up
