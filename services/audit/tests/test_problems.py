@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import uuid
 
-from confide_audit.domain import AuditError, SubjectNotFound, UnknownReportFormat
+from confide_audit.domain import AuditError, SubjectNotFound
 from confide_audit.problems import PROBLEM_TYPES
 from confide_toolkit.problem import problem_type
 
@@ -31,9 +31,3 @@ def test_a_person_the_trail_does_not_know_answers_404_naming_only_the_id() -> No
     problem = answer(SubjectNotFound(subject))
     assert (problem["status"], problem["type"]) == (404, problem_type("subject-not-found"))
     assert problem["detail"] == f"The trail holds no event about subject {subject}."
-
-
-def test_an_unknown_report_format_names_the_query_field() -> None:
-    problem = answer(UnknownReportFormat("docx"))
-    assert problem["status"] == 422
-    assert [e["field"] for e in problem["errors"]] == ["query.format"]  # type: ignore[attr-defined]

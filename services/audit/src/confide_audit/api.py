@@ -2,11 +2,11 @@
 gets 403 on every route, and every answer is recorded in the trail (`handlers`)."""
 
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 from uuid import UUID
 
 from confide_toolkit.auth import Caller, CallerDependency, require_role
-from confide_toolkit.pagination import Page, page_of
+from confide_toolkit.pagination import Page, PageSize, SequenceCursor, page_of
 from fastapi import APIRouter, Depends, Query, Response
 from pydantic import BaseModel
 
@@ -16,15 +16,9 @@ from confide_audit.domain import (
     DisclosureCheck,
     ErasureCase,
     TrailEvent,
-    UnknownReportFormat,
 )
 from confide_audit.handlers import Dependencies
 
-Limit = Annotated[int, Query(ge=1, le=200, description="Page size.")]
-Cursor = Annotated[
-    int | None,
-    Query(ge=0, description="The `next_cursor` of the previous page; omit for the first."),
-]
 SubjectFilter = Annotated[UUID | None, Query(description="Only this person's.")]
 
 
@@ -209,7 +203,7 @@ def router(deps: Dependencies, current_caller: CallerDependency) -> APIRouter:
         responses={404: {"description": "The trail holds nothing about this person"}},
     )
     async def get_timeline(
-        subject_id: UUID, caller: compliance, limit: Limit = 50, cursor: Cursor = None
+        subject_id: UUID, caller: compliance, limit: PageSize = 50, cursor: SequenceCursor = None
     ) -> Page[TrailEventOut]:
         found = await handlers.subject_timeline(
             deps, caller, subject_id, after=cursor, limit=limit + 1
@@ -227,8 +221,8 @@ def router(deps: Dependencies, current_caller: CallerDependency) -> APIRouter:
         flagged: Annotated[
             bool, Query(description="Only disclosures whose consent was not valid.")
         ] = False,
-        limit: Limit = 50,
-        cursor: Cursor = None,
+        limit: PageSize = 50,
+        cursor: SequenceCursor = None,
     ) -> Page[DisclosureOut]:
         found = await handlers.disclosures(
             deps,
@@ -247,8 +241,8 @@ def router(deps: Dependencies, current_caller: CallerDependency) -> APIRouter:
     async def get_record_accesses(
         caller: compliance,
         subject_id: SubjectFilter = None,
-        limit: Limit = 50,
-        cursor: Cursor = None,
+        limit: PageSize = 50,
+        cursor: SequenceCursor = None,
     ) -> Page[AccessOut]:
         found = await handlers.record_accesses(
             deps, caller, subject_id=subject_id, after=cursor, limit=limit + 1
@@ -285,13 +279,10 @@ def router(deps: Dependencies, current_caller: CallerDependency) -> APIRouter:
     async def get_report(
         subject_id: UUID,
         caller: compliance,
-        format: Annotated[str, Query(description="json, html or pdf")] = "json",
+        format: Annotated[report.ReportFormat, Query(description="json, html or pdf")] = "json",
     ) -> Response:
-        if format not in report.MEDIA_TYPES:
-            raise UnknownReportFormat(format)
         history = await handlers.subject_history(deps, caller, subject_id)
-        kind: Literal["json", "html", "pdf"] = format  # type: ignore[assignment]
-        return Response(report.render(history, kind), media_type=report.MEDIA_TYPES[kind])
+        return Response(report.render(history, format), media_type=report.MEDIA_TYPES[format])
 
     @api.get("/chain", summary="Whether every chain of the trail is intact, and its first break")
     async def get_chain(caller: compliance) -> ChainsOut:

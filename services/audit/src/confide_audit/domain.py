@@ -54,15 +54,6 @@ class SubjectNotFound(AuditError):
         self.subject_id = subject_id
 
 
-class UnknownReportFormat(AuditError):
-    """A report was asked for in a format the service does not write."""
-
-    field = "format"
-
-    def __init__(self, name: str) -> None:
-        super().__init__(f"There is no report format {name!r}; use json, html or pdf.")
-
-
 def chain_link(previous: bytes, topic: str, partition: int, offset: int, value: bytes) -> bytes:
     """The link of an entry: SHA-256 over the previous link and the record's place and bytes."""
     digest = hashlib.sha256(previous)

@@ -5,10 +5,9 @@ from __future__ import annotations
 
 from confide_toolkit.problem import ProblemType, ProblemTypes
 
-from confide_audit.domain import SubjectNotFound, UnknownReportFormat
+from confide_audit.domain import SubjectNotFound
 
 PROBLEM_TYPES: ProblemTypes = {
     SubjectNotFound: ProblemType(404, "Not Found"),
-    UnknownReportFormat: ProblemType(422, "Unprocessable Content", location="query"),
 }
 """Every `AuditError` the service raises, and how it answers."""

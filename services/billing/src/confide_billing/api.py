@@ -17,8 +17,8 @@ from uuid import UUID
 
 from confide_events.billing import RefundReason
 from confide_toolkit.auth import Caller, CallerDependency, require_role
-from confide_toolkit.pagination import Page, page_of
-from fastapi import APIRouter, Depends, Header, Query, Response
+from confide_toolkit.pagination import IdCursor, Page, PageSize, page_of
+from fastapi import APIRouter, Depends, Header, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from confide_billing import pdf
@@ -26,10 +26,6 @@ from confide_billing.handlers import Dependencies, charges, invoices, payment_me
 from confide_billing.handlers.invoices import Invoice
 from confide_billing.handlers.payment_methods import MaskedCard
 
-Limit = Annotated[int, Query(ge=1, le=200, description="Page size.")]
-Cursor = Annotated[
-    UUID | None, Query(description="The `next_cursor` of the previous page; omit for the first.")
-]
 IdempotencyKey = Annotated[
     str,
     Header(
@@ -372,7 +368,7 @@ def router(deps: Dependencies, current_caller: CallerDependency) -> APIRouter:
 
     @api.get("/charges", summary="The caller's charges, newest first")
     async def get_charges(
-        caller: signed_in, limit: Limit = 50, cursor: Cursor = None
+        caller: signed_in, limit: PageSize = 50, cursor: IdCursor = None
     ) -> Page[ChargeOut]:
         found = await charges.list_charges(deps, caller.subject_id, limit=limit + 1, before=cursor)
         items, next_cursor = page_of(found, limit, lambda v: v.charge.charge_id)
@@ -410,7 +406,7 @@ def router(deps: Dependencies, current_caller: CallerDependency) -> APIRouter:
 
     @api.get("/invoices", summary="The caller's invoices, newest first")
     async def get_invoices(
-        caller: signed_in, limit: Limit = 50, cursor: Cursor = None
+        caller: signed_in, limit: PageSize = 50, cursor: IdCursor = None
     ) -> Page[InvoiceOut]:
         found = await invoices.list_invoices(
             deps, caller.subject_id, limit=limit + 1, before=cursor

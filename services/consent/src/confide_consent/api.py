@@ -19,7 +19,7 @@ from uuid import UUID
 from confide_events.consent import RevocationReason
 from confide_events.vocabulary import DataCategory, PolicyCode, Sha256Hex, VersionCode
 from confide_toolkit.auth import Caller, CallerDependency, require_role
-from confide_toolkit.pagination import Page, page_of
+from confide_toolkit.pagination import IdCursor, Page, PageSize, page_of
 from confide_toolkit.problem import NotFound
 from fastapi import APIRouter, Depends, Query, Response
 from pydantic import (
@@ -37,11 +37,6 @@ from confide_consent.domain import Consent, Recipient, RecipientKind
 from confide_consent.handlers import Dependencies
 from confide_consent.purposes import PURPOSES, Purpose
 from confide_consent.receipts import receipt_payload
-
-Limit = Annotated[int, Query(ge=1, le=200, description="Page size.")]
-Cursor = Annotated[
-    UUID | None, Query(description="The `next_cursor` of the previous page; omit for the first.")
-]
 
 # Pydantic would also read `0.5` or `1700000000` as a moment (seconds since 1970); the
 # document promises RFC 3339 date-times, so only those are accepted.
@@ -333,8 +328,8 @@ def router(deps: Dependencies, current_caller: CallerDependency) -> APIRouter:
     @api.get("/consents", summary="The caller's consents, active and past, newest first")
     async def get_consents(
         caller: client,
-        limit: Limit = 50,
-        cursor: Cursor = None,
+        limit: PageSize = 50,
+        cursor: IdCursor = None,
         status: Annotated[Literal["active", "revoked"] | None, Query()] = None,
     ) -> Page[ConsentOut]:
         found = await handlers.list_consents(
@@ -391,8 +386,8 @@ def router(deps: Dependencies, current_caller: CallerDependency) -> APIRouter:
         subject_id: UUID,
         caller: compliance,
         valid_at: Annotated[Moment | None, Query()] = None,
-        limit: Limit = 50,
-        cursor: Cursor = None,
+        limit: PageSize = 50,
+        cursor: IdCursor = None,
     ) -> Page[ConsentOut]:
         found = await handlers.list_consents(
             deps, subject_id, limit=limit + 1, after=cursor, valid_at=valid_at
@@ -408,7 +403,7 @@ def router(deps: Dependencies, current_caller: CallerDependency) -> APIRouter:
 
     @api.get("/recipients", summary="The registered recipients a consent can name")
     async def get_recipients(
-        caller: signed_in, limit: Limit = 50, cursor: Cursor = None
+        caller: signed_in, limit: PageSize = 50, cursor: IdCursor = None
     ) -> Page[RecipientOut]:
         found = await handlers.list_recipients(deps, limit=limit + 1, after=cursor)
         items, next_cursor = page_of(found, limit, lambda r: r.recipient_id)

@@ -19,7 +19,7 @@ from uuid import UUID
 
 from confide_events.vocabulary import DataCategory
 from confide_toolkit.auth import Caller, CallerDependency, require_role
-from confide_toolkit.pagination import Page, page_of
+from confide_toolkit.pagination import IdCursor, Page, PageSize, page_of
 from fastapi import APIRouter, Depends, Header, Query, Response
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -33,10 +33,6 @@ from confide_messaging.domain import (
 )
 from confide_messaging.handlers import Dependencies
 
-Limit = Annotated[int, Query(ge=1, le=200, description="Page size.")]
-Cursor = Annotated[
-    UUID | None, Query(description="The `next_cursor` of the previous page; omit for the first.")
-]
 IdempotencyKey = Annotated[
     str | None,
     Header(
@@ -214,7 +210,7 @@ def router(deps: Dependencies, current_caller: CallerDependency) -> APIRouter:
 
     @api.get("/conversations", summary="The caller's conversations, newest first")
     async def get_conversations(
-        caller: signed_in, limit: Limit = 50, cursor: Cursor = None
+        caller: signed_in, limit: PageSize = 50, cursor: IdCursor = None
     ) -> Page[ConversationOut]:
         found = await handlers.list_conversations(
             deps, caller.subject_id, limit=limit + 1, after=cursor
@@ -256,7 +252,7 @@ def router(deps: Dependencies, current_caller: CallerDependency) -> APIRouter:
         summary="A conversation's messages, newest first (a participant)",
     )
     async def get_messages(
-        conversation_id: UUID, caller: signed_in, limit: Limit = 50, cursor: Cursor = None
+        conversation_id: UUID, caller: signed_in, limit: PageSize = 50, cursor: IdCursor = None
     ) -> Page[MessageOut]:
         found = await handlers.list_messages(
             deps, caller.subject_id, conversation_id, limit=limit + 1, before=cursor
@@ -282,7 +278,7 @@ def router(deps: Dependencies, current_caller: CallerDependency) -> APIRouter:
         summary="The notes the caller recorded about a client, newest first; every read audited",
     )
     async def get_notes(
-        client_id: UUID, caller: signed_in, limit: Limit = 50, cursor: Cursor = None
+        client_id: UUID, caller: signed_in, limit: PageSize = 50, cursor: IdCursor = None
     ) -> Page[NoteOut]:
         found = await handlers.read_notes(
             deps, caller.subject_id, client_id, limit=limit, before=cursor
@@ -299,8 +295,8 @@ def router(deps: Dependencies, current_caller: CallerDependency) -> APIRouter:
     async def get_conversation_metadata(
         caller: compliance,
         participant_id: Annotated[UUID | None, Query()] = None,
-        limit: Limit = 50,
-        cursor: Cursor = None,
+        limit: PageSize = 50,
+        cursor: IdCursor = None,
     ) -> Page[ConversationMetadataOut]:
         found = await handlers.list_conversations(
             deps, participant_id, limit=limit + 1, after=cursor

@@ -7,11 +7,30 @@ is never shown (nor, where reading is audited, counted as read)."""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, Generic, TypeVar
+from typing import Annotated, Any, Generic, TypeVar
+from uuid import UUID
 
+from fastapi import Query
 from pydantic import BaseModel, Field
 
 T = TypeVar("T")
+
+# The query parameters of every list endpoint, declared once so each service's contract says
+# the same about them.
+PageSize = Annotated[int, Query(ge=1, le=200, description="Page size.")]
+IdCursor = Annotated[
+    UUID | None, Query(description="The `next_cursor` of the previous page; omit for the first.")
+]
+# A position in an append-only sequence (a PostgreSQL bigint): bounded in the contract, so a
+# number past the column's range is a 422 naming `query.cursor`, never a database error.
+SequenceCursor = Annotated[
+    int | None,
+    Query(
+        ge=0,
+        le=2**63 - 1,
+        description="The `next_cursor` of the previous page; omit for the first.",
+    ),
+]
 
 
 class Page(BaseModel, Generic[T]):
