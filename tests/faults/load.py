@@ -118,12 +118,19 @@ async def signed_in_client(
     http: httpx.AsyncClient, identity_url: str, prefix: str
 ) -> tuple[str, dict[str, str]]:
     """A newly registered client's user id and bearer header."""
+    return await signed_in(http, identity_url, prefix, role="client")
+
+
+async def signed_in(
+    http: httpx.AsyncClient, identity_url: str, prefix: str, *, role: str
+) -> tuple[str, dict[str, str]]:
+    """A newly registered person's user id and bearer header, in the role named."""
     email = f"{prefix}-{uuid.uuid4().hex[:12]}@example.org"
     registered = await retry(
         "register",
         lambda: http.post(
             f"{identity_url}/v1/accounts",
-            json={"email": email, "password": PASSWORD, "display_name": "Fault", "role": "client"},
+            json={"email": email, "password": PASSWORD, "display_name": "Fault", "role": role},
         ),
         201,
     )
