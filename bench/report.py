@@ -17,6 +17,7 @@ TITLES = {
     "memory": "5. Memory",
     "billing": "6. Billing",
     "audit": "7. Audit replay",
+    "erasure": "8. Erasure",
 }
 ORDER = list(TITLES)
 
