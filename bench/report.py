@@ -83,7 +83,12 @@ def _draw(result: ScenarioResult, directory: Path) -> list[str]:
     import matplotlib
 
     matplotlib.use("Agg")
-    drawers = {"pipeline": _draw_pipeline, "shred": _draw_shred, "decrypt": _draw_decrypt}
+    drawers = {
+        "pipeline": _draw_pipeline,
+        "shred": _draw_shred,
+        "decrypt": _draw_decrypt,
+        "erasure": _draw_erasure,
+    }
     drawer = drawers.get(result.name)
     return drawer(result.series, directory) if drawer else []
 
@@ -166,6 +171,28 @@ def _draw_decrypt(series: Mapping[str, Any], directory: Path) -> list[str]:
     axis.grid(True, axis="x", alpha=0.3)
     figure.tight_layout()
     name = "decrypt-listing-time.png"
+    figure.savefig(directory / name, dpi=110)
+    plt.close(figure)
+    return [name]
+
+
+def _draw_erasure(series: Mapping[str, Any], directory: Path) -> list[str]:
+    import matplotlib.pyplot as plt
+
+    if not series.get("observed_ms"):
+        return []  # not measured (the suite was not running)
+    figure, axis = plt.subplots(figsize=(6.5, 4))
+    _cdf(axis, series["observed_ms"], "request → certificate, as the client sees it")
+    _cdf(axis, series["server_ms"], "requested_at → completed_at, retention's clock")
+    _cdf(axis, series["hop_ms"], "one event at idle, identity → billing (baseline)")
+    axis.set_xscale("log")
+    axis.set_xlabel("ms (log)")
+    axis.set_ylabel("fraction of erasures / events")
+    axis.set_title(f"Erasure across the running suite, {len(series['observed_ms'])} people")
+    axis.grid(True, which="both", alpha=0.3)
+    axis.legend(loc="lower right", fontsize=8)
+    figure.tight_layout()
+    name = "erasure-latency-cdf.png"
     figure.savefig(directory / name, dpi=110)
     plt.close(figure)
     return [name]
