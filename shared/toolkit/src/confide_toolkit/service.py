@@ -24,7 +24,7 @@ from fastapi import APIRouter, FastAPI
 from fastapi.responses import JSONResponse
 from faststream.kafka import KafkaBroker
 from faststream.specification import AsyncAPI
-from sqlalchemy import text
+from sqlalchemy import Table, text
 
 from confide_toolkit.auth import (
     Caller,
@@ -48,6 +48,7 @@ from confide_toolkit.catch_up import (
 from confide_toolkit.clock import Clock, SystemClock
 from confide_toolkit.commands import ConcurrentChange
 from confide_toolkit.database import create_engine
+from confide_toolkit.event_store import EventStore, Projection
 from confide_toolkit.inbox import (
     EventContext,
     Handler,
@@ -68,6 +69,7 @@ from confide_toolkit.problem import (
     install_problem_handlers,
     problem_response,
 )
+from confide_toolkit.read_models import ReadModel
 from confide_toolkit.relay import OutboxRelay, idempotent_producer
 from confide_toolkit.revocations import RevokedSessions, revocation_handlers
 from confide_toolkit.settings import ServiceSettings
@@ -137,6 +139,9 @@ class Service:
         self._subscriptions: dict[str, dict[type[IntegrationEvent], Handler]] = {}
         self._consumers: dict[str, InboxConsumer] = {}
         self._start_hooks: list[Callable[[], Awaitable[None]]] = []
+        self._read_models: dict[str, ReadModel] = {}
+        self.read_models_rebuilt_by: str | None = None
+        """Said by `read_models list` of a service whose read models come from elsewhere."""
         # Set at stop: ends the relay and the dependency watch.
         self._stopping = asyncio.Event()
         self._relay_task: asyncio.Task[None] | None = None
@@ -186,6 +191,21 @@ class Service:
         before create_app."""
         self.subscribe(IDENTITY_EVENTS, revocation_handlers())
         self.check_token_revocation(RevokedSessions(self.engine, self.clock).is_revoked)
+
+    def read_model(
+        self, name: str, *, tables: Sequence[Table], store: EventStore, projection: Projection
+    ) -> None:
+        """Declare a read model: `projection` (one of `store`'s) alone writes `tables`, so an
+        operator may rebuild them from the store while the service serves
+        (`python -m confide_toolkit.read_models rebuild <service>`). Declare only tables whose
+        rows come from the events alone: a rebuild deletes them."""
+        if name in self._read_models:
+            raise ValueError(f"read model {name} is declared twice")
+        self._read_models[name] = ReadModel(name, tuple(tables), store, projection)
+
+    def read_models(self) -> dict[str, ReadModel]:
+        """The read models declared, by name (for operator tools)."""
+        return dict(self._read_models)
 
     def after_start(self, hook: Callable[[], Awaitable[None]]) -> None:
         """Run `hook` once the service has started (consumers and relay running)."""
