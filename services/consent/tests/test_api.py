@@ -24,6 +24,7 @@ from confide_testing import eventually, serving
 from confide_toolkit.event_store import ConcurrencyConflict, stored_events
 from confide_toolkit.outbox import outbox
 from confide_toolkit.problem import problem_type
+from confide_toolkit.read_models import rebuild_read_model
 from sqlalchemy import delete, func, select, update
 
 from .conftest import ConsentService, Payloads
@@ -397,8 +398,11 @@ async def test_projection_rebuilt_from_the_ledger_streams_is_the_same(
     async with consent.service.engine.begin() as conn:
         await conn.execute(update(consents).values(revoked_at=None, revoke_reason=None))
         await conn.execute(delete(consents).where(consents.c.consent_id == kept["consent_id"]))
-    async with consent.service.engine.begin() as conn:
-        await consent.deps.ledgers.rebuild_projection(conn)
+    # The operator's rebuild (`python -m confide_toolkit.read_models rebuild consent`).
+    rebuilt = await rebuild_read_model(
+        consent.service.engine, consent.service.read_models()["consents"]
+    )
+    assert not rebuilt.unchanged
 
     after = (await consent.http.get("/v1/consents", headers=consent.as_client())).json()
     assert after == before

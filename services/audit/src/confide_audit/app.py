@@ -46,6 +46,10 @@ def create_app(settings: AuditSettings | None = None, clock: Clock | None = None
     service, deps = build(settings, clock)
     service.refuse_revoked_sessions()
     consumers.subscribe(service, settings)
+    # No event store of its own: `python -m confide_toolkit.read_models list audit` says so.
+    service.read_models_rebuilt_by = (
+        "its trail is rebuilt from Kafka by `python -m confide_audit replay`"
+    )
     return service.create_app(
         title="Confide audit",
         description=DESCRIPTION,

@@ -23,7 +23,9 @@ from confide_billing.gateway import PaymentGateway, SandboxGateway
 from confide_billing.handlers import Dependencies, charges
 from confide_billing.problems import PROBLEM_TYPES
 from confide_billing.settings import BillingSettings
-from confide_billing.store import Accounts
+from confide_billing.store import Accounts, project_account
+from confide_billing.store.tables import charges as charges_table
+from confide_billing.store.tables import payment_methods, refunds
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -68,6 +70,13 @@ def create_app(
     # A signed-out or closed session's tokens are refused here too, not only at identity.
     service.refuse_revoked_sessions()
     consumers.subscribe(service, deps)
+    # Rebuilt from its own event store by `python -m confide_toolkit.read_models rebuild billing`.
+    service.read_model(
+        "payment_accounts",
+        tables=[payment_methods, charges_table, refunds],
+        store=deps.accounts.events,
+        projection=project_account,
+    )
 
     async def reconcile_left_pending() -> None:
         # Attempts an earlier process left pending (it died mid-call, or a time-out nobody

@@ -15,7 +15,7 @@ from confide_consent.handlers import Dependencies
 from confide_consent.problems import PROBLEM_TYPES
 from confide_consent.receipts import ReceiptIssuer
 from confide_consent.settings import ConsentSettings
-from confide_consent.store import Ledgers, ReceiptKeys
+from confide_consent.store import Ledgers, ReceiptKeys, consents, project_consents
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -57,6 +57,10 @@ def create_app(settings: ConsentSettings | None = None, clock: Clock | None = No
     # A signed-out or closed session's tokens are refused here too, not only at identity.
     service.refuse_revoked_sessions()
     consumers.subscribe(service, deps)
+    # Rebuilt from its own event store by `python -m confide_toolkit.read_models rebuild consent`.
+    service.read_model(
+        "consents", tables=[consents], store=deps.ledgers.events, projection=project_consents
+    )
     service.document_publications([ConsentGranted, ConsentRevoked])
     return service.create_app(
         title="Confide consent",

@@ -4,7 +4,8 @@
 - `consents` is the projection of those streams: one row per consent with its validity interval
   [granted_at, revoked_at) and its receipt. Open intervals are the current state; the intervals
   themselves are the history ("was consent X valid at T", "what did S allow at T"). It is
-  written in the transaction of each append and can be rebuilt from the streams at any time.
+  written in the transaction of each append and rebuilt from the streams, while the service
+  serves, by `python -m confide_toolkit.read_models rebuild consent`.
 - `recipients` are the registered third parties, reference data kept here (not event-sourced).
 - The receipt signing keys are kept encrypted by the service's keyring (see `ReceiptKeys`).
 """
@@ -34,7 +35,6 @@ from sqlalchemy import (
     Table,
     Text,
     Uuid,
-    delete,
     func,
     insert,
     literal,
@@ -157,11 +157,6 @@ class Ledgers:
             )
             ledger.snapshot_version = ledger.version
         return recorded
-
-    async def rebuild_projection(self, conn: AsyncConnection) -> int:
-        """Rebuild `consents` from every ledger stream; returns the number of events replayed."""
-        await conn.execute(delete(consents))
-        return await self.events.rebuild(conn, project_consents)
 
 
 async def project_consents(conn: AsyncConnection, record: RecordedEvent) -> None:

@@ -17,7 +17,14 @@ from confide_identity.handlers.sealing import ProfileSeal
 from confide_identity.passwords import PasswordHasher
 from confide_identity.problems import PROBLEM_TYPES
 from confide_identity.settings import IdentitySettings
-from confide_identity.store import Accounts, Sessions, SignInFailures, TotpSteps
+from confide_identity.store import (
+    Accounts,
+    Sessions,
+    SignInFailures,
+    TotpSteps,
+    accounts,
+    project_account,
+)
 from confide_identity.tokens import ServiceSecrets, SigningKeys
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -85,6 +92,10 @@ def create_app(settings: IdentitySettings | None = None, clock: Clock | None = N
     service.after_start(deps.signing_keys.rotate_if_due)
 
     consumers.subscribe(service, deps)
+    # Rebuilt from its own event store by `python -m confide_toolkit.read_models rebuild identity`.
+    service.read_model(
+        "accounts", tables=[accounts], store=deps.accounts.events, projection=project_account
+    )
     service.document_publications(
         [
             contract.UserRegistered,

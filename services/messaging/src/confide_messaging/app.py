@@ -22,7 +22,13 @@ from confide_messaging import api, consumers
 from confide_messaging.handlers import Dependencies
 from confide_messaging.problems import PROBLEM_TYPES
 from confide_messaging.settings import MessagingSettings
-from confide_messaging.store import Conversations
+from confide_messaging.store import (
+    Conversations,
+    conversations,
+    messages,
+    project_conversation,
+    session_notes,
+)
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -60,6 +66,13 @@ def create_app(settings: MessagingSettings | None = None, clock: Clock | None = 
     # A signed-out or closed session's tokens are refused here too, not only at identity.
     service.refuse_revoked_sessions()
     consumers.subscribe(service, deps)
+    # Rebuilt from its own event store by `python -m confide_toolkit.read_models rebuild messaging`.
+    service.read_model(
+        "conversations",
+        tables=[conversations, messages, session_notes],
+        store=deps.conversations.events,
+        projection=project_conversation,
+    )
     service.document_publications(
         [
             ConversationStarted,

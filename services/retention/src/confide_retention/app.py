@@ -27,7 +27,12 @@ from confide_retention.policies import load_policies
 from confide_retention.problems import PROBLEM_TYPES
 from confide_retention.scheduler import Scheduler
 from confide_retention.settings import RetentionSettings
-from confide_retention.store import ErasureCases, certificate_signing_keys
+from confide_retention.store import (
+    ErasureCases,
+    certificate_signing_keys,
+    erasure_cases,
+    project_case,
+)
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -86,6 +91,10 @@ def create_app(settings: RetentionSettings | None = None, clock: Clock | None = 
     # A signed-out or closed session's tokens are refused here too, not only at identity.
     service.refuse_revoked_sessions()
     consumers.subscribe(service, deps)
+    # Rebuilt from its own event store by `python -m confide_toolkit.read_models rebuild retention`.
+    service.read_model(
+        "erasure_cases", tables=[erasure_cases], store=deps.cases.events, projection=project_case
+    )
     service.document_publications(
         [ErasureRequested, LegalHoldPlaced, LegalHoldReleased, RetentionExpired, ErasureCompleted]
     )
