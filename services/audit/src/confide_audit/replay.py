@@ -35,6 +35,11 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 FETCH_RECORDS = 5000
 """Records a replay fetches and appends in one transaction at most."""
 
+READ_AHEAD = 2
+"""Batches read and prepared ahead of the one being written: the database's work on a batch
+(most of a replay's time) overlaps this process's reading and decoding of the next ones, and
+memory stays bounded (at most this many batches wait)."""
+
 
 @dataclass(frozen=True)
 class ReplayOutcome:
@@ -96,12 +101,19 @@ class _Reader:
         self.kafka = kafka
         self.partitions = partitions
         self.next: dict[TopicPartition, int] = {tp: 0 for tp in partitions}
+        self.limits: dict[TopicPartition, int] = {}
+        self.read_total = 0
 
     def behind(self, limits: dict[TopicPartition, int]) -> int:
         return sum(max(0, limits.get(tp, 0) - self.next[tp]) for tp in self.partitions)
 
+    def total(self) -> int:
+        """Records read so far and those left below the last limits seen."""
+        return self.read_total + self.behind(self.limits)
+
     async def read(self, limits: dict[TopicPartition, int]) -> list[Any]:
         """The next records below each partition's limit (in partition order)."""
+        self.limits = limits
         wanted = [tp for tp in self.partitions if self.next[tp] < limits.get(tp, 0)]
         done = [tp for tp in self.partitions if tp not in wanted]
         if done:
@@ -126,6 +138,7 @@ class _Reader:
                 kept = [record for record in batch if record.offset < limit]
                 if kept:
                     self.next[tp] = kept[-1].offset + 1
+                    self.read_total += len(kept)
                     records.extend(kept)
                 if len(kept) < len(batch):
                     # Past the limit: read again from it once the limit moves.
@@ -172,23 +185,37 @@ async def replay(
         kafka.assign(partitions)
         await kafka.seek_to_beginning(*partitions)
         reader = _Reader(kafka, partitions)
+        batches: asyncio.Queue[list[store.TrailRecord] | None] = asyncio.Queue(READ_AHEAD)
         done = 0
-        # Build beside the live generation, up to the live positions as they move.
-        while True:
-            async with engine.connect() as conn:
-                limits = await _live_positions(conn, settings.trail_topics)
-            total = done + reader.behind(limits)
-            if reader.behind(limits) <= close_enough:
-                break
-            done += await _append(consumer, await reader.read(limits))
-            progress.show(done, total)
+
+        async def read_ahead() -> None:
+            """Read and prepare batches up to the live positions as they move, until close."""
+            while True:
+                async with engine.connect() as conn:
+                    limits = await _live_positions(conn, settings.trail_topics)
+                if reader.behind(limits) <= close_enough:
+                    reader.limits = limits
+                    await batches.put(None)
+                    return
+                await batches.put(_prepared(await reader.read(limits)))
+
+        async def write() -> None:
+            nonlocal done
+            while (batch := await batches.get()) is not None:
+                done += await _append(consumer, batch)
+                progress.show(done, reader.total())
+
+        # Build beside the live generation, writing one batch while the next are read.
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(read_ahead())
+            tasks.create_task(write())
         # Switch: live appends wait on the state row while the last records are appended.
         async with engine.begin() as conn:
             await store.lock_state(conn)
             limits = await _live_positions(conn, settings.trail_topics)
             total = done + reader.behind(limits)
             while reader.behind(limits) > 0:
-                done += await _append(consumer, await reader.read(limits))
+                done += await _append(consumer, _prepared(await reader.read(limits)))
                 progress.show(done, total)
             replaced = await store.switch_generation(conn, generation)
         progress.show(done, done, final=True)
@@ -199,10 +226,14 @@ async def replay(
             await engine.dispose()
 
 
-async def _append(consumer: RecordConsumer, records: list[Any]) -> int:
+def _prepared(records: list[Any]) -> list[store.TrailRecord]:
+    return [store.trail_record(record) for record in records]
+
+
+async def _append(consumer: RecordConsumer, records: list[store.TrailRecord]) -> int:
     if not records:
         return 0
-    await consumer.consume_batch([ConsumedRecord.of(record) for record in records])
+    await consumer.consume_batch(records)
     return len(records)
 
 

@@ -9,6 +9,7 @@ chain are numbered and linked one after the other whichever process appends."""
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import AsyncIterator, Sequence
@@ -118,12 +119,24 @@ _RFC3339 = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,9})?(Z|[+-]\d\d:\
 """An envelope's time as CloudEvents writes it, which PostgreSQL reads as a timestamptz."""
 
 
+_DECODER = json.JSONDecoder()
+
+
+def _envelope(value: bytes) -> Any:
+    """`json.loads(value)`, without its encoding detection for a value that is plainly UTF-8
+    (starts with `{`, no NUL among its first bytes): the same result, for a replay's every
+    record."""
+    if value[:1] == b"{" and b"\x00" not in value[:4]:
+        return _DECODER.decode(value.decode("utf-8", "surrogatepass"))
+    return json.loads(value)
+
+
 def _event_fields(value: bytes) -> tuple[str | None, str | None, str | None]:
     """The event type, subject (a UUID's text) and time (ISO 8601) an entry is found by, each
     None when the value does not say it (a value that is not a CloudEvent is kept and chained
     all the same)."""
     try:
-        envelope = json.loads(value)
+        envelope = _envelope(value)
         data = envelope.get("data") or {}
         subject = data.get("subject_id") or envelope.get("subject")
         occurred = envelope.get("time")
@@ -137,6 +150,38 @@ def _event_fields(value: bytes) -> tuple[str | None, str | None, str | None]:
     if not isinstance(event_type, str):
         event_type = None
     return event_type, subject, occurred
+
+
+@dataclass(frozen=True)
+class TrailRecord(ConsumedRecord):
+    """A consumed record with its entry's columns but `generation`, `seq` and `link` already
+    written as COPY text: what does not depend on the chain is worked out before the append, so
+    a replay does it while the database writes the previous batch."""
+
+    columns: str = ""
+
+
+def trail_record(record: Any) -> TrailRecord:
+    """A consumed record (aiokafka's, or a `ConsumedRecord`) with its entry's columns."""
+    value: bytes = record.value or b""
+    return TrailRecord(
+        record.topic,
+        record.partition,
+        record.offset,
+        record.key,
+        value,
+        tuple(record.headers or ()),
+        _entry_columns(record.topic, record.partition, record.offset, value),
+    )
+
+
+def _entry_columns(topic: str, partition: int, offset: int, value: bytes) -> str:
+    """The COPY text of an entry's columns from `topic` to `value`."""
+    event_type, subject_id, occurred_at = _event_fields(value)
+    return (
+        f"{_copy_text(topic)}\t{partition}\t{offset}\t{_copy_text(event_type)}\t"
+        f"{subject_id or _NULL}\t{occurred_at or _NULL}\t\\\\x{value.hex()}"
+    )
 
 
 async def current_generation(conn: AsyncConnection, *, lock: bool = False) -> int:
@@ -167,23 +212,12 @@ async def append_records(
     for record in records:
         seq += 1
         link = chain_link(link, record.topic, record.partition, record.offset, record.value)
-        event_type, subject_id, occurred_at = _event_fields(record.value)
-        rows.append(
-            "\t".join(
-                (
-                    str(generation),
-                    str(seq),
-                    _copy_text(record.topic),
-                    str(record.partition),
-                    str(record.offset),
-                    _copy_text(event_type),
-                    subject_id or _NULL,
-                    occurred_at or _NULL,
-                    "\\\\x" + record.value.hex(),
-                    "\\\\x" + link.hex(),
-                )
-            )
+        columns = (
+            record.columns
+            if isinstance(record, TrailRecord)
+            else _entry_columns(record.topic, record.partition, record.offset, record.value)
         )
+        rows.append(f"{generation}\t{seq}\t{columns}\t\\\\x{link.hex()}")
     if rows:
         await _copy_entries(conn, rows)
         await conn.execute(
@@ -204,7 +238,9 @@ _NULL = "\\N"
 _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
 
 
+@functools.lru_cache(maxsize=1024)
 def _copy_text(value: str | None) -> str:
+    """COPY text of a topic or event type: a few distinct values, each escaped once."""
     return _NULL if value is None else value.translate(_COPY_ESCAPES)
 
 
