@@ -9,17 +9,22 @@ Only tables whose rows come from the events alone are declared: a rebuild delete
     python -m confide_toolkit.read_models rebuild consent --read-model consents
 
 run with the service's own settings (its `CONFIDE_*` environment), beside the running service.
+It exits 0 once done, 2 naming the problem for an unknown service or read model, and 2 for
+`rebuild` of a service that declares none: audit keeps no event store of its own, and `list
+audit` points at `python -m confide_audit replay`, which rebuilds its trail from Kafka
+(`Service.read_models_rebuilt_by`).
 
 A rebuild is one transaction: it locks the store's `stored_events` and then the read model's
 tables in EXCLUSIVE mode, takes a digest of each table (md5 over its rows as text, in order),
 deletes them, replays every stored event through the projection, digests again and commits.
-Readers go on reading the old rows until the commit (EXCLUSIVE lets plain reads through), so
-nobody sees an empty or half-built model. Appends wait: their projection writes these tables in
-the append's transaction, so an append still in flight when the rebuild starts is committed
-before the lock is granted (and replayed), and one arriving later waits and is projected onto
-the rebuilt rows; none is lost or applied twice. Locking `stored_events` first takes the locks
-in the order an append does (its event row, then the projection's tables), so a rebuild never
-deadlocks with an append that has already projected into one of several tables.
+Readers go on reading the old rows until the commit (EXCLUSIVE lets plain reads through; a
+`SELECT ... FOR UPDATE` waits like a write), so nobody sees an empty or half-built model.
+Appends wait: their projection writes these tables in the append's transaction, so an append
+still in flight when the rebuild starts is committed before the lock is granted (and replayed),
+and one arriving later waits and is projected onto the rebuilt rows; none is lost or applied
+twice. Locking `stored_events` first takes the locks in the order an append does (its event row,
+then the projection's tables), so a rebuild never deadlocks with an append that has already
+projected into one of several tables.
 
 The report per read model is what an operator wants to see: the events replayed, the rows of
 each table before and after, and whether the content is unchanged (equal digests) or changed
