@@ -278,3 +278,69 @@ def test_the_database_refuses_to_change_a_stored_entry(
     ):
         conn.execute(statement)
     assert verify(trail_database, capsys).returncode == 0
+
+
+# --- the replay's prepared records ----------------------------------------------------------
+
+
+def awkward_values() -> list[bytes]:
+    """Values a topic may hold: a CloudEvent, and what is not one or not plainly UTF-8."""
+    subject = str(uuid.uuid4())
+    event = (
+        '{"specversion":"1.0","id":"e1","type":"messaging.MessageSent","source":"/m",'
+        f'"time":"2026-11-01T10:00:00.123456789Z","data":{{"subject_id":"{subject}"}}}}'
+    )
+    return [
+        event.encode(),
+        event.encode("utf-16-le"),  # json.loads reads it; the entry must say the same
+        b"\xef\xbb\xbf" + event.encode(),  # a byte order mark
+        ' {"type":"tab\\there","subject":"é"} '.encode(),
+        b'{"type":"x"} trailing',
+        b"\xff not text",
+        b"",
+        b"[1,2]",
+        b'{"type":1,"time":"yesterday","data":[]}',
+    ]
+
+
+async def test_a_replay_prepares_each_entry_exactly_as_the_live_consumer_writes_it(
+    infrastructure: Infrastructure,
+) -> None:
+    """The replay works out an entry's columns before its append (while the database writes
+    the batch before): the entries, their links and the columns they are found by are the
+    live consumer's, value for value, whatever the value holds."""
+    values = awkward_values()
+    with scratch_database(infrastructure) as url:
+        await asyncio.to_thread(upgrade_database, url, MIGRATIONS)
+        engine = create_engine(url, pool_size=1)
+        try:
+            async with engine.begin() as conn:
+                live = await store.start_generation(conn)
+                replayed = await store.start_generation(conn)
+                consumed = [
+                    ConsumedRecord("a.events", 0, offset, None, value)
+                    for offset, value in enumerate(values)
+                ]
+                await store.append_records(conn, consumed, live)
+                await store.append_records(
+                    conn, [store.trail_record(record) for record in consumed], replayed
+                )
+            columns = [column for column in store.trail_entries.c if column.name != "generation"]
+            async with engine.connect() as conn:
+                kept = {
+                    generation: (
+                        await conn.execute(
+                            select(*columns)
+                            .where(store.trail_entries.c.generation == generation)
+                            .order_by(store.trail_entries.c.seq)
+                        )
+                    ).all()
+                    for generation in (live, replayed)
+                }
+        finally:
+            await engine.dispose()
+    assert kept[replayed] == kept[live]
+    assert [row.value for row in kept[live]] == values
+    found = [(row.event_type, row.subject_id is not None) for row in kept[live]]
+    assert found[:4] == [("messaging.MessageSent", True)] * 3 + [("tab\there", False)]
+    assert found[4:] == [(None, False)] * 5
