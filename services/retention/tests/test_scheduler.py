@@ -171,3 +171,39 @@ async def test_what_fell_due_while_no_scheduler_ran_goes_out_once_with_several_r
     assert len(sent) == 100  # 20 people, 5 categories
     assert set(sent.values()) == {1}
     assert sum(emitted) <= 100
+
+
+class _CountingScheduler(Scheduler):
+    """Passes counted instead of run; the first pass is woken during itself, as by a request
+    committing while a pass is under way."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            engine=None,  # type: ignore[arg-type]
+            cases=None,  # type: ignore[arg-type]
+            outbox=None,  # type: ignore[arg-type]
+            clock=None,  # type: ignore[arg-type]
+            answer_timeout=timedelta(minutes=5),
+            interval=3600.0,
+        )
+        self.passes = 0
+        self.second_pass = asyncio.Event()
+
+    async def emit_all_due(self) -> int:
+        self.passes += 1
+        if self.passes == 1:
+            self.wake()
+        else:
+            self.second_pass.set()
+        return 0
+
+
+async def test_a_wake_up_during_a_pass_runs_another_pass_at_once() -> None:
+    # Else a request that commits during a pass waits a whole interval (an hour here).
+    scheduler = _CountingScheduler()
+    scheduler.start()
+    try:
+        await asyncio.wait_for(scheduler.second_pass.wait(), timeout=30)
+    finally:
+        await scheduler.stop()
+    assert scheduler.passes >= 2

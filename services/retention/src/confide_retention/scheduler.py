@@ -100,11 +100,13 @@ class Scheduler:
         """Pass every `interval` seconds until `stop`; a failed pass (database outage) is
         logged and tried again on the next."""
         while not self._stopping.is_set():
+            # Cleared before the pass, not after: a wake-up from a request that commits during
+            # the pass then runs another pass at once instead of waiting a whole interval.
+            self._wake.clear()
             try:
                 await self.emit_all_due()
             except Exception:
                 logger.exception("retention scheduler pass failed; trying again")
-            self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self._interval)
 
