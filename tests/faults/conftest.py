@@ -70,6 +70,21 @@ def service_urls() -> dict[str, str]:
 
 
 @pytest.fixture(scope="session")
+def database_urls(service_urls: dict[str, str]) -> dict[str, str]:
+    """Each running service's own database, as the stack gave it to the service."""
+    stack_dir = Path(os.environ.get("CONFIDE_STACK_DIR", ROOT / ".stack"))
+    written = _stack_env(stack_dir)
+    urls: dict[str, str] = {}
+    for name in service_urls:
+        variable = f"CONFIDE_{name.upper()}_DATABASE_URL"
+        url = written.get(variable) or os.environ.get(variable)
+        if url is None:
+            pytest.fail(f"stack.sh up did not say where {name}'s database is ({variable})")
+        urls[name] = url
+    return urls
+
+
+@pytest.fixture(scope="session")
 def kafka_bootstrap_of_stack(service_urls: dict[str, str]) -> str:
     """The broker the stack's services consume, where tokens' keys and revocations go."""
     stack_dir = Path(os.environ.get("CONFIDE_STACK_DIR", ROOT / ".stack"))

@@ -2,7 +2,8 @@
 
 - schemathesis runs over each service's OpenAPI document with all its checks (server errors,
   undocumented statuses and content types, schema-valid requests refused, schema-violating
-  ones accepted, the `Allow` of a 405, ...), once per role, bounded and seeded: none may fail.
+  ones accepted, the `Allow` of a 405, ...), once per role, bounded and seeded: none may fail;
+  and one of ours (refusal_hooks.py): a refused request changes no row of the service's tables.
 - the authorisation matrix, generated from the same documents: every operation that needs a
   token, called with no token, an expired one, a forged signature, a wrong audience, a revoked
   session, a session signed out at identity, and (where `x-roles` restricts it) a valid token
@@ -34,6 +35,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 pytestmark = pytest.mark.integration
 
+HERE = Path(__file__).resolve().parent
 SCHEMATHESIS_SEED = 21
 SCHEMATHESIS_EXAMPLES = 10
 # `make faults` gives each run a minute; within `make test` (CI's budget) a run gets 20 s.
@@ -172,6 +174,7 @@ async def test_schemathesis_finds_nothing(
     each_service: str,
     role: Role,
     service_urls: dict[str, str],
+    database_urls: dict[str, str],
     minter: TokenMinter,
     identity_accounts: dict[str, IdentityAccount],
     tmp_path: Path,
@@ -187,7 +190,8 @@ async def test_schemathesis_finds_nothing(
         "run",
         f"{service_urls[service]}/openapi.json",
         "--checks",
-        "all",
+        # `all` is schemathesis's own; a check of ours runs only when named.
+        "all,refusal_changes_nothing",
         "--exclude-checks",
         "use_after_free",
         "--max-examples",
@@ -213,7 +217,15 @@ async def test_schemathesis_finds_nothing(
         subprocess.run,
         command,
         cwd=tmp_path,
-        env={**os.environ, "NO_COLOR": "1"},
+        env={
+            **os.environ,
+            "NO_COLOR": "1",
+            # refusal_hooks.py: a refused request changes no row of the service's tables.
+            "SCHEMATHESIS_HOOKS": "refusal_hooks",
+            "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]),
+            "CONFIDE_REFUSAL_DATABASE_URL": database_urls[service],
+            "CONFIDE_REFUSAL_SERVICE": service,
+        },
         capture_output=True,
         text=True,
         timeout=SCHEMATHESIS_SECONDS * 4,
