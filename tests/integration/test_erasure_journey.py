@@ -36,6 +36,7 @@ from confide_retention.certificates import CERTIFICATE_TYPE
 from confide_testing import Infrastructure, TokenMinter
 from confide_testing.processes import ServiceDidNotStart, ServiceProcess, ServiceProcesses
 from confide_toolkit.database import libpq_url
+from confide_toolkit.kek import KekError, LocalKeyFile
 from confide_toolkit.signed_documents import DocumentInvalid, verify_document
 
 # Minutes each (services started as processes, faults injected): `make faults` runs them,
@@ -58,6 +59,15 @@ FIRST_CONTACT_SECONDS = 300.0
 
 NOTES_PERIOD_SECONDS = 20
 INVOICES_PERIOD_SECONDS = 30
+
+KEK_ENV = {
+    "CONFIDE_KEK_ROTATION_PERIOD": "PT30S",
+    "CONFIDE_KEK_BACKUP_RETENTION": "PT30S",
+    "CONFIDE_KEK_MAINTENANCE_INTERVAL": "PT5S",
+}
+"""Every owner (retention too, which states the date in its certificate) on a test-short key
+schedule: from `backups_clear_from` on, no copy of an erased key, from a backup, the WAL or a
+dead row, unwraps under any KEK version the owner still holds."""
 
 RETENTION_ENV = {
     "CONFIDE_POLICY_PERIODS": (
@@ -181,7 +191,11 @@ def owners(
     processes = ServiceProcesses(infrastructure.postgres_admin_url, kafka_bootstrap, tmp_path)
 
     def start(name: str) -> ServiceProcess:
-        env = {"PYTHONUNBUFFERED": "1", **(RETENTION_ENV if name == "retention" else {})}
+        env = {
+            "PYTHONUNBUFFERED": "1",
+            **KEK_ENV,
+            **(RETENTION_ENV if name == "retention" else {}),
+        }
         try:
             return processes.start(name, env)
         except ServiceDidNotStart:
@@ -257,6 +271,37 @@ def tombstones(service: ServiceProcess, subject_id: uuid.UUID) -> set[str]:
             return {str(row[0]) for row in rows}
     finally:
         engine.dispose()
+
+
+def wrapped_keys(service: ServiceProcess, subject_id: uuid.UUID) -> list[tuple[int, bytes]]:
+    """What a backup taken now holds of the person's data keys: each one's KEK version and
+    wrapped bytes."""
+    engine = sqlalchemy.create_engine(service.database_url)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(
+                sqlalchemy.text(
+                    "SELECT kek_version, wrapped_key FROM data_keys WHERE subject_id = :subject"
+                ),
+                {"subject": subject_id},
+            )
+            return [(int(row[0]), bytes(row[1])) for row in rows]
+    finally:
+        engine.dispose()
+
+
+def unwrappable(service: ServiceProcess, keys: list[tuple[int, bytes]]) -> list[int]:
+    """The versions among `keys` that the service's key file, every version it still holds,
+    can still unwrap."""
+    key_file = LocalKeyFile(service.env["CONFIDE_KEK_FILE"])
+    opened = []
+    for version, wrapped in keys:
+        try:
+            key_file.unwrap(version, wrapped)
+        except KekError:
+            continue
+        opened.append(version)
+    return opened
 
 
 def test_a_person_who_messaged_paid_and_consented_is_erased_everywhere(
@@ -379,6 +424,12 @@ def test_a_person_who_messaged_paid_and_consented_is_erased_everywhere(
         FIRST_CONTACT_SECONDS,
     )
 
+    # The nightly backup, just before the request: the person's keys as each owner holds them.
+    backup = {
+        name: wrapped_keys(services[name], client) for name in ("identity", "messaging", "billing")
+    }
+    assert all(backup.values()), {name: len(keys) for name, keys in backup.items()}
+
     # The request, with a fresh sign-in: retention verifies identity's token from its events.
     fresh = bearer(token(identity, client_email, client_password))
     requested = Waited(retention, "retention to accept the erasure request").until(
@@ -488,6 +539,13 @@ def test_a_person_who_messaged_paid_and_consented_is_erased_everywhere(
         dump = database_dump(service)
         found = [name for name, value in planted.items() if value in dump]
         assert not found, f"{service.name}'s database holds the planted {found}"
+
+    # From the date the certificate states on, the backup taken before the erasure holds keys
+    # no KEK version any owner still has can unwrap.
+    clear_from = datetime.fromisoformat(done["backups_clear_from"])
+    time.sleep(max(0.0, (clear_from - datetime.now(UTC)).total_seconds()))
+    still_open = {name: unwrappable(services[name], keys) for name, keys in backup.items()}
+    assert not any(still_open.values()), f"at {clear_from} these versions unwrap: {still_open}"
 
     # The certificate verifies with retention's published keys, and not once altered.
     certificate = http.get(
