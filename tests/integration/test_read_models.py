@@ -26,12 +26,14 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 SERVICES = ("identity", "messaging", "billing", "consent", "retention")
 SETUP_TIMEOUT = 30.0
+STACK_DIR = Path(os.environ.get("CONFIDE_STACK_DIR", ROOT / ".stack"))
+"""Where deploy/stack.sh keeps the running stack (CI runs one of its own elsewhere)."""
 
 
 def _stack_env() -> dict[str, str]:
-    """The stack's URLs and database URLs: from the environment, else from .stack/stack.env."""
+    """The stack's URLs and database URLs: from the environment, else from the stack's stack.env."""
     found = {k: v for k, v in os.environ.items() if k.startswith("CONFIDE_")}
-    stack_env = ROOT / ".stack" / "stack.env"
+    stack_env = STACK_DIR / "stack.env"
     if stack_env.exists():
         for line in stack_env.read_text().splitlines():
             if line.startswith("export ") and "=" in line:
@@ -52,7 +54,7 @@ def rebuild(stack: dict[str, str], name: str, *args: str) -> subprocess.Complete
     env.update(
         CONFIDE_SERVICE_NAME=name,
         CONFIDE_DATABASE_URL=stack[f"CONFIDE_{name.upper()}_DATABASE_URL"],
-        CONFIDE_KEK_FILE=str(ROOT / ".stack" / "keys" / f"{name}.kek.json"),
+        CONFIDE_KEK_FILE=str(STACK_DIR / "keys" / f"{name}.kek.json"),
         CONFIDE_KAFKA_BOOTSTRAP=stack.get("CONFIDE_KAFKA_BOOTSTRAP", "127.0.0.1:19092"),
     )
     return subprocess.run(
