@@ -145,6 +145,37 @@ async def signed_in(
     return user_id, {"Authorization": f"Bearer {tokens.json()['access_token']}"}
 
 
+async def message_in_a_new_conversation(
+    http: httpx.AsyncClient,
+    messaging_url: str,
+    client: dict[str, str],
+    therapist_id: str,
+    body: str,
+) -> str:
+    """The client opens a conversation with the therapist and posts `body` in it; the
+    conversation's id. Messaging must first know both from identity.events, hence the retries."""
+    opened = await retry(
+        "conversation",
+        lambda: http.post(
+            f"{messaging_url}/v1/conversations",
+            json={"therapist_id": therapist_id},
+            headers=client,
+        ),
+        201,
+    )
+    conversation_id = str(opened.json()["conversation_id"])
+    await retry(
+        "message",
+        lambda: http.post(
+            f"{messaging_url}/v1/conversations/{conversation_id}/messages",
+            json={"body": body},
+            headers={**client, "Idempotency-Key": str(uuid.uuid4())},
+        ),
+        201,
+    )
+    return conversation_id
+
+
 async def clients_with_consents(
     http: httpx.AsyncClient, identity_url: str, consent_url: str, people: int
 ) -> list[tuple[str, dict[str, str], str]]:

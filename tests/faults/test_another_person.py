@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 import httpx
 import pytest
 
-from .load import retry, signed_in
+from .load import message_in_a_new_conversation, retry, signed_in
 
 pytestmark = pytest.mark.integration
 
@@ -39,24 +39,8 @@ class Holdings:
 async def _holdings(http: httpx.AsyncClient, urls: dict[str, str]) -> Holdings:
     client_id, client = await signed_in(http, urls["identity"], "owner", role="client")
     therapist_id, therapist = await signed_in(http, urls["identity"], "carer", role="therapist")
-    conversation = await retry(
-        "conversation",
-        lambda: http.post(
-            f"{urls['messaging']}/v1/conversations",
-            json={"therapist_id": therapist_id},
-            headers=client,
-        ),
-        201,
-    )
-    conversation_id = conversation.json()["conversation_id"]
-    await retry(
-        "message",
-        lambda: http.post(
-            f"{urls['messaging']}/v1/conversations/{conversation_id}/messages",
-            json={"body": "mine alone"},
-            headers={**client, "Idempotency-Key": str(uuid.uuid4())},
-        ),
-        201,
+    conversation_id = await message_in_a_new_conversation(
+        http, urls["messaging"], client, therapist_id, "mine alone"
     )
     await retry(
         "note",

@@ -17,7 +17,7 @@ from confide_testing.processes import ServiceProcess, ServiceProcesses
 from confide_toolkit.database import libpq_url
 from sqlalchemy import make_url
 
-from .load import PASSWORD, retry
+from .load import PASSWORD, message_in_a_new_conversation, retry
 
 # Minutes each (services started as processes, faults injected): `make faults` runs them,
 # `make test` leaves them out to keep CI within its budget.
@@ -108,24 +108,8 @@ async def _journey(
             ),
             200,
         )
-        conversation = await retry(
-            "conversation",
-            lambda: http.post(
-                f"{messaging.url}/v1/conversations",
-                json={"therapist_id": therapist_id},
-                headers=client,
-            ),
-            201,
-        )
-        conversation_id = conversation.json()["conversation_id"]
-        await retry(
-            "message",
-            lambda: http.post(
-                f"{messaging.url}/v1/conversations/{conversation_id}/messages",
-                json={"body": canaries["message"]},
-                headers={**client, "Idempotency-Key": str(uuid.uuid4())},
-            ),
-            201,
+        conversation_id = await message_in_a_new_conversation(
+            http, messaging.url, client, therapist_id, canaries["message"]
         )
         await retry(
             "note",
