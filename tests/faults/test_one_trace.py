@@ -13,7 +13,13 @@ import httpx
 import pytest
 from confide_testing.processes import ServiceProcess, ServiceProcesses
 
-from .load import CATCH_UP_SECONDS, clients_with_consents, retry
+from .load import (
+    CATCH_UP_SECONDS,
+    clients_with_consents,
+    message_in_a_new_conversation,
+    retry,
+    signed_in,
+)
 
 # Minutes each (services started as processes, faults injected): `make faults` runs them,
 # `make test` leaves them out to keep CI within its budget.
@@ -82,3 +88,39 @@ async def test_closing_an_account_is_one_trace_across_identity_consent_and_messa
         if s["context"]["trace_id"] == trace_id
     ]
     assert {s["kind"] for s in consumer_spans} >= {"SpanKind.CONSUMER"}
+
+
+async def test_a_posted_message_is_one_trace_from_messaging_to_its_consumers(
+    processes: ServiceProcesses,
+) -> None:
+    identity = processes.start("identity", SPANS)
+    messaging = processes.start("messaging", SPANS)
+    retention = processes.start("retention", SPANS)
+    async with httpx.AsyncClient(timeout=30) as http:
+        _, client = await signed_in(http, identity.url, "traced", role="client")
+        therapist_id, _ = await signed_in(http, identity.url, "tracer", role="therapist")
+        await message_in_a_new_conversation(
+            http, messaging.url, client, therapist_id, "one trace, please"
+        )
+
+    # messaging's HTTP span starts the trace ...
+    # (one per attempt: a retried 503 wrote nothing, and its trace reaches nobody)
+    posted = _trace_of(
+        exported_spans(messaging), "POST /v1/conversations/{conversation_id}/messages"
+    )
+    assert posted, "messaging exported no span for the posted message"
+    # ... and MessageSent carries it through messaging's outbox and Kafka to retention, which
+    # starts the person's messages clock from it.
+    deadline = time.monotonic() + CATCH_UP_SECONDS
+    while time.monotonic() < deadline:
+        in_retention = _trace_of(exported_spans(retention), "consume confide.messaging.MessageSent")
+        if posted & in_retention:
+            break
+        await asyncio.sleep(0.5)
+    else:
+        pytest.fail(f"traces {posted} did not reach retention's consumer: {in_retention}")
+    consumed = [
+        s for s in exported_spans(retention) if s["context"]["trace_id"] in posted & in_retention
+    ]
+    assert {s["kind"] for s in consumed} >= {"SpanKind.CONSUMER"}
+    assert all(s["parent_id"] for s in consumed), "a consumer span started a trace of its own"
