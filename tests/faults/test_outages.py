@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import subprocess
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -46,9 +48,38 @@ def native_stack() -> None:
         pytest.skip(f"needs the native stack of deploy/stack.sh in {STACK} (make test starts it)")
 
 
+def _stack_ports() -> dict[str, str]:
+    """The ports of the stack in STACK, read from the files stack.sh wrote when it started it.
+
+    `make faults` exports only CONFIDE_STACK_DIR: without these, `stack.sh infra-up` on a stack
+    with ports of its own (a second stack beside the dev one) would look for PostgreSQL and
+    Kafka on the default ports, refuse to start them ("port taken") and rewrite stack.env with
+    the default service ports."""
+    written: dict[str, str] = {}
+    for line in (STACK / "stack.env").read_text().splitlines():
+        name, _, value = line.removeprefix("export ").partition("=")
+        written[name] = value
+    kafka = (STACK / "kafka" / "server.properties").read_text()
+    controller = re.search(r"^controller\.quorum\.voters=\S*:(\d+)$", kafka, re.MULTILINE)
+    assert controller, f"no controller port in {STACK}/kafka/server.properties"
+    identity_port = urlsplit(written["CONFIDE_IDENTITY_URL"]).port
+    return {
+        "CONFIDE_PG_PORT": str(urlsplit(written["CONFIDE_TEST_POSTGRES_URL"]).port),
+        "CONFIDE_KAFKA_PORT": written["CONFIDE_KAFKA_BOOTSTRAP"].rpartition(":")[2],
+        "CONFIDE_KAFKA_CONTROLLER_PORT": controller.group(1),
+        # stack.sh numbers the services from identity's 8001.
+        "CONFIDE_SERVICE_PORT_OFFSET": str((identity_port or 8001) - 8001),
+    }
+
+
 def _infra_up() -> None:
     done = subprocess.run(
-        [str(STACK_SH), "infra-up"], capture_output=True, text=True, timeout=300, check=False
+        [str(STACK_SH), "infra-up"],
+        env={**os.environ, "CONFIDE_STACK_DIR": str(STACK), **_stack_ports()},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
     assert done.returncode == 0, done.stdout + done.stderr
 
