@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import sqlalchemy
@@ -15,6 +16,7 @@ from confide_toolkit import revocations  # noqa: F401 (its table is in toolkit_m
 from confide_toolkit.database import toolkit_metadata
 from confide_toolkit.migrations import installed_toolkit_parts, upgrade_database
 from confide_toolkit.migrations.versions import core_0004_exact_positions as exact_positions
+from confide_toolkit.migrations.versions import core_0005_relay_progress as relay_progress
 
 pytestmark = pytest.mark.integration
 
@@ -95,6 +97,20 @@ def test_a_service_that_opts_in_later_gets_the_part_at_its_next_start(
     assert migration_drift(database_url, [toolkit_metadata], leave_out=NOT_CONSENT_VIEW) == []
 
 
+def back_to(connection: sqlalchemy.Connection, revision: str, *newer: ModuleType) -> None:
+    """Take a database at the toolkit's head back to `revision` by the downgrades of the
+    `newer` revisions (newest first), as a database of that time would be."""
+    with Operations.context(MigrationContext.configure(connection)):
+        for migration in newer:
+            migration.downgrade()
+    connection.execute(
+        sqlalchemy.text(
+            "UPDATE toolkit_alembic_version SET version_num = :revision WHERE version_num = :head"
+        ),
+        {"revision": revision, "head": newer[0].revision},
+    )
+
+
 def test_positions_start_past_what_the_inbox_recorded_when_it_goes(database_url: str) -> None:
     """A database from before exact positions (core_0003): each position was written at most
     once a second, so it may lag what the inbox recorded as applied. The upgrade moves each
@@ -104,14 +120,7 @@ def test_positions_start_past_what_the_inbox_recorded_when_it_goes(database_url:
     try:
         with engine.begin() as connection:
             # Back to core_0003, with what a consumer of that time left behind.
-            with Operations.context(MigrationContext.configure(connection)):
-                exact_positions.downgrade()
-            connection.execute(
-                sqlalchemy.text(
-                    "UPDATE toolkit_alembic_version SET version_num = 'core_0003'"
-                    " WHERE version_num = 'core_0004'"
-                )
-            )
+            back_to(connection, "core_0003", relay_progress, exact_positions)
             connection.execute(
                 sqlalchemy.text(
                     "INSERT INTO inbox (consumer, event_id, event_type, topic, partition,"
@@ -139,3 +148,41 @@ def test_positions_start_past_what_the_inbox_recorded_when_it_goes(database_url:
         engine.dispose()
     assert [tuple(row) for row in positions] == [(0, 58), (1, 4), (2, 9)]
     assert "inbox" not in tables and "relay_fences" in tables
+
+
+def test_rows_an_outbox_held_before_the_relay_progress_stay_pending(database_url: str) -> None:
+    """A database from before the relay's progress (core_0004): its relay deleted what Kafka
+    acknowledged, so whatever the outbox holds is unpublished and must stay above the
+    progress the upgrade starts, which starts just below them (not at 0: the relay would
+    take every id below as a transaction still running)."""
+    upgrade_database(database_url, PROBE_MIGRATIONS)
+    engine = sqlalchemy.create_engine(database_url)
+    try:
+        with engine.begin() as connection:
+            back_to(connection, "core_0004", relay_progress)
+            connection.execute(
+                sqlalchemy.text(
+                    "INSERT INTO outbox (event_id, topic, partition_key, value, headers,"
+                    " created_at) SELECT gen_random_uuid(), 'a.events', 'k', 'v', '[]', now()"
+                    " FROM generate_series(1, 5)"
+                )
+            )
+            # The old relay published and deleted the first two.
+            connection.execute(
+                sqlalchemy.text(
+                    "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox ORDER BY id LIMIT 2)"
+                )
+            )
+            oldest = connection.scalar(sqlalchemy.text("SELECT min(id) FROM outbox"))
+        upgrade_database(database_url, PROBE_MIGRATIONS)
+        with engine.connect() as connection:
+            progress = connection.scalar(
+                sqlalchemy.text("SELECT published_through FROM relay_progress")
+            )
+            pending = connection.scalar(
+                sqlalchemy.text("SELECT count(*) FROM outbox WHERE id > :p"), {"p": progress}
+            )
+    finally:
+        engine.dispose()
+    assert pending == 3
+    assert progress == oldest - 1

@@ -52,7 +52,7 @@ outbox = Table(
     "outbox",
     toolkit_metadata,
     Column("id", BigInteger, Identity(always=True), primary_key=True),
-    Column("event_id", PG_UUID(as_uuid=True), nullable=False, unique=True),
+    Column("event_id", PG_UUID(as_uuid=True), nullable=False),
     Column("topic", String(255), nullable=False),
     Column("partition_key", String(128), nullable=False),
     Column("value", LargeBinary, nullable=False),

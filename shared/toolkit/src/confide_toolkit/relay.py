@@ -1,15 +1,26 @@
-"""The outbox relay: publishes committed outbox rows to Kafka, oldest first, then removes them.
+"""The outbox relay: publishes committed outbox rows to Kafka in id order and records how far
+it got; published rows are dropped in bulk, not deleted one by one.
 
 - One active relay per service database: it holds a PostgreSQL session advisory lock; other
   replicas wait on standby and take over within `standby_retry` seconds if the holder dies.
 - It wakes on LISTEN/NOTIFY the moment a transaction with outbox rows commits and polls only
   as a fallback, so an event reaches Kafka within milliseconds of its commit.
 - Idempotent producer, acks=all, partition key = subject: order is kept per subject.
-- At least once, without duplicates reaching a consumer's effects: rows are deleted only after
-  Kafka acknowledged them, and each activation fences the partitions it publishes to before
-  its first record (`confide_toolkit.fences`): it finds on the topic the rows its predecessor
-  published but did not delete, drops them instead of publishing them again, and consumers
-  ignore whatever the predecessor appends after the fence."""
+- No write per event: the relay keeps its *progress*, the outbox id up to which every row is
+  published (`relay_progress`, written now and then), and reads only the rows above it. An id
+  is handed out at insert but its row becomes visible at commit, so a row may appear below
+  rows already published; the progress therefore passes an id only once every writer that
+  held the outbox when the relay read below it has ended (its lock gone from `pg_locks`: a
+  snapshot's xmax cannot tell, a writer that took its transaction id early may be running
+  above it), and what was published above the progress meanwhile is remembered until then.
+- Published rows are dropped with one TRUNCATE when the relay is caught up (no row above the
+  progress; the lock is tried without waiting, so writers never queue behind it), or, should
+  sustained load never leave such a moment, with one DELETE once many have piled up.
+- At least once, without duplicates reaching a consumer's effects: each activation fences the
+  partitions it publishes to before its first record (`confide_toolkit.fences`): it finds on
+  the topic the rows its predecessor published after the last recorded progress, drops them
+  instead of publishing them again, and consumers ignore whatever the predecessor appends
+  after the fence."""
 
 from __future__ import annotations
 
@@ -19,6 +30,7 @@ import json
 import logging
 import time
 import uuid
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -27,7 +39,20 @@ import psycopg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.partitioner import DefaultPartitioner
 from psycopg.rows import dict_row
-from sqlalchemy import BigInteger, Column, DateTime, Integer, String, Table, func
+from sqlalchemy import (
+    DDL,
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    Column,
+    DateTime,
+    Integer,
+    String,
+    Table,
+    event,
+    func,
+    text,
+)
 from sqlalchemy.dialects.postgresql import UUID as PG_UUID
 
 from confide_toolkit.database import libpq_url, toolkit_metadata
@@ -59,9 +84,39 @@ relay_fences = Table(
 offset of its latest activation's marker, and where the next activation's scan starts (every
 row of this source published before `scan_from` is known to be deleted from the outbox)."""
 
+relay_progress = Table(
+    "relay_progress",
+    toolkit_metadata,
+    Column("singleton", Boolean, primary_key=True, server_default=text("true")),
+    Column("published_through", BigInteger, nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    CheckConstraint("singleton", name="singleton"),
+)
+"""One row: every outbox row with an id up to `published_through` is published (or was never
+committed). Written at checkpoints, so it may lag what is published, never lead it."""
+
+# SQLAlchemy's DDL() is not annotated.
+event.listen(
+    relay_progress,
+    "after_create",
+    DDL("INSERT INTO relay_progress (published_through) VALUES (0)"),  # type: ignore[no-untyped-call]
+)
+
 CHECKPOINT_INTERVAL = 10.0
-"""Seconds between two moves of `scan_from` during an activation: bounds how much of the topic
-the next activation reads, at one row update per partition per interval."""
+"""Seconds between two writes of the progress and of the partitions' scan starts during an
+activation: bounds how much of the topic the next activation reads, at one row update per
+partition per interval."""
+
+DROP_AT_LEAST = 1_000
+"""Published rows worth a TRUNCATE while the relay keeps up with writers (when it is idle, any
+number is)."""
+DROP_RETRY = 0.2
+"""Seconds before trying again to drop published rows after a writer held the outbox."""
+DROP_INTERVAL = 1.0
+"""Seconds between two drops of published rows."""
+DELETE_AFTER = 100_000
+"""Ids published above the last drop after which they are deleted even without a moment of
+rest (sustained load): one DELETE for all of them."""
 
 _partitioner = DefaultPartitioner()
 
@@ -74,6 +129,73 @@ class PendingEvent:
     partition_key: str
     value: bytes
     headers: list[tuple[str, bytes]]
+
+
+@dataclass(frozen=True)
+class OutboxRead:
+    """The rows not published yet one statement saw, and the writers that held the outbox
+    (a RowExclusiveLock, from their first outbox row to their end) once the statement's
+    snapshot was taken: a row invisible to it with a lower id than a visible one is theirs."""
+
+    pending: list[PendingEvent]
+    writers: frozenset[str]
+    """Their virtual transaction ids, as `pg_locks` names them."""
+    complete: bool
+    """Whether every visible row above the progress is in `pending` (no limit cut it short)."""
+
+
+@dataclass
+class _Read:
+    """What one read vouches for: every row with an id up to `covered` was visible to it (and
+    is published) or belongs to one of its `writers`. Once none of them holds the outbox any
+    more at a later read (`writers_ended`), every read after that sees all those rows."""
+
+    covered: int
+    writers: frozenset[str]
+    writers_ended: bool
+
+
+Place = tuple[str, int, int]
+"""Where Kafka put a record: topic, partition, offset."""
+
+
+class PublishedAbove:
+    """What the relay published above its progress, kept small however long the progress is
+    held back (a long transaction elsewhere): the highest id published, the ids below it not
+    published yet (*gaps*: a transaction still running, or one rolled back), and each
+    partition's records above the progress in offset order."""
+
+    def __init__(self, progress: int) -> None:
+        self.highest = progress
+        self.gaps: set[int] = set()
+        self._records: dict[tuple[str, int], deque[tuple[int, int]]] = {}
+
+    def add(self, row_id: int, place: Place) -> None:
+        """Note a published row; rows come in id order within a read."""
+        if row_id > self.highest:
+            self.gaps.update(range(self.highest + 1, row_id))
+            self.highest = row_id
+        else:
+            self.gaps.discard(row_id)
+        topic, partition, offset = place
+        self._records.setdefault((topic, partition), deque()).append((row_id, offset))
+
+    def settle(self, progress: int) -> None:
+        """Forget what the progress passed."""
+        self.gaps = {gap for gap in self.gaps if gap > progress}
+        for records in self._records.values():
+            while records and records[0][0] <= progress:
+                records.popleft()
+
+    def first_offset(self, topic: str, partition: int) -> int | None:
+        """The partition's earliest record still above the progress (records are settled from
+        the front: a later one already passed does not hide an earlier one still above)."""
+        records = self._records.get((topic, partition))
+        return records[0][1] if records else None
+
+    @property
+    def empty(self) -> bool:
+        return not any(self._records.values())
 
 
 def idempotent_producer(bootstrap: str, **overrides: Any) -> AIOKafkaProducer:
@@ -108,10 +230,22 @@ class OutboxRelay:
         self.is_active = False
         self.published = 0
         self.reclaimed = 0
-        """Rows a predecessor had published but not deleted, found on the topic and dropped."""
+        """Rows a predecessor had published after the recorded progress, found on the topic and
+        dropped."""
         self._source = ""
         self._fences: dict[str, dict[int, int]] = {}
-        self._checkpointed_at = 0.0
+        self._progress = 0
+        self._above = PublishedAbove(0)
+        self._reads: list[_Read] = []
+        self._last_offsets: dict[tuple[str, int], int] = {}
+        self._checkpointed: tuple[float, int] = (0.0, 0)
+        self._dropped_through = 0
+        self._drop_due = 0.0
+
+    @property
+    def progress(self) -> int:
+        """The outbox id up to which every row is published (this activation's knowledge)."""
+        return self._progress
 
     async def run(self, stop: asyncio.Event) -> None:
         """Relay until `stop` is set; recovers from database and broker failures by retrying."""
@@ -141,9 +275,13 @@ class OutboxRelay:
             await conn.execute(f"LISTEN {OUTBOX_CHANNEL}")
             producer = idempotent_producer(self._bootstrap)
             await producer.start()
-            # A new activation: every partition is fenced again before its first record.
+            # A new activation: every partition is fenced again before its first record, and
+            # what this activation knows starts from what the database recorded.
             self._fences = {}
             self._source = await _relay_source(conn)
+            self._progress = self._dropped_through = await _recorded_progress(conn)
+            self._above, self._reads, self._last_offsets = PublishedAbove(self._progress), [], {}
+            self._checkpointed = (time.monotonic(), self._progress)
             try:
                 while not stop.is_set():
                     while await self.publish_batch(conn, producer) == self._batch_size:
@@ -152,48 +290,121 @@ class OutboxRelay:
                 # Drain what was committed before the stop so shutdown loses no time.
                 while await self.publish_batch(conn, producer) == self._batch_size:
                     pass
+                await self._checkpoint(conn)
             finally:
                 await producer.stop()
 
     async def publish_batch(
         self, conn: psycopg.AsyncConnection[Any], producer: AIOKafkaProducer
     ) -> int:
-        """Publish the oldest pending rows and delete them once Kafka acknowledged all."""
-        pending = await fetch_pending(conn, self._batch_size)
-        unfenced = {p.topic for p in pending} - self._fences.keys()
+        """Publish the oldest rows above the progress, then record them as published."""
+        read = await read_pending(conn, self._above, self._batch_size)
+        unfenced = {p.topic for p in read.pending} - self._fences.keys()
         if unfenced:
             for topic in sorted(unfenced):
                 await self._fence(conn, producer, topic)
             # The fence may have found some of them already published.
-            pending = await fetch_pending(conn, self._batch_size)
-        if not pending:
-            return 0
-        acknowledged = await publish(producer, pending, self._source, self._fences)
-        await self.mark_published(conn, [p.id for p in pending], acknowledged)
-        self.published += len(pending)
-        return len(pending)
+            read = await read_pending(conn, self._above, self._batch_size)
+        places = await publish(producer, read.pending, self._source, self._fences)
+        await self.mark_published(conn, read, places)
+        return len(read.pending)
 
     async def mark_published(
-        self,
-        conn: psycopg.AsyncConnection[Any],
-        ids: Sequence[int],
-        acknowledged: dict[tuple[str, int], int] | None = None,
+        self, conn: psycopg.AsyncConnection[Any], read: OutboxRead, places: Sequence[Place]
     ) -> None:
-        """Delete the published rows; now and then, in the same transaction, move the scan start
-        of their partitions past them (everything of ours before it is deleted)."""
-        now = time.monotonic()
-        if not acknowledged or now - self._checkpointed_at < CHECKPOINT_INTERVAL:
-            await conn.execute("DELETE FROM outbox WHERE id = ANY(%s)", (list(ids),))
-            return
+        """Remember what Kafka acknowledged, move the progress as far as the snapshots allow,
+        and now and then write it down and drop the published rows."""
+        for pending, place in zip(read.pending, places, strict=True):
+            self._above.add(pending.id, place)
+            topic, partition, offset = place
+            self._last_offsets[(topic, partition)] = offset
+        self.published += len(read.pending)
+        self._advance(read)
+        # Nothing was waiting: every row this read saw is published and it saw no new one.
+        idle = read.complete and not read.pending
+        if time.monotonic() - self._checkpointed[0] >= CHECKPOINT_INTERVAL or (
+            idle and self._checkpointed[1] != self._progress
+        ):
+            await self._checkpoint(conn)
+        retained = self._above.highest - self._dropped_through
+        if read.complete and (idle or retained >= DROP_AT_LEAST):
+            await self._drop_published(conn)
+        elif self._progress - self._dropped_through >= DELETE_AFTER:
+            await conn.execute("DELETE FROM outbox WHERE id <= %s", (self._progress,))
+            self._dropped_through = self._progress
+
+    def _advance(self, read: OutboxRead) -> None:
+        """Move the progress past every id no transaction can still make visible below it."""
+        covered = max((p.id for p in read.pending), default=self._progress)
+        if read.complete:  # every row it could see is published now
+            covered = max(covered, self._above.highest)
+        # An earlier read whose writers had all ended before this read's snapshot vouches that
+        # every row up to its `covered` was visible to this read; this read has published (or
+        # published before) every visible row up to its own `covered`.
+        final = [r.covered for r in self._reads if r.writers_ended]
+        if final and min(max(final), covered) > self._progress:
+            self._progress = min(max(final), covered)
+            self._above.settle(self._progress)
+        # This read's writers were listed after its snapshot: a writer of an earlier read not
+        # among them ended before it, so before the next read's snapshot.
+        for earlier in self._reads:
+            earlier.writers_ended = earlier.writers_ended or not earlier.writers & read.writers
+        self._reads.append(_Read(covered, read.writers, writers_ended=not read.writers))
+        self._reads = [r for r in self._reads if r.covered > self._progress]
+
+    async def _checkpoint(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        """Write the progress down and, in the same transaction, move each partition's scan
+        start to its first record still above the progress (everything of ours before it is
+        at or below the progress, so the next activation need not read it)."""
         async with conn.transaction():
-            await conn.execute("DELETE FROM outbox WHERE id = ANY(%s)", (list(ids),))
-            for (topic, partition), last_offset in acknowledged.items():
+            await conn.execute(
+                "INSERT INTO relay_progress (singleton, published_through) VALUES (true, %s)"
+                " ON CONFLICT (singleton) DO UPDATE"
+                " SET published_through = excluded.published_through, updated_at = now()",
+                (self._progress,),
+            )
+            for (topic, partition), last_offset in self._last_offsets.items():
+                first_above = self._above.first_offset(topic, partition)
+                scan_from = last_offset + 1 if first_above is None else first_above
                 await conn.execute(
                     "UPDATE relay_fences SET scan_from = %s, updated_at = now()"
-                    " WHERE topic = %s AND partition = %s AND scan_from <= %s",
-                    (last_offset + 1, topic, partition, last_offset),
+                    " WHERE topic = %s AND partition = %s AND scan_from < %s",
+                    (scan_from, topic, partition, scan_from),
                 )
-        self._checkpointed_at = now
+        self._checkpointed = (time.monotonic(), self._progress)
+
+    async def _drop_published(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        """TRUNCATE the outbox when every row in it is published (at or below the progress, or
+        remembered above it). The lock is tried without waiting, so writers never queue behind
+        it (one holding the outbox makes the relay try again soon), and no row dies alone."""
+        now = time.monotonic()
+        published_through = self._above.highest
+        if published_through <= self._dropped_through or now < self._drop_due:
+            return
+        try:
+            async with conn.transaction():
+                await conn.execute("LOCK TABLE outbox IN ACCESS EXCLUSIVE MODE NOWAIT")
+                # A row committed since the read and not published yet keeps the outbox.
+                cursor = await conn.execute(
+                    "SELECT EXISTS (SELECT FROM outbox WHERE id > %s"
+                    " OR id = ANY(%s::bigint[])) AS more",
+                    (self._above.highest, sorted(self._above.gaps)),
+                )
+                row = await cursor.fetchone()
+                if row and row["more"]:
+                    self._drop_due = now + DROP_RETRY
+                    return
+                await conn.execute("TRUNCATE outbox")
+                # What the next activation trusts should not lag far behind what is gone.
+                await conn.execute(
+                    "UPDATE relay_progress SET published_through = %s, updated_at = now()",
+                    (self._progress,),
+                )
+        except psycopg.errors.LockNotAvailable:
+            self._drop_due = now + DROP_RETRY
+            return
+        self._dropped_through = published_through
+        self._drop_due = now + DROP_INTERVAL
 
     async def _fence(
         self, conn: psycopg.AsyncConnection[Any], producer: AIOKafkaProducer, topic: str
@@ -220,7 +431,8 @@ class OutboxRelay:
         async with conn.transaction():
             if published:
                 cursor = await conn.execute(
-                    "DELETE FROM outbox WHERE event_id = ANY(%s)", (sorted(published),)
+                    "DELETE FROM outbox WHERE id > %s AND event_id = ANY(%s)",
+                    (self._progress, sorted(published)),
                 )
                 self.reclaimed += cursor.rowcount
             for partition, marker in markers.items():
@@ -287,13 +499,34 @@ async def _relay_source(conn: psycopg.AsyncConnection[Any]) -> str:
     return str(row["source"]) if row else str(uuid.uuid4())
 
 
-async def fetch_pending(conn: psycopg.AsyncConnection[Any], limit: int) -> list[PendingEvent]:
-    cursor = await conn.execute(
-        "SELECT id, event_id, topic, partition_key, value, headers FROM outbox"
-        " ORDER BY id LIMIT %s",
-        (limit,),
-    )
-    return [
+_READ_PENDING = """SELECT w.writers, o.id, o.event_id, o.topic, o.partition_key, o.value, o.headers
+FROM (
+    SELECT coalesce(array_agg(virtualtransaction), '{}') AS writers FROM pg_locks
+    WHERE locktype = 'relation' AND mode = 'RowExclusiveLock' AND granted
+    AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+    AND relation = 'outbox'::regclass AND pid <> pg_backend_pid()
+) AS w LEFT JOIN LATERAL (
+    SELECT id, event_id, topic, partition_key, value, headers FROM outbox
+    WHERE id > %s OR id = ANY(%s::bigint[]) ORDER BY id LIMIT %s
+) AS o ON true ORDER BY o.id"""
+
+
+async def _recorded_progress(conn: psycopg.AsyncConnection[Any]) -> int:
+    cursor = await conn.execute("SELECT published_through FROM relay_progress")
+    row = await cursor.fetchone()
+    return int(row["published_through"]) if row else 0
+
+
+async def read_pending(
+    conn: psycopg.AsyncConnection[Any], above: PublishedAbove, limit: int
+) -> OutboxRead:
+    """The oldest rows not published yet (above the highest published, or in its gaps), and the
+    writers holding the outbox when they were read: one statement, so the lock table is read
+    after the snapshot was taken (a writer not listed had ended by then, or had not yet taken
+    an outbox id, so every id it takes is above all the read could see)."""
+    cursor = await conn.execute(_READ_PENDING, (above.highest, sorted(above.gaps), limit))
+    rows = await cursor.fetchall()
+    pending = [
         PendingEvent(
             id=row["id"],
             event_id=row["event_id"],
@@ -302,8 +535,10 @@ async def fetch_pending(conn: psycopg.AsyncConnection[Any], limit: int) -> list[
             value=bytes(row["value"]),
             headers=kafka_headers(row["headers"]),
         )
-        for row in await cursor.fetchall()
+        for row in rows
+        if row["id"] is not None
     ]
+    return OutboxRead(pending, frozenset(rows[0]["writers"]), complete=len(pending) < limit)
 
 
 async def publish(
@@ -311,10 +546,9 @@ async def publish(
     pending: Sequence[PendingEvent],
     source: str,
     fences: dict[str, dict[int, int]],
-) -> dict[tuple[str, int], int]:
+) -> list[Place]:
     """Send in outbox order, each record headed with its partition's fence, and wait for every
-    acknowledgement; raises if any send failed. Returns the last acknowledged offset per
-    partition."""
+    acknowledgement; raises if any send failed. Returns where each one was put."""
     headed: dict[tuple[str, int], list[tuple[str, bytes]]] = {}
     partitions_of = {topic: sorted(fenced) for topic, fenced in fences.items()}
     deliveries = []
@@ -332,11 +566,7 @@ async def publish(
                 p.topic, value=p.value, key=key, partition=partition, headers=p.headers + extra
             )
         )
-    last: dict[tuple[str, int], int] = {}
-    for metadata in await asyncio.gather(*deliveries):
-        place = (metadata.topic, metadata.partition)
-        last[place] = max(last.get(place, -1), metadata.offset)
-    return last
+    return [(m.topic, m.partition, m.offset) for m in await asyncio.gather(*deliveries)]
 
 
 async def _try_lock(conn: psycopg.AsyncConnection[Any]) -> bool:
