@@ -16,7 +16,11 @@ from confide_toolkit.fences import marker_headers
 from confide_toolkit.inbox import ConsumedRecord
 from confide_toolkit.records import RecordConsumer, subscribe_records
 from confide_toolkit.relay import idempotent_producer
+from confide_toolkit.telemetry import configure_telemetry, current_traceparent, kafka_trace_headers
 from faststream.kafka import KafkaBroker
+from opentelemetry import trace
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from sqlalchemy import BigInteger, Column, Integer, LargeBinary, MetaData, String, Table, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -163,3 +167,37 @@ async def test_a_failing_apply_is_tried_again_and_skips_nothing(
         await producer.stop()
     assert [value for _, _, _, value in await rows(engine)] == [b"0", b"1", b"2"]
     assert failures == 0
+
+
+async def test_a_kept_record_has_a_consumer_span_in_its_producers_trace(
+    engine: AsyncEngine, kafka_bootstrap: str, new_topic: TopicFactory
+) -> None:
+    provider = configure_telemetry("confide-test", "none")
+    exporter = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    topic = await new_topic("records", 1)
+    with trace.get_tracer("test").start_as_current_span("POST /v1/messages") as request:
+        traceparent = current_traceparent()
+    assert traceparent is not None
+    unsampled_parent = traceparent[:-2] + "00"
+    producer = idempotent_producer(kafka_bootstrap)
+    await producer.start()
+    try:
+        for headers in (
+            kafka_trace_headers(traceparent),
+            [],  # written by hand: a trace of no one
+            kafka_trace_headers(unsampled_parent),
+        ):
+            await producer.send_and_wait(topic, value=b"{}", headers=headers)
+    finally:
+        await producer.stop()
+    exporter.clear()
+    async with subscribed(kafka_bootstrap, [topic], "g", RecordConsumer("keeper", engine, keep)):
+        await until_kept(engine, 3)
+    spans = [s for s in exporter.get_finished_spans() if s.kind is trace.SpanKind.CONSUMER]
+    [span] = [s for s in spans if s.name == f"consume {topic}"]
+    assert span.context.trace_id == request.get_span_context().trace_id
+    assert span.parent is not None and span.parent.span_id == request.get_span_context().span_id
+    assert span.attributes is not None and span.attributes["messaging.consumer.group.name"] == (
+        "keeper"
+    )

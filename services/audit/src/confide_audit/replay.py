@@ -176,7 +176,8 @@ async def replay(
         async def append(conn: AsyncConnection, records: Sequence[ConsumedRecord]) -> None:
             await store.append_records(conn, records, generation)
 
-        consumer = RecordConsumer(store.replay_consumer(generation), engine, append)
+        # History already has its traces: a replay adds no span to them.
+        consumer = RecordConsumer(store.replay_consumer(generation), engine, append, traced=False)
         partitions = [
             TopicPartition(topic, partition)
             for topic in settings.trail_topics

@@ -8,6 +8,10 @@ below the position and is not applied again, a relay's superseded copy is recogn
 fence and a relay's marker (no event) is skipped. Each partition is read from the position the
 consumer's own database holds.
 
+Each applied record that carries its producer's `traceparent` header gets a CONSUMER span in
+that trace, as an event the inbox applies does, so a trace shows every consumer that handled
+it (a replay of history, which would add a span to old traces, asks for none).
+
 Unlike the inbox, nothing is dead-lettered: a reader of raw records has no record it "cannot
 read", so a failing batch (the database, most likely) is tried again until it succeeds; never
 skipped, since a keeper of every record must not have gaps."""
@@ -16,11 +20,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from faststream.kafka import KafkaBroker, KafkaMessage
 from faststream.middlewares import AckPolicy
+from opentelemetry import trace
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from confide_toolkit.availability import database_outage
@@ -33,8 +39,14 @@ from confide_toolkit.subscriptions import (
     DeferredOffsetCommits,
     raw_body,
 )
+from confide_toolkit.telemetry import (
+    context_from_traceparent,
+    traceparent_from_kafka_headers,
+    unsampled,
+)
 
 logger = logging.getLogger(__name__)
+tracer = trace.get_tracer(__name__)
 
 ApplyRecords = Callable[[AsyncConnection, Sequence[ConsumedRecord]], Awaitable[None]]
 """Applies new records (in their consumed order) in the caller's transaction."""
@@ -47,10 +59,13 @@ class RecordConsumer:
     """Applies every new record of its topics through `apply`, exactly once in effect, with
     the record's topic, partition, offset, key, headers and raw value (`ConsumedRecord`)."""
 
-    def __init__(self, name: str, engine: AsyncEngine, apply: ApplyRecords) -> None:
+    def __init__(
+        self, name: str, engine: AsyncEngine, apply: ApplyRecords, *, traced: bool = True
+    ) -> None:
         self.name = name
         self._engine = engine
         self._apply = apply
+        self._traced = traced
         self.positions = ConsumerPositions(name, engine)
 
     async def consume_batch(self, raws: Sequence[Any]) -> int:
@@ -61,6 +76,7 @@ class RecordConsumer:
         attempt = 0
         while True:
             attempt += 1
+            started = time.time_ns()
             try:
                 async with self._engine.begin() as conn:
                     admissions, moved = await self.positions.claim(conn, records)
@@ -87,7 +103,31 @@ class RecordConsumer:
                 await asyncio.sleep(backoff)
                 continue
             self.positions.remember(moved)
+            if self._traced:
+                self._record_spans(new, started)
             return len(new)
+
+    def _record_spans(self, applied: Sequence[ConsumedRecord], started: int) -> None:
+        """A CONSUMER span per applied record in its producer's trace, spanning the batch's
+        transaction. A record whose producer's span was not sampled gets none (the sampler is
+        parent-based: it would record nothing)."""
+        for record in applied:
+            traceparent = traceparent_from_kafka_headers(record.headers)
+            if traceparent is None or unsampled(traceparent):
+                continue
+            tracer.start_span(
+                f"consume {record.topic}",
+                context=context_from_traceparent(traceparent),
+                kind=trace.SpanKind.CONSUMER,
+                start_time=started,
+                attributes={
+                    "messaging.system": "kafka",
+                    "messaging.destination.name": record.topic,
+                    "messaging.destination.partition.id": str(record.partition),
+                    "messaging.kafka.offset": record.offset,
+                    "messaging.consumer.group.name": self.name,
+                },
+            ).end()
 
 
 def subscribe_records(
