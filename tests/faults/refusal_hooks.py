@@ -22,7 +22,7 @@ WRITTEN_IN_THE_BACKGROUND = frozenset(
     {
         "alembic_version",
         "toolkit_alembic_version",
-        "outbox",  # a request's rows are deleted by the relay as it publishes them
+        "outbox",  # a request's rows are dropped by the relay once published
         "relay_fences",
         "consumer_positions",
         "signing_keys",
