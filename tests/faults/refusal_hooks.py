@@ -24,6 +24,7 @@ WRITTEN_IN_THE_BACKGROUND = frozenset(
         "toolkit_alembic_version",
         "outbox",  # a request's rows are dropped by the relay once published
         "relay_fences",
+        "relay_progress",  # the relay writes down how far it published, now and then
         "consumer_positions",
         "signing_keys",
         "session_revocations",
