@@ -17,6 +17,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from confide_events import decode_envelope
 from confide_events.identity import AccountClosed, UserRegistered
 from confide_testing import TopicFactory
+from confide_toolkit import relay as relay_module
 from confide_toolkit.clock import SystemClock
 from confide_toolkit.database import libpq_url
 from confide_toolkit.fences import is_marker
@@ -460,6 +461,34 @@ async def test_published_rows_are_dropped_in_bulk_and_a_restarted_relay_sends_no
     assert second.published == 1
     assert second.reclaimed == 0  # nothing to look for: the progress was recorded
     assert len(await read_topic(kafka_bootstrap, topic, expected=22, timeout=5)) == 21
+
+
+class RelayNeverAtRest(OutboxRelay):
+    """A relay under load that never leaves it a moment to TRUNCATE the outbox."""
+
+    async def _drop_published(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        return None
+
+
+async def test_published_rows_are_deleted_in_bulk_when_the_relay_is_never_at_rest(
+    engine: AsyncEngine,
+    database_url: str,
+    kafka_bootstrap: str,
+    new_topic: TopicFactory,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(relay_module, "DELETE_AFTER", 5)
+    topic = await new_topic()
+    box = Outbox("identity", SystemClock(), topic=topic)
+    for _ in range(20):
+        await put_events(engine, box, [registered()])
+    relay = RelayNeverAtRest(database_url, kafka_bootstrap, batch_size=2, poll_interval=0.2)
+    async with running(relay):
+        await wait_until(lambda: _all_published(engine, relay))
+    assert relay.published == 20
+    # Batches of two never read the outbox to its end until the last: every fifth published
+    # row or so, one DELETE took what the progress had passed.
+    assert await outbox_size(engine) <= 5
 
 
 async def _outbox_empty(engine: AsyncEngine) -> bool:
