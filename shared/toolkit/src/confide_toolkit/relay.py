@@ -238,7 +238,8 @@ class OutboxRelay:
         self._above = PublishedAbove(0)
         self._reads: list[_Read] = []
         self._last_offsets: dict[tuple[str, int], int] = {}
-        self._checkpointed: tuple[float, int] = (0.0, 0)
+        self._checkpointed: tuple[float, int, int] = (0.0, 0, 0)
+        """When the last checkpoint was written, and the progress and rows published then."""
         self._dropped_through = 0
         self._drop_due = 0.0
 
@@ -281,7 +282,7 @@ class OutboxRelay:
             self._source = await _relay_source(conn)
             self._progress = self._dropped_through = await _recorded_progress(conn)
             self._above, self._reads, self._last_offsets = PublishedAbove(self._progress), [], {}
-            self._checkpointed = (time.monotonic(), self._progress)
+            self._checkpointed = (time.monotonic(), self._progress, self.published)
             try:
                 while not stop.is_set():
                     while await self.publish_batch(conn, producer) == self._batch_size:
@@ -322,9 +323,10 @@ class OutboxRelay:
         self._advance(read)
         # Nothing was waiting: every row this read saw is published and it saw no new one.
         idle = read.complete and not read.pending
-        if time.monotonic() - self._checkpointed[0] >= CHECKPOINT_INTERVAL or (
-            idle and self._checkpointed[1] != self._progress
-        ):
+        written_at, progress, published = self._checkpointed
+        # An idle relay writes nothing: only a move since the last checkpoint is written.
+        moved = progress != self._progress or published != self.published
+        if moved and (idle or time.monotonic() - written_at >= CHECKPOINT_INTERVAL):
             await self._checkpoint(conn)
         retained = self._above.highest - self._dropped_through
         if read.complete and (idle or retained >= DROP_AT_LEAST):
@@ -371,7 +373,7 @@ class OutboxRelay:
                     " WHERE topic = %s AND partition = %s AND scan_from < %s",
                     (scan_from, topic, partition, scan_from),
                 )
-        self._checkpointed = (time.monotonic(), self._progress)
+        self._checkpointed = (time.monotonic(), self._progress, self.published)
 
     async def _drop_published(self, conn: psycopg.AsyncConnection[Any]) -> None:
         """TRUNCATE the outbox when every row in it is published (at or below the progress, or
