@@ -193,10 +193,6 @@ class PublishedAbove:
         records = self._records.get((topic, partition))
         return records[0][1] if records else None
 
-    @property
-    def empty(self) -> bool:
-        return not any(self._records.values())
-
 
 def idempotent_producer(bootstrap: str, **overrides: Any) -> AIOKafkaProducer:
     """The producer every relay uses: idempotent, acks from all in-sync replicas."""
