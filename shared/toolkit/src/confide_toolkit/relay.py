@@ -14,8 +14,9 @@ it got; published rows are dropped in bulk, not deleted one by one.
   snapshot's xmax cannot tell, a writer that took its transaction id early may be running
   above it), and what was published above the progress meanwhile is remembered until then.
 - Published rows are dropped with one TRUNCATE when the relay is caught up (no row above the
-  progress; the lock is tried without waiting, so writers never queue behind it), or, should
-  sustained load never leave such a moment, with one DELETE once many have piled up.
+  progress; the lock is tried without waiting, so writers never queue behind it) and has
+  either been quiet for a second or a thousand rows have piled up, or, should sustained load
+  never leave such a moment, with one DELETE once many more have.
 - At least once, without duplicates reaching a consumer's effects: each activation fences the
   partitions it publishes to before its first record (`confide_toolkit.fences`): it finds on
   the topic the rows its predecessor published after the last recorded progress, drops them
@@ -108,8 +109,12 @@ activation: bounds how much of the topic the next activation reads, at one row u
 partition per interval."""
 
 DROP_AT_LEAST = 1_000
-"""Published rows worth a TRUNCATE while the relay keeps up with writers (when it is idle, any
+"""Published rows worth a TRUNCATE while writers keep the relay busy (once it is quiet, any
 number is)."""
+QUIET_BEFORE_DROP = 1.0
+"""Seconds without a row to publish after which the relay counts as quiet. Between two events
+of a light load it is idle too, but a TRUNCATE (and a progress write) after each of them would
+stall the next writer behind its lock and the next event behind its commit."""
 DROP_RETRY = 0.2
 """Seconds before trying again to drop published rows after a writer held the outbox."""
 DROP_INTERVAL = 1.0
@@ -238,6 +243,8 @@ class OutboxRelay:
         """When the last checkpoint was written, and the progress and rows published then."""
         self._dropped_through = 0
         self._drop_due = 0.0
+        self._busy_at = 0.0
+        """When the relay last found rows to publish."""
 
     @property
     def progress(self) -> int:
@@ -317,15 +324,18 @@ class OutboxRelay:
             self._last_offsets[(topic, partition)] = offset
         self.published += len(read.pending)
         self._advance(read)
-        # Nothing was waiting: every row this read saw is published and it saw no new one.
-        idle = read.complete and not read.pending
+        now = time.monotonic()
+        if read.pending or not read.complete:
+            self._busy_at = now
         written_at, progress, published = self._checkpointed
         # An idle relay writes nothing: only a move since the last checkpoint is written.
         moved = progress != self._progress or published != self.published
-        if moved and (idle or time.monotonic() - written_at >= CHECKPOINT_INTERVAL):
+        if moved and now - written_at >= CHECKPOINT_INTERVAL:
             await self._checkpoint(conn)
+        # Nothing to publish for a while: every row this read saw is published.
+        quiet = read.complete and now - self._busy_at >= QUIET_BEFORE_DROP
         retained = self._above.highest - self._dropped_through
-        if read.complete and (idle or retained >= DROP_AT_LEAST):
+        if read.complete and (quiet or retained >= DROP_AT_LEAST):
             await self._drop_published(conn)
         elif self._progress - self._dropped_through >= DELETE_AFTER:
             await conn.execute("DELETE FROM outbox WHERE id <= %s", (self._progress,))
