@@ -83,6 +83,7 @@ async def _produce(
     from confide_events.identity import UserRegistered
     from confide_toolkit.clock import SystemClock
     from confide_toolkit.database import create_engine
+    from confide_toolkit.heap import freeze_what_start_built
     from confide_toolkit.outbox import Outbox
     from confide_toolkit.relay import OutboxRelay
     from confide_toolkit.telemetry import configure_telemetry
@@ -130,6 +131,7 @@ async def _produce(
         async with asyncio.timeout(30):
             while not relay.is_active:
                 await asyncio.sleep(0.05)
+        freeze_what_start_built()  # as `Service.start` ends
         await _warm_up(engine, commit)
         committed.clear()
         pipe.send(("ready",))
@@ -253,6 +255,7 @@ async def _consume(
     from confide_events.identity import UserRegistered
     from confide_toolkit.clock import SystemClock
     from confide_toolkit.database import create_engine, toolkit_metadata
+    from confide_toolkit.heap import freeze_what_start_built
     from confide_toolkit.inbox import BatchProjection, InboxConsumer, Outcome
     from confide_toolkit.outbox import Outbox
     from confide_toolkit.relay import idempotent_producer
@@ -355,6 +358,7 @@ async def _consume(
         async with asyncio.timeout(60):
             while not (subscriber.consumer and subscriber.consumer.assignment()):
                 await asyncio.sleep(0.05)
+        freeze_what_start_built()  # as `Service.start` ends
         pipe.send(("ready",))
         await measurement_commands(pipe, config, "consuming-service")
         pipe.send(("result", applied))

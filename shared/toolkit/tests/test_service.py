@@ -2,6 +2,7 @@
 from the toolkit, as identity and consent are."""
 
 import asyncio
+import gc
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -162,6 +163,15 @@ async def test_health_readiness_and_asyncapi_are_served(probe: Probe) -> None:
         assert probe.topic in channels and "identity.events" in channels
         openapi = (await client.get("/openapi.json")).json()
         assert "/v1/whoami" in openapi["paths"]
+
+
+async def test_what_start_built_is_left_out_of_full_collections_until_stop(probe: Probe) -> None:
+    # A full collection walks every object not frozen: the service's long-lived ones made it
+    # pause 60-120 ms (`confide_toolkit.heap`). Stopped, the service hands them back.
+    assert gc.get_freeze_count() == 0
+    async with serving(probe.app):  # type: ignore[attr-defined]
+        assert gc.get_freeze_count() > 100_000
+    assert gc.get_freeze_count() == 0
 
 
 async def test_readiness_fails_clearly_when_the_database_is_unreachable(

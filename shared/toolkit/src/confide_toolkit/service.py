@@ -49,6 +49,7 @@ from confide_toolkit.clock import Clock, SystemClock
 from confide_toolkit.commands import ConcurrentChange
 from confide_toolkit.database import create_engine
 from confide_toolkit.event_store import EventStore, Projection
+from confide_toolkit.heap import freeze_what_start_built, thaw
 from confide_toolkit.inbox import (
     EventContext,
     Handler,
@@ -270,6 +271,7 @@ class Service:
         )
         for hook in self._start_hooks:
             await hook()
+        freeze_what_start_built()
         logger.info("service started", extra={"service": self.name})
 
     async def stop(self) -> None:
@@ -286,6 +288,7 @@ class Service:
             await self._kek_task
         await self.dead_letters.stop()
         await self.engine.dispose()
+        thaw()
         logger.info("service stopped", extra={"service": self.name})
 
     async def _maintain_keks(self, stop: asyncio.Event) -> None:
