@@ -20,7 +20,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -40,6 +40,7 @@ SCHEMATHESIS_SEED = 21
 SCHEMATHESIS_EXAMPLES = 10
 # `make faults` gives each run a minute; within `make test` (CI's budget) a run gets 20 s.
 SCHEMATHESIS_SECONDS = int(os.environ.get("CONFIDE_SCHEMATHESIS_SECONDS", "20"))
+SCHEMATHESIS_AT_ONCE = 3
 PASSWORD = "a long and unguessable passphrase 2026"
 
 # What schemathesis is told beyond its defaults, each for a reason a reader can check:
@@ -169,19 +170,23 @@ async def token_for(
 # --- schemathesis ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("role", ROLES)
-async def test_schemathesis_finds_nothing(
-    each_service: str,
+@dataclass(frozen=True)
+class SchemathesisRun:
+    exit_code: int
+    output: str
+
+
+async def run_schemathesis(
+    service: str,
     role: Role,
     service_urls: dict[str, str],
     database_urls: dict[str, str],
     minter: TokenMinter,
     identity_accounts: dict[str, IdentityAccount],
-    tmp_path: Path,
-) -> None:
-    service = each_service
+    workdir: Path,
+) -> SchemathesisRun:
     token = await token_for(service, role, service_urls, minter, identity_accounts)
-    config = tmp_path / "schemathesis.toml"
+    config = workdir / "schemathesis.toml"
     config.write_text(SCHEMATHESIS_CONFIG)
     command = [
         schemathesis_cli(),
@@ -205,7 +210,7 @@ async def test_schemathesis_finds_nothing(
         "--report",
         "ndjson",
         "--report-dir",
-        str(tmp_path),
+        str(workdir),
         "-H",
         f"Authorization: Bearer {token}",
         # Its wrong passwords lock sign-in for this address only, not for everyone on loopback.
@@ -216,7 +221,7 @@ async def test_schemathesis_finds_nothing(
     finished = await asyncio.to_thread(
         subprocess.run,
         command,
-        cwd=tmp_path,
+        cwd=workdir,
         env={
             **os.environ,
             "NO_COLOR": "1",
@@ -231,14 +236,75 @@ async def test_schemathesis_finds_nothing(
         timeout=SCHEMATHESIS_SECONDS * 4,
         check=False,
     )
-    output = finished.stdout + finished.stderr
-    summary = [line for line in output.splitlines() if "generated" in line or "Tested" in line]
-    print(f"schemathesis {service} as {role}: exit {finished.returncode}; {' '.join(summary)}")
+    return SchemathesisRun(finished.returncode, finished.stdout + finished.stderr)
+
+
+@pytest.fixture(scope="session")
+async def schemathesis_runs(
+    request: pytest.FixtureRequest,
+    service_urls: dict[str, str],
+    database_urls: dict[str, str],
+    minter: TokenMinter,
+    identity_accounts: dict[str, IdentityAccount],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> AsyncIterator[dict[tuple[str, Role], asyncio.Future[SchemathesisRun]]]:
+    """Every run this session's tests will judge, started at once and run side by side:
+    a run mostly waits (the refusal check lets the service's rows settle before each writing
+    request), so one at a time left the machine idle for minutes. Never two runs of the same
+    service together: the refusal check would take one run's accepted writes for the other's
+    refusal's. At most `SCHEMATHESIS_AT_ONCE` runs at a time."""
+    wanted: dict[str, list[Role]] = {}
+    for item in request.session.items:
+        callspec = getattr(item, "callspec", None)
+        if getattr(item, "originalname", "") == "test_schemathesis_finds_nothing" and callspec:
+            wanted.setdefault(callspec.params["each_service"], []).append(callspec.params["role"])
+    loop = asyncio.get_running_loop()
+    runs = {(s, r): loop.create_future() for s, roles in wanted.items() for r in roles}
+    slots = asyncio.Semaphore(SCHEMATHESIS_AT_ONCE)
+
+    async def each_role_of(service: str) -> None:
+        for role in wanted[service]:
+            run = runs[(service, role)]
+            try:
+                async with slots:
+                    workdir = tmp_path_factory.mktemp(f"schemathesis-{service}-{role}")
+                    run.set_result(
+                        await run_schemathesis(
+                            service,
+                            role,
+                            service_urls,
+                            database_urls,
+                            minter,
+                            identity_accounts,
+                            workdir,
+                        )
+                    )
+            except Exception as error:
+                run.set_exception(error)
+
+    chains = [asyncio.create_task(each_role_of(service)) for service in wanted]
+    yield runs
+    for chain in chains:
+        chain.cancel()
+    await asyncio.gather(*chains, return_exceptions=True)
+
+
+@pytest.mark.parametrize("role", ROLES)
+async def test_schemathesis_finds_nothing(
+    each_service: str,
+    role: Role,
+    schemathesis_runs: dict[tuple[str, Role], asyncio.Future[SchemathesisRun]],
+) -> None:
+    run = await asyncio.wait_for(
+        schemathesis_runs[(each_service, role)], timeout=SCHEMATHESIS_SECONDS * 4 * 20
+    )
+    summary = [line for line in run.output.splitlines() if "generated" in line or "Tested" in line]
+    print(f"schemathesis {each_service} as {role}: exit {run.exit_code}; {' '.join(summary)}")
     server_errors = [
-        line for line in output.splitlines() if "[500]" in line or "Server error" in line
+        line for line in run.output.splitlines() if "[500]" in line or "Server error" in line
     ]
-    assert not server_errors, output
-    assert finished.returncode == 0, output
+    assert not server_errors, run.output
+    assert run.exit_code == 0, run.output
 
 
 # --- the authorisation matrix ----------------------------------------------------------------
