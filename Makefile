@@ -31,11 +31,12 @@ status: ## what runs, where it listens, where it logs
 logs: ## follow every log of the native stack
 	@deploy/stack.sh logs
 
-test: install prerequisites ## every test but the fault scenarios, unit to end-to-end, against real Kafka and PostgreSQL
+test: install prerequisites ## every test, unit to end-to-end and the fault scenarios, against real Kafka and PostgreSQL (not the erasure journeys)
 	@deploy/stack.sh infra-up
-	@source $(STACK_DIR)/stack.env && $(UV) run --frozen pytest -m "not faults" $(PYTEST_ARGS)
+	@source $(STACK_DIR)/stack.env && $(UV) run --frozen pytest -m "not faults" $(PYTEST_ARGS); \
+	  status=$$?; $(UV) run --frozen python tests/faults/report.py --print; exit $$status
 
-faults: install prerequisites ## the fault scenarios (minutes each) and bad-input checks; writes docs/reliability.md
+faults: install prerequisites ## the fault scenarios, longer bad-input runs and the erasure journeys; writes docs/reliability.md
 	@deploy/stack.sh infra-up
 	@source $(STACK_DIR)/stack.env && CONFIDE_SCHEMATHESIS_SECONDS=60 \
 	  $(UV) run --frozen pytest tests/faults tests/integration/test_erasure_journey.py $(PYTEST_ARGS); \

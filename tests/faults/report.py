@@ -1,11 +1,13 @@
 """Writes docs/reliability.md from the figures the fault scenarios kept (tests/faults/verdicts/,
 one JSON per scenario, from the last run of each): `make faults` runs it after the scenarios.
-The page is generated; never edit it by hand."""
+The page is generated; never edit it by hand. `--print`, as `make test` runs it, shows the
+table in the run's output instead (CI's log) and leaves the page as it is."""
 
 from __future__ import annotations
 
 import json
 import platform
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -29,6 +31,18 @@ COLUMNS = [
 
 def main() -> None:
     verdicts = [json.loads(p.read_text()) for p in sorted((HERE / "verdicts").glob("*.json"))]
+    table = [
+        "| " + " | ".join(title for _, title in COLUMNS) + " |",
+        "|" + "---|" * len(COLUMNS),
+    ]
+    for verdict in verdicts:
+        table.append("| " + " | ".join(str(verdict.get(key, "")) for key, _ in COLUMNS) + " |")
+    if not verdicts:
+        table.append("| (no scenario has run) |" + " |" * (len(COLUMNS) - 1))
+    if "--print" in sys.argv:
+        print("The fault scenarios' figures (tests/faults/verdicts/, the last run of each):")
+        print("\n".join(table))
+        return
     lines = [
         "# Reliability: the fault scenarios' figures",
         "",
@@ -42,13 +56,8 @@ def main() -> None:
         f"Written {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {platform.node() or 'this machine'}"
         f" ({platform.python_implementation()} {platform.python_version()}).",
         "",
-        "| " + " | ".join(title for _, title in COLUMNS) + " |",
-        "|" + "---|" * len(COLUMNS),
+        *table,
     ]
-    for verdict in verdicts:
-        lines.append("| " + " | ".join(str(verdict.get(key, "")) for key, _ in COLUMNS) + " |")
-    if not verdicts:
-        lines.append("| (no scenario has run) |" + " |" * (len(COLUMNS) - 1))
     PAGE.write_text("\n".join(lines) + "\n")
     print(f"wrote {PAGE} ({len(verdicts)} scenarios)")
 

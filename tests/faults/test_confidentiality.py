@@ -19,9 +19,7 @@ from sqlalchemy import make_url
 
 from .load import PASSWORD, message_in_a_new_conversation, retry
 
-# Minutes each (services started as processes, faults injected): `make faults` runs them,
-# `make test` leaves them out to keep CI within its budget.
-pytestmark = [pytest.mark.integration, pytest.mark.faults]
+pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 STACK = Path(os.environ.get("CONFIDE_STACK_DIR", ROOT / ".stack"))

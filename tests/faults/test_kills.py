@@ -31,9 +31,7 @@ from .checker import (
 )
 from .load import Tally, after_fault, clients_with_consents, register, retry, steady
 
-# Minutes each (services started as processes, faults injected): `make faults` runs them,
-# `make test` leaves them out to keep CI within its budget.
-pytestmark = [pytest.mark.integration, pytest.mark.faults]
+pytestmark = pytest.mark.integration
 
 
 async def test_sigkill_of_a_producing_service_mid_stream_loses_no_acknowledged_event(

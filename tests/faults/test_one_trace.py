@@ -21,9 +21,7 @@ from .load import (
     signed_in,
 )
 
-# Minutes each (services started as processes, faults injected): `make faults` runs them,
-# `make test` leaves them out to keep CI within its budget.
-pytestmark = [pytest.mark.integration, pytest.mark.faults]
+pytestmark = pytest.mark.integration
 
 SPANS = {"CONFIDE_OTEL_EXPORTER": "console"}
 

@@ -32,9 +32,8 @@ from .checker import (
 )
 from .load import Tally, after_fault, register, steady
 
-# Minutes each (services started as processes, faults injected): `make faults` runs them,
-# `make test` leaves them out to keep CI within its budget.
-pytestmark = [pytest.mark.integration, pytest.mark.faults]
+# They stop the stack's own PostgreSQL and Kafka: `outage` runs them after every other test.
+pytestmark = [pytest.mark.integration, pytest.mark.outage]
 
 ROOT = Path(__file__).resolve().parents[2]
 STACK = Path(os.environ.get("CONFIDE_STACK_DIR", ROOT / ".stack"))

@@ -25,9 +25,7 @@ from .checker import (
 )
 from .load import Tally, clients_with_consents, retry
 
-# Minutes each (services started as processes, faults injected): `make faults` runs them,
-# `make test` leaves them out to keep CI within its budget.
-pytestmark = [pytest.mark.integration, pytest.mark.faults]
+pytestmark = pytest.mark.integration
 
 
 def _sql(service: ServiceProcess, statement: str) -> None:

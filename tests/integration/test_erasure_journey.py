@@ -39,8 +39,8 @@ from confide_toolkit.database import libpq_url
 from confide_toolkit.kek import KekError, LocalKeyFile
 from confide_toolkit.signed_documents import DocumentInvalid, verify_document
 
-# Minutes each (services started as processes, faults injected): `make faults` runs them,
-# `make test` leaves them out to keep CI within its budget.
+# Minutes each (every service as its own process, retention's schedule run to its end):
+# `make faults` runs them, `make test` leaves them out to keep CI within its budget.
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 
 OWNERS = ("identity", "messaging", "billing", "consent", "retention")
