@@ -29,13 +29,8 @@ from confide_toolkit.inbox import (
     RetryPolicy,
 )
 from confide_toolkit.outbox import Outbox, outbox
-from confide_toolkit.relay import (
-    OutboxRead,
-    OutboxRelay,
-    Place,
-    idempotent_producer,
-    relay_progress,
-)
+from confide_toolkit.relay import OutboxRelay, idempotent_producer
+from confide_toolkit.relay_progress import OutboxRead, Place, relay_progress
 from confide_toolkit.telemetry import configure_telemetry
 from opentelemetry import trace
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor

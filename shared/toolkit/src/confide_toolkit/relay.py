@@ -7,12 +7,8 @@ it got; published rows are dropped in bulk, not deleted one by one.
   as a fallback, so an event reaches Kafka within milliseconds of its commit.
 - Idempotent producer, acks=all, partition key = subject: order is kept per subject.
 - No write per event: the relay keeps its *progress*, the outbox id up to which every row is
-  published (`relay_progress`, written now and then), and reads only the rows above it. An id
-  is handed out at insert but its row becomes visible at commit, so a row may appear below
-  rows already published; the progress therefore passes an id only once every writer that
-  held the outbox when the relay read below it has ended (its lock gone from `pg_locks`: a
-  snapshot's xmax cannot tell, a writer that took its transaction id early may be running
-  above it), and what was published above the progress meanwhile is remembered until then.
+  published, written down now and then, and reads only the rows above it or in its gaps
+  (`confide_toolkit.relay_progress`: how it passes a row committed late below published ones).
 - Published rows are dropped with one TRUNCATE when the relay is caught up (no row above the
   progress; the lock is tried without waiting, so writers never queue behind it) and has
   either been quiet for a second or a thousand rows have piled up, or, should sustained load
@@ -31,9 +27,7 @@ import json
 import logging
 import time
 import uuid
-from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import psycopg
@@ -41,18 +35,13 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.partitioner import DefaultPartitioner
 from psycopg.rows import dict_row
 from sqlalchemy import (
-    DDL,
     BigInteger,
-    Boolean,
-    CheckConstraint,
     Column,
     DateTime,
     Integer,
     String,
     Table,
-    event,
     func,
-    text,
 )
 from sqlalchemy.dialects.postgresql import UUID as PG_UUID
 
@@ -64,7 +53,15 @@ from confide_toolkit.fences import (
     marker_headers,
     source_of,
 )
-from confide_toolkit.outbox import OUTBOX_CHANNEL, kafka_headers
+from confide_toolkit.outbox import OUTBOX_CHANNEL
+from confide_toolkit.relay_progress import (
+    OutboxRead,
+    PendingEvent,
+    Place,
+    Progress,
+    read_pending,
+    recorded_progress,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -84,24 +81,6 @@ relay_fences = Table(
 """Per partition this database's relay publishes to: its source (one uuid per database), the
 offset of its latest activation's marker, and where the next activation's scan starts (every
 row of this source published before `scan_from` is known to be deleted from the outbox)."""
-
-relay_progress = Table(
-    "relay_progress",
-    toolkit_metadata,
-    Column("singleton", Boolean, primary_key=True, server_default=text("true")),
-    Column("published_through", BigInteger, nullable=False),
-    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
-    CheckConstraint("singleton", name="singleton"),
-)
-"""One row: every outbox row with an id up to `published_through` is published (or was never
-committed). Written at checkpoints, so it may lag what is published, never lead it."""
-
-# SQLAlchemy's DDL() is not annotated.
-event.listen(
-    relay_progress,
-    "after_create",
-    DDL("INSERT INTO relay_progress (published_through) VALUES (0)"),  # type: ignore[no-untyped-call]
-)
 
 CHECKPOINT_INTERVAL = 10.0
 """Seconds between two writes of the progress and of the partitions' scan starts during an
@@ -124,79 +103,6 @@ DELETE_AFTER = 100_000
 rest (sustained load): one DELETE for all of them."""
 
 _partitioner = DefaultPartitioner()
-
-
-@dataclass(frozen=True)
-class PendingEvent:
-    id: int
-    event_id: uuid.UUID
-    topic: str
-    partition_key: str
-    value: bytes
-    headers: list[tuple[str, bytes]]
-
-
-@dataclass(frozen=True)
-class OutboxRead:
-    """The rows not published yet one statement saw, and the writers that held the outbox
-    (a RowExclusiveLock, from their first outbox row to their end) once the statement's
-    snapshot was taken: a row invisible to it with a lower id than a visible one is theirs."""
-
-    pending: list[PendingEvent]
-    writers: frozenset[str]
-    """Their virtual transaction ids, as `pg_locks` names them."""
-    complete: bool
-    """Whether every visible row above the progress is in `pending` (no limit cut it short)."""
-
-
-@dataclass
-class _Read:
-    """What one read vouches for: every row with an id up to `covered` was visible to it (and
-    is published) or belongs to one of its `writers`. Once none of them holds the outbox any
-    more at a later read (`writers_ended`), every read after that sees all those rows."""
-
-    covered: int
-    writers: frozenset[str]
-    writers_ended: bool
-
-
-Place = tuple[str, int, int]
-"""Where Kafka put a record: topic, partition, offset."""
-
-
-class PublishedAbove:
-    """What the relay published above its progress, kept small however long the progress is
-    held back (a long transaction elsewhere): the highest id published, the ids below it not
-    published yet (*gaps*: a transaction still running, or one rolled back), and each
-    partition's records above the progress in offset order."""
-
-    def __init__(self, progress: int) -> None:
-        self.highest = progress
-        self.gaps: set[int] = set()
-        self._records: dict[tuple[str, int], deque[tuple[int, int]]] = {}
-
-    def add(self, row_id: int, place: Place) -> None:
-        """Note a published row; rows come in id order within a read."""
-        if row_id > self.highest:
-            self.gaps.update(range(self.highest + 1, row_id))
-            self.highest = row_id
-        else:
-            self.gaps.discard(row_id)
-        topic, partition, offset = place
-        self._records.setdefault((topic, partition), deque()).append((row_id, offset))
-
-    def settle(self, progress: int) -> None:
-        """Forget what the progress passed."""
-        self.gaps = {gap for gap in self.gaps if gap > progress}
-        for records in self._records.values():
-            while records and records[0][0] <= progress:
-                records.popleft()
-
-    def first_offset(self, topic: str, partition: int) -> int | None:
-        """The partition's earliest record still above the progress (records are settled from
-        the front: a later one already passed does not hide an earlier one still above)."""
-        records = self._records.get((topic, partition))
-        return records[0][1] if records else None
 
 
 def idempotent_producer(bootstrap: str, **overrides: Any) -> AIOKafkaProducer:
@@ -235,10 +141,7 @@ class OutboxRelay:
         dropped."""
         self._source = ""
         self._fences: dict[str, dict[int, int]] = {}
-        self._progress = 0
-        self._above = PublishedAbove(0)
-        self._reads: list[_Read] = []
-        self._last_offsets: dict[tuple[str, int], int] = {}
+        self._progress = Progress(0)
         self._checkpointed: tuple[float, int, int] = (0.0, 0, 0)
         """When the last checkpoint was written, and the progress and rows published then."""
         self._dropped_through = 0
@@ -249,7 +152,7 @@ class OutboxRelay:
     @property
     def progress(self) -> int:
         """The outbox id up to which every row is published (this activation's knowledge)."""
-        return self._progress
+        return self._progress.through
 
     async def run(self, stop: asyncio.Event) -> None:
         """Relay until `stop` is set; recovers from database and broker failures by retrying."""
@@ -283,9 +186,9 @@ class OutboxRelay:
             # what this activation knows starts from what the database recorded.
             self._fences = {}
             self._source = await _relay_source(conn)
-            self._progress = self._dropped_through = await _recorded_progress(conn)
-            self._above, self._reads, self._last_offsets = PublishedAbove(self._progress), [], {}
-            self._checkpointed = (time.monotonic(), self._progress, self.published)
+            self._progress = Progress(await recorded_progress(conn))
+            self._dropped_through = self._progress.through
+            self._checkpointed = (time.monotonic(), self._progress.through, self.published)
             try:
                 while not stop.is_set():
                     while await self.publish_batch(conn, producer) == self._batch_size:
@@ -302,13 +205,13 @@ class OutboxRelay:
         self, conn: psycopg.AsyncConnection[Any], producer: AIOKafkaProducer
     ) -> int:
         """Publish the oldest rows above the progress, then record them as published."""
-        read = await read_pending(conn, self._above, self._batch_size)
+        read = await read_pending(conn, self._progress.above, self._batch_size)
         unfenced = {p.topic for p in read.pending} - self._fences.keys()
         if unfenced:
             for topic in sorted(unfenced):
                 await self._fence(conn, producer, topic)
             # The fence may have found some of them already published.
-            read = await read_pending(conn, self._above, self._batch_size)
+            read = await read_pending(conn, self._progress.above, self._batch_size)
         places = await publish(producer, read.pending, self._source, self._fences)
         await self.mark_published(conn, read, places)
         return len(read.pending)
@@ -318,47 +221,24 @@ class OutboxRelay:
     ) -> None:
         """Remember what Kafka acknowledged, move the progress as far as the snapshots allow,
         and now and then write it down and drop the published rows."""
-        for pending, place in zip(read.pending, places, strict=True):
-            self._above.add(pending.id, place)
-            topic, partition, offset = place
-            self._last_offsets[(topic, partition)] = offset
+        self._progress.note(read, list(places))
         self.published += len(read.pending)
-        self._advance(read)
         now = time.monotonic()
         if read.pending or not read.complete:
             self._busy_at = now
         written_at, progress, published = self._checkpointed
         # An idle relay writes nothing: only a move since the last checkpoint is written.
-        moved = progress != self._progress or published != self.published
+        moved = progress != self._progress.through or published != self.published
         if moved and now - written_at >= CHECKPOINT_INTERVAL:
             await self._checkpoint(conn)
         # Nothing to publish for a while: every row this read saw is published.
         quiet = read.complete and now - self._busy_at >= QUIET_BEFORE_DROP
-        retained = self._above.highest - self._dropped_through
+        retained = self._progress.above.highest - self._dropped_through
         if read.complete and (quiet or retained >= DROP_AT_LEAST):
             await self._drop_published(conn)
-        elif self._progress - self._dropped_through >= DELETE_AFTER:
-            await conn.execute("DELETE FROM outbox WHERE id <= %s", (self._progress,))
-            self._dropped_through = self._progress
-
-    def _advance(self, read: OutboxRead) -> None:
-        """Move the progress past every id no transaction can still make visible below it."""
-        covered = max((p.id for p in read.pending), default=self._progress)
-        if read.complete:  # every row it could see is published now
-            covered = max(covered, self._above.highest)
-        # An earlier read whose writers had all ended before this read's snapshot vouches that
-        # every row up to its `covered` was visible to this read; this read has published (or
-        # published before) every visible row up to its own `covered`.
-        final = [r.covered for r in self._reads if r.writers_ended]
-        if final and min(max(final), covered) > self._progress:
-            self._progress = min(max(final), covered)
-            self._above.settle(self._progress)
-        # This read's writers were listed after its snapshot: a writer of an earlier read not
-        # among them ended before it, so before the next read's snapshot.
-        for earlier in self._reads:
-            earlier.writers_ended = earlier.writers_ended or not earlier.writers & read.writers
-        self._reads.append(_Read(covered, read.writers, writers_ended=not read.writers))
-        self._reads = [r for r in self._reads if r.covered > self._progress]
+        elif self._progress.through - self._dropped_through >= DELETE_AFTER:
+            await conn.execute("DELETE FROM outbox WHERE id <= %s", (self._progress.through,))
+            self._dropped_through = self._progress.through
 
     async def _checkpoint(self, conn: psycopg.AsyncConnection[Any]) -> None:
         """Write the progress down and, in the same transaction, move each partition's scan
@@ -369,24 +249,23 @@ class OutboxRelay:
                 "INSERT INTO relay_progress (singleton, published_through) VALUES (true, %s)"
                 " ON CONFLICT (singleton) DO UPDATE"
                 " SET published_through = excluded.published_through, updated_at = now()",
-                (self._progress,),
+                (self._progress.through,),
             )
-            for (topic, partition), last_offset in self._last_offsets.items():
-                first_above = self._above.first_offset(topic, partition)
-                scan_from = last_offset + 1 if first_above is None else first_above
+            for topic, partition, scan_from in self._progress.scan_starts():
                 await conn.execute(
                     "UPDATE relay_fences SET scan_from = %s, updated_at = now()"
                     " WHERE topic = %s AND partition = %s AND scan_from < %s",
                     (scan_from, topic, partition, scan_from),
                 )
-        self._checkpointed = (time.monotonic(), self._progress, self.published)
+        self._checkpointed = (time.monotonic(), self._progress.through, self.published)
 
     async def _drop_published(self, conn: psycopg.AsyncConnection[Any]) -> None:
         """TRUNCATE the outbox when every row in it is published (at or below the progress, or
         remembered above it). The lock is tried without waiting, so writers never queue behind
         it (one holding the outbox makes the relay try again soon), and no row dies alone."""
         now = time.monotonic()
-        published_through = self._above.highest
+        above = self._progress.above
+        published_through = above.highest
         if published_through <= self._dropped_through or now < self._drop_due:
             return
         try:
@@ -396,7 +275,7 @@ class OutboxRelay:
                 cursor = await conn.execute(
                     "SELECT EXISTS (SELECT FROM outbox WHERE id > %s"
                     " OR id = ANY(%s::bigint[])) AS more",
-                    (self._above.highest, sorted(self._above.gaps)),
+                    (above.highest, sorted(above.gaps)),
                 )
                 row = await cursor.fetchone()
                 if row and row["more"]:
@@ -406,7 +285,7 @@ class OutboxRelay:
                 # What the next activation trusts should not lag far behind what is gone.
                 await conn.execute(
                     "UPDATE relay_progress SET published_through = %s, updated_at = now()",
-                    (self._progress,),
+                    (self._progress.through,),
                 )
         except psycopg.errors.LockNotAvailable:
             self._drop_due = now + DROP_RETRY
@@ -440,7 +319,7 @@ class OutboxRelay:
             if published:
                 cursor = await conn.execute(
                     "DELETE FROM outbox WHERE id > %s AND event_id = ANY(%s)",
-                    (self._progress, sorted(published)),
+                    (self._progress.through, sorted(published)),
                 )
                 self.reclaimed += cursor.rowcount
             for partition, marker in markers.items():
@@ -505,48 +384,6 @@ async def _relay_source(conn: psycopg.AsyncConnection[Any]) -> str:
     cursor = await conn.execute("SELECT source FROM relay_fences LIMIT 1")
     row = await cursor.fetchone()
     return str(row["source"]) if row else str(uuid.uuid4())
-
-
-_READ_PENDING = """SELECT w.writers, o.id, o.event_id, o.topic, o.partition_key, o.value, o.headers
-FROM (
-    SELECT coalesce(array_agg(virtualtransaction), '{}') AS writers FROM pg_locks
-    WHERE locktype = 'relation' AND mode = 'RowExclusiveLock' AND granted
-    AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
-    AND relation = 'outbox'::regclass AND pid <> pg_backend_pid()
-) AS w LEFT JOIN LATERAL (
-    SELECT id, event_id, topic, partition_key, value, headers FROM outbox
-    WHERE id > %s OR id = ANY(%s::bigint[]) ORDER BY id LIMIT %s
-) AS o ON true ORDER BY o.id"""
-
-
-async def _recorded_progress(conn: psycopg.AsyncConnection[Any]) -> int:
-    cursor = await conn.execute("SELECT published_through FROM relay_progress")
-    row = await cursor.fetchone()
-    return int(row["published_through"]) if row else 0
-
-
-async def read_pending(
-    conn: psycopg.AsyncConnection[Any], above: PublishedAbove, limit: int
-) -> OutboxRead:
-    """The oldest rows not published yet (above the highest published, or in its gaps), and the
-    writers holding the outbox when they were read: one statement, so the lock table is read
-    after the snapshot was taken (a writer not listed had ended by then, or had not yet taken
-    an outbox id, so every id it takes is above all the read could see)."""
-    cursor = await conn.execute(_READ_PENDING, (above.highest, sorted(above.gaps), limit))
-    rows = await cursor.fetchall()
-    pending = [
-        PendingEvent(
-            id=row["id"],
-            event_id=row["event_id"],
-            topic=row["topic"],
-            partition_key=row["partition_key"],
-            value=bytes(row["value"]),
-            headers=kafka_headers(row["headers"]),
-        )
-        for row in rows
-        if row["id"] is not None
-    ]
-    return OutboxRead(pending, frozenset(rows[0]["writers"]), complete=len(pending) < limit)
 
 
 async def publish(
