@@ -196,6 +196,19 @@ async def _all_published(engine: AsyncEngine, relay: OutboxRelay) -> bool:
     return newest is None or relay.progress >= newest
 
 
+async def test_events_put_before_any_other_statement_commit_with_the_callers_commit(
+    engine: AsyncEngine,
+) -> None:
+    box = Outbox("identity", SystemClock(), topic="unused.events")
+    async with engine.connect() as conn:  # commit as you go: no transaction begun yet
+        await box.put(conn, registered())
+        await conn.commit()
+    async with engine.connect() as conn:
+        await box.put_many(conn, [registered(), registered()])
+        await conn.commit()
+    assert await outbox_size(engine) == 3
+
+
 async def test_relay_wakes_on_commit_without_waiting_for_the_poll(
     engine: AsyncEngine, database_url: str, kafka_bootstrap: str, new_topic: TopicFactory
 ) -> None:

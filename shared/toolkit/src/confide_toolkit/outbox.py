@@ -12,6 +12,7 @@ outbox rows wakes the relay, and writing events costs one plain INSERT."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
@@ -82,7 +83,21 @@ event.listen(
     DDL("DROP FUNCTION IF EXISTS confide_outbox_notify()"),  # type: ignore[no-untyped-call]
 )
 
-_INSERT = outbox.insert()
+_INSERT_ONE = (
+    "INSERT INTO outbox (event_id, topic, partition_key, value, headers, created_at)"
+    " VALUES (%b, %b, %b, %b, %b::jsonb, %b)"
+)
+_INSERT_MANY = (
+    "INSERT INTO outbox (event_id, topic, partition_key, value, headers, created_at)"
+    " SELECT event_id, %b, partition_key, value, %b::jsonb, %b"
+    " FROM unnest(%b::uuid[], %b::text[], %b::bytea[]) WITH ORDINALITY"
+    " AS written (event_id, partition_key, value, place)"
+    " ORDER BY place"
+)
+"""Several events in one statement (one NOTIFY), their ids taken in the order given: the
+per-event columns as arrays, the ones they share once. Parameters go in binary (`%b`): a
+bytea array in text form is escaped value by value in Python, three times the CPU of the rest
+of the statement."""
 
 
 class Outbox:
@@ -110,10 +125,20 @@ class Outbox:
         """Add one event to the outbox in the caller's transaction and return its envelope.
 
         The relay is notified when (and only if) the transaction commits."""
-        envelope, row = self._row(
-            event, correlation_id, causation_id, time, current_traceparent(), self._clock.now()
+        traceparent, now = current_traceparent(), self._clock.now()
+        envelope = _envelope(event, correlation_id, causation_id, time or now, traceparent)
+        driver = await _driver_connection(conn)
+        await driver.execute(
+            _INSERT_ONE,
+            (
+                envelope.id,
+                self._topic,
+                envelope.subject,
+                encode_envelope(envelope),
+                _headers(traceparent),
+                now,
+            ),
         )
-        await conn.execute(_INSERT, row)
         return envelope
 
     async def put_many(
@@ -130,43 +155,59 @@ class Outbox:
             return []
         # One span and one moment for them all: read once, not per event.
         traceparent, now = current_traceparent(), self._clock.now()
-        written = [
-            self._row(event, correlation_id, causation_id, None, traceparent, now)
-            for event in events
+        envelopes = [
+            _envelope(event, correlation_id, causation_id, now, traceparent) for event in events
         ]
-        await conn.execute(_INSERT, [row for _, row in written])
-        return [envelope for envelope, _ in written]
-
-    def _row(
-        self,
-        event: IntegrationEvent,
-        correlation_id: str | None,
-        causation_id: str | None,
-        time: datetime | None,
-        traceparent: str | None,
-        now: datetime,
-    ) -> tuple[Envelope, dict[str, Any]]:
-        event_id = uuid7()
-        envelope = to_envelope(
-            event,
-            event_id=event_id,
-            time=time or now,
-            correlation_id=correlation_id or str(event_id),
-            causation_id=causation_id,
-            traceparent=traceparent,
+        driver = await _driver_connection(conn)
+        await driver.execute(
+            _INSERT_MANY,
+            (
+                self._topic,
+                _headers(traceparent),
+                now,
+                [envelope.id for envelope in envelopes],
+                [envelope.subject for envelope in envelopes],
+                [encode_envelope(envelope) for envelope in envelopes],
+            ),
         )
-        headers: list[list[str]] = [[CONTENT_TYPE_HEADER, CLOUDEVENTS_JSON]]
-        if traceparent:
-            headers.append(["traceparent", traceparent])
-        row = {
-            "event_id": event_id,
-            "topic": self._topic,
-            "partition_key": envelope.subject,
-            "value": encode_envelope(envelope),
-            "headers": headers,
-            "created_at": now,
-        }
-        return envelope, row
+        return envelopes
+
+
+def _envelope(
+    event: IntegrationEvent,
+    correlation_id: str | None,
+    causation_id: str | None,
+    time: datetime,
+    traceparent: str | None,
+) -> Envelope:
+    event_id = uuid7()
+    return to_envelope(
+        event,
+        event_id=event_id,
+        time=time,
+        correlation_id=correlation_id or str(event_id),
+        causation_id=causation_id,
+        traceparent=traceparent,
+    )
+
+
+def _headers(traceparent: str | None) -> str:
+    """The outbox row's `headers` (JSON), the same for every event of one span."""
+    headers = [[CONTENT_TYPE_HEADER, CLOUDEVENTS_JSON]]
+    if traceparent:
+        headers.append(["traceparent", traceparent])
+    return json.dumps(headers)
+
+
+async def _driver_connection(conn: AsyncConnection) -> Any:
+    """The psycopg connection under `conn`, in its transaction. The outbox rows go through it
+    directly: SQLAlchemy's statement path (compiling, a bind processor per value, a greenlet
+    switch per driver call) cost more CPU than building the events themselves."""
+    if not conn.in_transaction():
+        # What SQLAlchemy's own first statement would do: without it, the caller's
+        # `conn.commit()` would find no transaction to commit and the rows would be lost.
+        await conn.begin()
+    return (await conn.get_raw_connection()).driver_connection
 
 
 def kafka_headers(stored: Any) -> list[tuple[str, bytes]]:
