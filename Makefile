@@ -7,7 +7,7 @@ export CONFIDE_STACK_DIR := $(STACK_DIR)
 UV ?= uv
 PYTEST_ARGS ?=
 
-.PHONY: help install prerequisites up down status logs test faults replay test-unit lint format schemas compose-up compose-down bench
+.PHONY: help install prerequisites test-prerequisites up down status logs test faults replay test-unit lint format schemas compose-up compose-down bench
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -18,6 +18,9 @@ install: ## install uv when missing, then the Python workspace (uv sync from the
 
 prerequisites: ## install what the stack needs from the machine (JDK, Maven, PostgreSQL) when missing
 	@deploy/prerequisites.sh stack
+
+test-prerequisites: ## what the stack needs, and Chromium and poppler-utils for the tests, when missing
+	@deploy/prerequisites.sh test
 
 up: install prerequisites ## start PostgreSQL, Kafka and every service; wait until each is ready
 	@deploy/stack.sh up
@@ -31,7 +34,7 @@ status: ## what runs, where it listens, where it logs
 logs: ## follow every log of the native stack
 	@deploy/stack.sh logs
 
-test: install prerequisites ## every test, unit to end-to-end and the fault scenarios, against real Kafka and PostgreSQL (not the erasure journeys)
+test: install test-prerequisites ## every test, unit to end-to-end and the fault scenarios, against real Kafka and PostgreSQL (not the erasure journeys)
 	@deploy/stack.sh infra-up
 	@source $(STACK_DIR)/stack.env && $(UV) run --frozen pytest -m "not faults" $(PYTEST_ARGS); \
 	  status=$$?; $(UV) run --frozen python tests/faults/report.py --print; exit $$status

@@ -97,7 +97,6 @@ async def test_a_months_charges_and_refunds_make_one_invoice_with_its_totals(
     assert "Weekly session" not in str(superbill)  # no description, nothing of the sessions
 
 
-@pytest.mark.skipif(shutil.which("pdftotext") is None, reason="needs poppler-utils")
 async def test_the_pdf_opens_and_holds_the_invoices_number_and_totals(
     billing: BillingService, client: uuid.UUID
 ) -> None:
@@ -119,8 +118,10 @@ async def test_the_pdf_opens_and_holds_the_invoices_number_and_totals(
 
 
 async def _pdf_text(content: bytes) -> str:
+    pdftotext = shutil.which("pdftotext")
+    assert pdftotext, "pdftotext (poppler-utils) is needed to read the PDF back"
     extractor = await asyncio.create_subprocess_exec(
-        "pdftotext",
+        pdftotext,
         "-layout",
         "-",
         "-",
@@ -132,7 +133,6 @@ async def _pdf_text(content: bytes) -> str:
     return out.decode()
 
 
-@pytest.mark.skipif(shutil.which("pdftotext") is None, reason="needs poppler-utils")
 async def test_the_superbill_pdf_holds_each_sessions_date_type_therapist_and_amount(
     billing: BillingService, client: uuid.UUID
 ) -> None:
