@@ -48,6 +48,20 @@ def _trace_of(spans: list[dict[str, Any]], name_contains: str) -> set[str]:
     return {s["context"]["trace_id"] for s in spans if name_contains in s["name"]}
 
 
+async def reached(traces: set[str], consumers: list[tuple[ServiceProcess, str]]) -> set[str]:
+    """Wait until each (service, span name) consumer exported a span in one of `traces` (the
+    events cross Kafka meanwhile); the traces every one of them reached."""
+    deadline = time.monotonic() + CATCH_UP_SECONDS
+    while True:
+        found = [_trace_of(exported_spans(service), name) for service, name in consumers]
+        common = traces.intersection(*found)
+        if common:
+            return common
+        if time.monotonic() > deadline:
+            pytest.fail(f"traces {traces} did not reach every consumer: {found}")
+        await asyncio.sleep(0.5)
+
+
 async def test_closing_an_account_is_one_trace_across_identity_consent_and_messaging(
     processes: ServiceProcesses,
 ) -> None:
@@ -65,20 +79,13 @@ async def test_closing_an_account_is_one_trace_across_identity_consent_and_messa
     [trace_id] = _trace_of(exported_spans(identity), "/v1/accounts/me/close")
     # ... consent consumes AccountClosed in it, and its ConsentRevoked carries it on, through
     # consent's outbox and Kafka, to messaging's consumer.
-    deadline = time.monotonic() + CATCH_UP_SECONDS
-    while time.monotonic() < deadline:
-        in_consent = _trace_of(exported_spans(consent), "consume confide.identity.AccountClosed")
-        in_messaging = _trace_of(
-            exported_spans(messaging), "consume confide.consent.ConsentRevoked"
-        )
-        if trace_id in in_consent and trace_id in in_messaging:
-            break
-        await asyncio.sleep(0.5)
-    else:
-        pytest.fail(
-            f"trace {trace_id} did not reach both consumers: consent {in_consent}, "
-            f"messaging {in_messaging}"
-        )
+    await reached(
+        {trace_id},
+        [
+            (consent, "consume confide.identity.AccountClosed"),
+            (messaging, "consume confide.consent.ConsentRevoked"),
+        ],
+    )
     consumer_spans = [
         s
         for service in (consent, messaging)
@@ -109,16 +116,7 @@ async def test_a_posted_message_is_one_trace_from_messaging_to_its_consumers(
     assert posted, "messaging exported no span for the posted message"
     # ... and MessageSent carries it through messaging's outbox and Kafka to retention, which
     # starts the person's messages clock from it.
-    deadline = time.monotonic() + CATCH_UP_SECONDS
-    while time.monotonic() < deadline:
-        in_retention = _trace_of(exported_spans(retention), "consume confide.messaging.MessageSent")
-        if posted & in_retention:
-            break
-        await asyncio.sleep(0.5)
-    else:
-        pytest.fail(f"traces {posted} did not reach retention's consumer: {in_retention}")
-    consumed = [
-        s for s in exported_spans(retention) if s["context"]["trace_id"] in posted & in_retention
-    ]
+    traced = await reached(posted, [(retention, "consume confide.messaging.MessageSent")])
+    consumed = [s for s in exported_spans(retention) if s["context"]["trace_id"] in traced]
     assert {s["kind"] for s in consumed} >= {"SpanKind.CONSUMER"}
     assert all(s["parent_id"] for s in consumed), "a consumer span started a trace of its own"
