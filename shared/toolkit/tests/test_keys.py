@@ -105,7 +105,7 @@ async def test_a_backup_from_before_an_erasure_unwraps_nothing_once_its_version_
     clock.advance(timedelta(days=1))  # START + 30 days: rotation due
     report = await lifecycle.maintain()
     assert report.rotated_to == 2
-    assert report.rewrapped == 0  # rotate re-wrapped already
+    assert report.rewrapped == 1  # the person's key that was kept, now under version 2
     assert report.retired == []
     assert (await _backup_of_key(toolkit_engine, kept))[0] == 2
     assert key_file.unwrap(*backup)  # a 29-day-old backup still restores

@@ -214,11 +214,15 @@ class KekLifecycle:
     async def rotate(self, *, only_if_due: bool = False) -> int | None:
         """A new current version (only if the current one served its period, with
         `only_if_due`), then every data key re-wrapped under it; the new version or None."""
+        rotated_to = self._new_version(only_if_due=only_if_due)
+        await self.rewrap()
+        return rotated_to
+
+    def _new_version(self, *, only_if_due: bool) -> int | None:
         now = self.clock.now()
         before = self.keks.current_version
         cutoff = now - self.schedule.rotation_period if only_if_due else None
         current = self.keks.rotate(if_made_by=cutoff) if only_if_due else self.keks.rotate()
-        await self.rewrap()
         return current if current != before else None
 
     async def rewrap(self) -> int:
@@ -232,6 +236,9 @@ class KekLifecycle:
         """Destroy every superseded version past its death that wraps nothing; returns those
         destroyed and those kept because rows are still wrapped under them."""
         await self.rewrap()
+        return await self._retire_unused()
+
+    async def _retire_unused(self) -> tuple[list[int], dict[int, dict[str, int]]]:
         now = self.clock.now()
         retired: list[int] = []
         blocked: dict[int, dict[str, int]] = {}
@@ -246,11 +253,12 @@ class KekLifecycle:
         return retired, blocked
 
     async def maintain(self) -> Maintenance:
-        """What a schedule runs: rotate if due, re-wrap, destroy the expired versions."""
+        """What a schedule runs: rotate if due, re-wrap, destroy the expired versions; one
+        re-wrap pass for the three (each reads every wrapped row, every interval)."""
         report = Maintenance()
-        report.rotated_to = await self.rotate(only_if_due=True)
+        report.rotated_to = self._new_version(only_if_due=True)
         report.rewrapped = await self.rewrap()
-        report.retired, report.blocked = await self.retire_expired()
+        report.retired, report.blocked = await self._retire_unused()
         return report
 
     def backups_clear_from(self, erased_at: datetime) -> datetime:
