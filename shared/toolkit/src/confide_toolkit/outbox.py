@@ -127,7 +127,7 @@ class Outbox:
         The relay is notified when (and only if) the transaction commits."""
         traceparent, now = current_traceparent(), self._clock.now()
         envelope = _envelope(event, correlation_id, causation_id, time or now, traceparent)
-        driver = await _driver_connection(conn)
+        driver = await driver_connection(conn)
         await driver.execute(
             _INSERT_ONE,
             (
@@ -158,7 +158,7 @@ class Outbox:
         envelopes = [
             _envelope(event, correlation_id, causation_id, now, traceparent) for event in events
         ]
-        driver = await _driver_connection(conn)
+        driver = await driver_connection(conn)
         await driver.execute(
             _INSERT_MANY,
             (
@@ -199,10 +199,11 @@ def _headers(traceparent: str | None) -> str:
     return json.dumps(headers)
 
 
-async def _driver_connection(conn: AsyncConnection) -> Any:
-    """The psycopg connection under `conn`, in its transaction. The outbox rows go through it
-    directly: SQLAlchemy's statement path (compiling, a bind processor per value, a greenlet
-    switch per driver call) cost more CPU than building the events themselves."""
+async def driver_connection(conn: AsyncConnection) -> Any:
+    """The psycopg connection under `conn`, in its transaction, for the toolkit's own statements
+    on every event or batch (the outbox rows, a consumer's positions): SQLAlchemy's statement
+    path (compiling, a bind processor per value, a greenlet switch per driver call) cost more
+    CPU than building the events themselves."""
     if not conn.in_transaction():
         # What SQLAlchemy's own first statement would do: without it, the caller's
         # `conn.commit()` would find no transaction to commit and the rows would be lost.

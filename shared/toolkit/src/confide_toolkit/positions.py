@@ -34,6 +34,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from confide_toolkit.database import toolkit_metadata
 from confide_toolkit.fences import Admission, RelayFences
+from confide_toolkit.outbox import driver_connection
 
 logger = logging.getLogger(__name__)
 
@@ -54,16 +55,17 @@ POSITION_READ_ATTEMPTS = 10
 """Tries, a second apart, to read the positions when partitions are assigned (the database may
 be restarting); a rebalance must not wait much longer."""
 
-_MOVE = text(
-    """UPDATE consumer_positions AS p
+_MOVE = """UPDATE consumer_positions AS p
     SET next_offset = v.next_offset, fences = v.fences, updated_at = now()
-    FROM jsonb_to_recordset(CAST(:moves AS jsonb))
+    FROM jsonb_to_recordset(CAST(%(moves)s AS jsonb))
         AS v(topic text, partition integer, expected bigint, next_offset bigint, fences jsonb)
-    WHERE p.consumer = :consumer AND p.topic = v.topic AND p.partition = v.partition
+    WHERE p.consumer = %(consumer)s AND p.topic = v.topic AND p.partition = v.partition
         AND p.next_offset = v.expected
     RETURNING p.topic, p.partition"""
-)
-"""Moves the positions that are still where this consumer last left them, locking their rows."""
+"""Moves the positions that are still where this consumer last left them, locking their rows.
+Run on the psycopg connection underneath (`outbox.driver_connection`): it is the one statement
+of the toolkit's own in every batch, and SQLAlchemy's statement path added about 70 us of CPU
+to each."""
 _ENSURE = text(
     "INSERT INTO consumer_positions (consumer, topic, partition, next_offset)"
     " VALUES (:consumer, :topic, :partition, 0) ON CONFLICT DO NOTHING"
@@ -165,7 +167,8 @@ class ConsumerPositions:
         expected: dict[Place, Position],
     ) -> set[Place]:
         """Write the moved positions whose rows still say `expected`; returns those written."""
-        result = await conn.execute(
+        driver = await driver_connection(conn)
+        cursor = await driver.execute(
             _MOVE,
             {
                 "consumer": self.consumer,
@@ -183,7 +186,7 @@ class ConsumerPositions:
                 ),
             },
         )
-        return {(row.topic, row.partition) for row in result}
+        return {(topic, partition) for topic, partition in await cursor.fetchall()}
 
     def remember(self, moved: dict[Place, Position]) -> None:
         """Record where a committed transaction left the positions."""

@@ -31,7 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from confide_toolkit.availability import database_outage
 from confide_toolkit.fences import Admission
-from confide_toolkit.inbox import ConsumedRecord
+from confide_toolkit.inbox import ConsumedRecord, trace_parent
 from confide_toolkit.positions import ConsumerPositions, PositionsInDatabase
 from confide_toolkit.subscriptions import (
     BATCH_MAX_RECORDS,
@@ -39,11 +39,7 @@ from confide_toolkit.subscriptions import (
     DeferredOffsetCommits,
     raw_body,
 )
-from confide_toolkit.telemetry import (
-    context_from_traceparent,
-    traceparent_from_kafka_headers,
-    unsampled,
-)
+from confide_toolkit.telemetry import traceparent_from_kafka_headers
 
 logger = logging.getLogger(__name__)
 tracer = trace.get_tracer(__name__)
@@ -113,11 +109,14 @@ class RecordConsumer:
         parent-based: it would record nothing)."""
         for record in applied:
             traceparent = traceparent_from_kafka_headers(record.headers)
-            if traceparent is None or unsampled(traceparent):
+            if traceparent is None:
+                continue
+            parent, sampled = trace_parent(traceparent)
+            if not sampled:
                 continue
             tracer.start_span(
                 f"consume {record.topic}",
-                context=context_from_traceparent(traceparent),
+                context=parent,
                 kind=trace.SpanKind.CONSUMER,
                 start_time=started,
                 attributes={
