@@ -4,6 +4,7 @@ versioned domain events."""
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
@@ -194,6 +195,43 @@ async def test_a_stream_loads_from_its_snapshot_and_the_events_after_it(
     assert loaded.snapshot == Snapshot(2, {"total": 2})
     assert [r.event for r in loaded.events] == [ItemAdded(amount=5)]
     assert (loaded.version, loaded.since_snapshot) == (3, 1)
+
+
+@dataclass
+class Tab:
+    """A toy aggregate: a running total, saved through `EventStore.save`."""
+
+    tab_id: uuid.UUID
+    total: int = 0
+    version: int = 0
+    snapshot_version: int = 0
+    pending: list[DomainEvent] = field(default_factory=list)
+
+    def add(self, amount: int) -> None:
+        self.total += amount
+        self.pending.append(ItemAdded(amount=amount))
+
+    def snapshot_state(self) -> dict[str, Any]:
+        return {"total": self.total}
+
+
+async def test_saving_an_aggregate_keeps_a_snapshot_once_enough_events_piled_on_the_last(
+    engine: AsyncEngine, store: EventStore
+) -> None:
+    tab = Tab(uuid.uuid4())
+    tab.pending.append(TabOpened(tab_id=tab.tab_id))
+    tab.add(2)
+    async with engine.begin() as conn:
+        await store.save(conn, tab.tab_id, tab, snapshot_schema=SNAPSHOT_SCHEMA, snapshot_every=3)
+        tab.add(5)  # the third event since the start: a snapshot is due
+        await store.save(conn, tab.tab_id, tab, snapshot_schema=SNAPSHOT_SCHEMA, snapshot_every=3)
+        tab.add(1)
+        await store.save(conn, tab.tab_id, tab, snapshot_schema=SNAPSHOT_SCHEMA, snapshot_every=3)
+    assert (tab.version, tab.snapshot_version, tab.pending) == (4, 3, [])
+    async with engine.connect() as conn:
+        loaded = await store.load_stream(conn, tab.tab_id, snapshot_schema=SNAPSHOT_SCHEMA)
+    assert loaded.snapshot == Snapshot(3, {"total": 7})
+    assert [r.event for r in loaded.events] == [ItemAdded(amount=1)]
 
 
 async def test_a_snapshot_of_another_schema_is_ignored_and_the_whole_stream_replays(

@@ -22,7 +22,7 @@ from confide_toolkit.auth import public_jwk
 from confide_toolkit.clock import Clock
 from confide_toolkit.consents import valid_at_clause
 from confide_toolkit.database import NAMING_CONVENTION
-from confide_toolkit.event_store import EventStore, RecordedEvent, Snapshot
+from confide_toolkit.event_store import EventStore, RecordedEvent
 from confide_toolkit.keyring import Erased, Keyring
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
@@ -145,18 +145,13 @@ class Ledgers:
     async def save(self, conn: AsyncConnection, ledger: ConsentLedger) -> list[RecordedEvent]:
         """Append the ledger's pending events (and a new snapshot when loads have grown long);
         raises `ConcurrencyConflict` if the stream moved on."""
-        recorded = await self.events.append(conn, ledger.subject_id, ledger.version, ledger.pending)
-        ledger.version += len(recorded)
-        ledger.pending.clear()
-        if ledger.version - ledger.snapshot_version >= SNAPSHOT_EVERY:
-            await self.events.save_snapshot(
-                conn,
-                ledger.subject_id,
-                Snapshot(ledger.version, ledger.snapshot_state()),
-                schema_version=LEDGER_SNAPSHOT_SCHEMA,
-            )
-            ledger.snapshot_version = ledger.version
-        return recorded
+        return await self.events.save(
+            conn,
+            ledger.subject_id,
+            ledger,
+            snapshot_schema=LEDGER_SNAPSHOT_SCHEMA,
+            snapshot_every=SNAPSHOT_EVERY,
+        )
 
 
 async def project_consents(conn: AsyncConnection, record: RecordedEvent) -> None:

@@ -26,7 +26,7 @@ from typing import Any, Final
 from confide_events.vocabulary import MessagingCategory
 from confide_toolkit.clock import Clock
 from confide_toolkit.database import NAMING_CONVENTION
-from confide_toolkit.event_store import EventStore, RecordedEvent, Snapshot
+from confide_toolkit.event_store import EventStore, RecordedEvent
 from confide_toolkit.keyring import Erased, KeyOpener, Keyring, WrappedDataKey, join_data_keys
 from sqlalchemy import (
     Column,
@@ -249,20 +249,13 @@ class Conversations:
     async def save(self, conn: AsyncConnection, conversation: Conversation) -> list[RecordedEvent]:
         """Append the pending events (and a new snapshot when loads have grown long); raises
         `ConcurrencyConflict` if the stream moved on."""
-        recorded = await self.events.append(
-            conn, conversation.conversation_id, conversation.version, conversation.pending
+        return await self.events.save(
+            conn,
+            conversation.conversation_id,
+            conversation,
+            snapshot_schema=CONVERSATION_SNAPSHOT_SCHEMA,
+            snapshot_every=SNAPSHOT_EVERY,
         )
-        conversation.version += len(recorded)
-        conversation.pending.clear()
-        if conversation.version - conversation.snapshot_version >= SNAPSHOT_EVERY:
-            await self.events.save_snapshot(
-                conn,
-                conversation.conversation_id,
-                Snapshot(conversation.version, conversation.snapshot_state()),
-                schema_version=CONVERSATION_SNAPSHOT_SCHEMA,
-            )
-            conversation.snapshot_version = conversation.version
-        return recorded
 
 
 async def project_conversation(conn: AsyncConnection, record: RecordedEvent) -> None:

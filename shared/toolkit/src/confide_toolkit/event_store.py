@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 from uuid import UUID
 
 from confide_events.upcasting import Upcaster, UpcasterKey, Upcasters
@@ -160,6 +160,19 @@ class LoadedStream:
         return self.version - (self.snapshot.version if self.snapshot else 0)
 
 
+class SnapshottedAggregate(Protocol):
+    """An aggregate loaded from its snapshot and the events after it, with new events to
+    append (consent's ledger, messaging's conversation)."""
+
+    version: int
+    """The stream's version it was loaded at (and, once saved, moved to)."""
+    snapshot_version: int
+    """The version of the snapshot it was restored from (0: from the first event)."""
+    pending: list[DomainEvent]
+
+    def snapshot_state(self) -> dict[str, Any]: ...
+
+
 Projection = Callable[[AsyncConnection, RecordedEvent], Awaitable[None]]
 """A read model's update for one event; it runs in the transaction of the append."""
 
@@ -258,6 +271,31 @@ class EventStore:
         for record in recorded:
             for project in self._projections:
                 await project(conn, record)
+        return recorded
+
+    async def save(
+        self,
+        conn: AsyncConnection,
+        stream_id: UUID,
+        aggregate: SnapshottedAggregate,
+        *,
+        snapshot_schema: int,
+        snapshot_every: int,
+    ) -> list[RecordedEvent]:
+        """Append the aggregate's pending events and move it to its new version; once
+        `snapshot_every` events have piled on its snapshot, keep a new one (so that its loads
+        stay two short queries). Raises ConcurrencyConflict if the stream moved on."""
+        recorded = await self.append(conn, stream_id, aggregate.version, aggregate.pending)
+        aggregate.version += len(recorded)
+        aggregate.pending.clear()
+        if aggregate.version - aggregate.snapshot_version >= snapshot_every:
+            await self.save_snapshot(
+                conn,
+                stream_id,
+                Snapshot(aggregate.version, aggregate.snapshot_state()),
+                schema_version=snapshot_schema,
+            )
+            aggregate.snapshot_version = aggregate.version
         return recorded
 
     async def load(self, conn: AsyncConnection, stream_id: UUID) -> list[RecordedEvent]:
