@@ -4,23 +4,18 @@ idempotent consumer, including the failure paths."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import uuid
-from collections import defaultdict
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-import psycopg
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from confide_events import decode_envelope
 from confide_events.identity import AccountClosed, UserRegistered
 from confide_testing import TopicFactory
-from confide_toolkit import relay as relay_module
 from confide_toolkit.clock import SystemClock
 from confide_toolkit.database import libpq_url
-from confide_toolkit.fences import is_marker
 from confide_toolkit.inbox import (
     BatchProjection,
     EventContext,
@@ -29,117 +24,25 @@ from confide_toolkit.inbox import (
     RetryPolicy,
 )
 from confide_toolkit.outbox import Outbox, outbox
-from confide_toolkit.relay import OutboxRelay, idempotent_producer
-from confide_toolkit.relay_progress import OutboxRead, Place, relay_progress
+from confide_toolkit.relay import OutboxRelay
 from confide_toolkit.telemetry import configure_telemetry
 from opentelemetry import trace
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from sqlalchemy import Column, Integer, MetaData, Table, func, select, text
-from sqlalchemy.dialects.postgresql import UUID as PG_UUID
+from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-pytestmark = pytest.mark.integration
-
-# The "effect" of the consumer in these tests: a counter per subject.
-effects_metadata = MetaData()
-effects = Table(
-    "effects",
-    effects_metadata,
-    Column("subject_id", PG_UUID(as_uuid=True), primary_key=True),
-    Column("applied", Integer, nullable=False),
+from .pipeline_helpers import (
+    count_effect,
+    effect_count,
+    outbox_size,
+    put_events,
+    read_topic,
+    registered,
+    running,
 )
 
-
-def registered(subject_id: uuid.UUID | None = None) -> UserRegistered:
-    return UserRegistered(
-        subject_id=subject_id or uuid.uuid4(), role="client", registered_at=datetime.now(UTC)
-    )
-
-
-@pytest.fixture
-async def engine(toolkit_engine: AsyncEngine) -> AsyncEngine:
-    async with toolkit_engine.begin() as conn:
-        await conn.run_sync(effects_metadata.create_all)
-    return toolkit_engine
-
-
-@pytest.fixture
-async def producer(kafka_bootstrap: str) -> AsyncIterator[AIOKafkaProducer]:
-    p = idempotent_producer(kafka_bootstrap)
-    await p.start()
-    yield p
-    await p.stop()
-
-
-async def count_effect(event: UserRegistered, ctx: EventContext) -> None:
-    await ctx.conn.execute(
-        text(
-            "INSERT INTO effects (subject_id, applied) VALUES (:s, 1) "
-            "ON CONFLICT (subject_id) DO UPDATE SET applied = effects.applied + 1"
-        ),
-        {"s": event.subject_id},
-    )
-
-
-async def effect_count(engine: AsyncEngine, subject_id: uuid.UUID) -> int:
-    async with engine.connect() as conn:
-        value = await conn.scalar(
-            select(effects.c.applied).where(effects.c.subject_id == subject_id)
-        )
-    return int(value or 0)
-
-
-async def put_events(engine: AsyncEngine, box: Outbox, events: Sequence[Any]) -> None:
-    async with engine.begin() as conn:
-        for event in events:
-            await box.put(conn, event)
-
-
-async def read_topic(bootstrap: str, topic: str, expected: int, timeout: float = 20) -> list[Any]:
-    """The events on a topic (relay markers skipped), until `expected` arrived or `timeout`."""
-    consumer = AIOKafkaConsumer(
-        topic,
-        bootstrap_servers=bootstrap,
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-        group_id=None,
-    )
-    await consumer.start()
-    records: list[Any] = []
-    try:
-        async with asyncio.timeout(timeout):
-            while len(records) < expected:
-                batch = await consumer.getmany(timeout_ms=500)
-                for partition_records in batch.values():
-                    records.extend(r for r in partition_records if not is_marker(r.headers))
-    except TimeoutError:
-        pass
-    finally:
-        await consumer.stop()
-    return records
-
-
-@contextlib.asynccontextmanager
-async def running(relay: OutboxRelay) -> AsyncIterator[asyncio.Event]:
-    stop = asyncio.Event()
-    task = asyncio.create_task(relay.run(stop))
-    try:
-        yield stop
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 15)
-
-
-async def wait_until(predicate: Any, timeout: float = 20) -> None:
-    async with asyncio.timeout(timeout):
-        while not await predicate():
-            await asyncio.sleep(0.05)
-
-
-async def outbox_size(engine: AsyncEngine) -> int:
-    async with engine.connect() as conn:
-        return int(await conn.scalar(select(func.count()).select_from(outbox)) or 0)
+pytestmark = pytest.mark.integration
 
 
 async def test_outbox_row_exists_only_if_the_state_change_commits(engine: AsyncEngine) -> None:
@@ -153,49 +56,6 @@ async def test_outbox_row_exists_only_if_the_state_change_commits(engine: AsyncE
     assert await outbox_size(engine) == 1
 
 
-async def test_relay_publishes_in_order_per_subject_with_envelope_headers(
-    engine: AsyncEngine, database_url: str, kafka_bootstrap: str, new_topic: TopicFactory
-) -> None:
-    topic = await new_topic()
-    box = Outbox("identity", SystemClock(), topic=topic)
-    subjects = [uuid.uuid4() for _ in range(4)]
-    sent = []
-    for round_ in range(10):
-        for subject in subjects:
-            event = (
-                registered(subject)
-                if round_ % 2 == 0
-                else AccountClosed(subject_id=subject, closed_at=datetime.now(UTC))
-            )
-            sent.append(event)
-    # Many small transactions, as a service writes them.
-    for event in sent:
-        await put_events(engine, box, [event])
-
-    relay = OutboxRelay(database_url, kafka_bootstrap, batch_size=7)
-    async with running(relay):
-        records = await read_topic(kafka_bootstrap, topic, expected=len(sent))
-        await wait_until(lambda: _all_published(engine, relay))
-
-    assert len(records) == len(sent)
-    by_subject: dict[str, list[str]] = defaultdict(list)
-    for record in sorted(records, key=lambda r: (r.partition, r.offset)):
-        envelope = decode_envelope(record.value)
-        assert record.key == envelope.subject.encode()
-        assert dict(record.headers)["content-type"] == b"application/cloudevents+json"
-        by_subject[envelope.subject].append(envelope.type)
-    for subject in subjects:
-        expected = [type(e).event_type for e in sent if e.subject() == str(subject)]
-        assert by_subject[str(subject)] == expected
-
-
-async def _all_published(engine: AsyncEngine, relay: OutboxRelay) -> bool:
-    """Whether the relay's progress passed every row the outbox still holds."""
-    async with engine.connect() as conn:
-        newest = await conn.scalar(select(func.max(outbox.c.id)))
-    return newest is None or relay.progress >= newest
-
-
 async def test_events_put_before_any_other_statement_commit_with_the_callers_commit(
     engine: AsyncEngine,
 ) -> None:
@@ -207,349 +67,6 @@ async def test_events_put_before_any_other_statement_commit_with_the_callers_com
         await box.put_many(conn, [registered(), registered()])
         await conn.commit()
     assert await outbox_size(engine) == 3
-
-
-async def test_relay_wakes_on_commit_without_waiting_for_the_poll(
-    engine: AsyncEngine, database_url: str, kafka_bootstrap: str, new_topic: TopicFactory
-) -> None:
-    topic = await new_topic()
-    box = Outbox("identity", SystemClock(), topic=topic)
-    # The fallback poll is far beyond the test's patience: only NOTIFY can deliver in time.
-    relay = OutboxRelay(database_url, kafka_bootstrap, poll_interval=600)
-    async with running(relay):
-        await wait_until(lambda: _is_active(relay))
-        await asyncio.sleep(0.2)  # the relay is now parked in LISTEN
-        await put_events(engine, box, [registered()])
-        records = await read_topic(kafka_bootstrap, topic, expected=1, timeout=30)
-    assert len(records) == 1
-
-
-async def test_many_events_put_at_once_publish_in_their_order_and_only_if_committed(
-    engine: AsyncEngine, database_url: str, kafka_bootstrap: str, new_topic: TopicFactory
-) -> None:
-    topic = await new_topic()
-    box = Outbox("identity", SystemClock(), topic=topic)
-    subject = uuid.uuid4()
-    events = [
-        registered(subject),
-        AccountClosed(subject_id=subject, closed_at=datetime.now(UTC)),
-        registered(subject),
-    ]
-    with pytest.raises(RuntimeError):
-        async with engine.begin() as conn:
-            await box.put_many(conn, [registered(subject)])
-            raise RuntimeError("the state change failed")
-    assert await outbox_size(engine) == 0
-    # Only the trigger's NOTIFY can wake the relay in time (the poll is 600 s away).
-    relay = OutboxRelay(database_url, kafka_bootstrap, poll_interval=600)
-    async with running(relay):
-        await wait_until(lambda: _is_active(relay))
-        await asyncio.sleep(0.2)
-        async with engine.begin() as conn:
-            envelopes = await box.put_many(conn, events, correlation_id=str(subject))
-        records = await read_topic(kafka_bootstrap, topic, expected=3, timeout=30)
-    published = [decode_envelope(r.value) for r in sorted(records, key=lambda r: r.offset)]
-    assert [e.id for e in published] == [e.id for e in envelopes]
-    assert [e.type for e in published] == [type(e).event_type for e in events]
-    assert {e.correlationid for e in published} == {str(subject)}
-
-
-async def _is_active(relay: OutboxRelay) -> bool:
-    return relay.is_active
-
-
-async def test_only_one_relay_is_active_and_a_standby_takes_over(
-    engine: AsyncEngine, database_url: str, kafka_bootstrap: str, new_topic: TopicFactory
-) -> None:
-    topic = await new_topic()
-    box = Outbox("identity", SystemClock(), topic=topic)
-    first = OutboxRelay(database_url, kafka_bootstrap, standby_retry=0.2)
-    second = OutboxRelay(database_url, kafka_bootstrap, standby_retry=0.2)
-    async with running(first):
-        await wait_until(lambda: _is_active(first))
-        async with running(second):
-            await asyncio.sleep(1.0)
-            assert not second.is_active
-            await put_events(engine, box, [registered()])
-            await wait_until(lambda: _all_published(engine, first))
-        # first is still the one relaying
-        assert first.published == 1
-    async with running(second):
-        await wait_until(lambda: _is_active(second))
-        await put_events(engine, box, [registered()])
-        await wait_until(lambda: _all_published(engine, second))
-    assert second.published == 1
-    assert len(await read_topic(kafka_bootstrap, topic, expected=2)) == 2
-
-
-class RelayDyingBeforeMarking(OutboxRelay):
-    """A relay process that crashes after Kafka acknowledged a batch, before deleting it."""
-
-    async def mark_published(
-        self, conn: psycopg.AsyncConnection[Any], read: OutboxRead, places: Sequence[Place]
-    ) -> None:
-        raise SystemExit("relay killed between publish and mark")
-
-
-async def all_records(bootstrap: str, topic: str, expected: int) -> list[Any]:
-    """Every record of the topic, relay markers included, in offset order per partition."""
-    consumer = AIOKafkaConsumer(
-        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None
-    )
-    await consumer.start()
-    records: list[Any] = []
-    try:
-        async with asyncio.timeout(20):
-            while len(records) < expected:
-                for batch in (await consumer.getmany(timeout_ms=500)).values():
-                    records.extend(batch)
-    finally:
-        await consumer.stop()
-    return sorted(records, key=lambda r: (r.partition, r.offset))
-
-
-async def test_a_relay_dying_after_publish_is_not_published_again_by_its_successor(
-    engine: AsyncEngine,
-    database_url: str,
-    kafka_bootstrap: str,
-    new_topic: TopicFactory,
-    producer: AIOKafkaProducer,
-) -> None:
-    topic = await new_topic()
-    box = Outbox("identity", SystemClock(), topic=topic)
-    subject = uuid.uuid4()
-    await put_events(engine, box, [registered(subject)])
-
-    dying = RelayDyingBeforeMarking(database_url, kafka_bootstrap)
-    with pytest.raises(SystemExit):
-        await dying.run(asyncio.Event())
-    assert await outbox_size(engine) == 1  # nothing was marked: it is still pending
-    successor = OutboxRelay(database_url, kafka_bootstrap)
-    async with running(successor):
-        await wait_until(lambda: _all_published(engine, successor))
-        # A later event still goes out, after the fence.
-        await put_events(engine, box, [registered(subject)])
-        await wait_until(lambda: _all_published(engine, successor))
-
-    # The successor found the row on the topic and dropped it instead of publishing it again.
-    assert successor.reclaimed == 1
-    assert successor.published == 1
-    events = await read_topic(kafka_bootstrap, topic, expected=3, timeout=5)
-    assert len(events) == 2
-    consumer = InboxConsumer("test", engine, box, {UserRegistered: count_effect}, producer)
-    records = await all_records(kafka_bootstrap, topic, expected=2 + 2 * 3)
-    outcomes = await consumer.consume_batch(records)
-    assert outcomes.count(Outcome.APPLIED) == 2
-    assert await effect_count(engine, subject) == 2
-
-
-async def test_a_row_committed_after_newer_rows_were_published_is_still_published(
-    engine: AsyncEngine, database_url: str, kafka_bootstrap: str, new_topic: TopicFactory
-) -> None:
-    """Ids are handed out at insert and rows become visible at commit: the relay keeps a
-    progress instead of deleting rows, so it must not pass a row a slow transaction still
-    holds."""
-    topic = await new_topic()
-    box = Outbox("identity", SystemClock(), topic=topic)
-    relay = OutboxRelay(database_url, kafka_bootstrap, poll_interval=0.2)
-    async with running(relay), engine.connect() as slow:
-        await wait_until(lambda: _is_active(relay))
-        transaction = await slow.begin()
-        late = await box.put(slow, registered())  # the lower id, not committed yet
-        early = registered()
-        await put_events(engine, box, [early])
-        [first] = await read_topic(kafka_bootstrap, topic, expected=1)
-        assert decode_envelope(first.value).subject == str(early.subject_id)
-        late_id = await slow.scalar(select(outbox.c.id).where(outbox.c.event_id == late.id))
-        await asyncio.sleep(0.5)  # reads of the relay meanwhile
-        assert relay.progress < (late_id or 0)
-        await transaction.commit()
-        records = await read_topic(kafka_bootstrap, topic, expected=2)
-        await wait_until(lambda: _all_published(engine, relay))
-    assert sorted(decode_envelope(r.value).id for r in records) == sorted(
-        [event_id_of(first), late.id]
-    )
-
-
-def event_id_of(record: Any) -> uuid.UUID:
-    return decode_envelope(record.value).id
-
-
-async def test_a_row_whose_writer_took_its_transaction_id_first_but_committed_last_is_published(
-    engine: AsyncEngine, database_url: str, kafka_bootstrap: str, new_topic: TopicFactory
-) -> None:
-    """Found by the PostgreSQL outage scenario, which lost one acknowledged registration: the
-    writer that took its transaction id second takes the lower outbox id and commits last.
-    A snapshot does not list it as running (its xid is at or above the snapshot's xmax, one
-    past the newest *completed* transaction), so a relay judging from snapshots alone passes
-    its row. Made on purpose here, several rounds (a transaction of another database that
-    completes inside the window hides it in that round)."""
-    topic = await new_topic()
-    box = Outbox("identity", SystemClock(), topic=topic)
-    relay = OutboxRelay(database_url, kafka_bootstrap, poll_interval=0.2)
-    late_ones: list[uuid.UUID] = []
-    async with running(relay):
-        # The first event on a topic fences it, which hides the fault: start after it.
-        await put_events(engine, box, [registered()])
-        await read_topic(kafka_bootstrap, topic, expected=1)
-        await asyncio.sleep(0.5)
-        for round_ in range(5):
-            async with engine.connect() as first, engine.connect() as second:
-                first_transaction, second_transaction = await first.begin(), await second.begin()
-                # Each takes its transaction id now, as a handler's first write does.
-                first_xid = await first.scalar(text("SELECT pg_current_xact_id()::text::bigint"))
-                second_xid = await second.scalar(text("SELECT pg_current_xact_id()::text::bigint"))
-                assert first_xid < second_xid
-                late = await box.put(second, registered())  # the lower outbox id
-                await box.put(first, registered())  # the higher one, committed first
-                await first_transaction.commit()
-                await read_topic(kafka_bootstrap, topic, expected=2 + 2 * round_)
-                await asyncio.sleep(0.5)  # reads of the relay while `late` is uncommitted
-                await second_transaction.commit()
-            late_ones.append(late.id)
-        records = await read_topic(kafka_bootstrap, topic, expected=11)
-    published = {decode_envelope(r.value).id for r in records}
-    assert [event_id for event_id in late_ones if event_id not in published] == []
-
-
-async def test_every_row_of_many_concurrent_writers_is_published_once(
-    engine: AsyncEngine, database_url: str, kafka_bootstrap: str, new_topic: TopicFactory
-) -> None:
-    """Writers commit in another order than they took their ids, some roll back, and the relay
-    reads in small batches meanwhile: its progress must never pass a row still to come."""
-    topic = await new_topic()
-    box = Outbox("identity", SystemClock(), topic=topic)
-    committed: list[uuid.UUID] = []
-
-    async def writer(seed: int) -> None:
-        for round_ in range(40):
-            events = [registered() for _ in range(1 + (seed + round_) % 4)]
-            try:
-                async with engine.begin() as conn:
-                    # A state change first, as a service writes: the transaction's id (xid)
-                    # is taken here, its outbox ids later, so the two orders differ.
-                    await conn.execute(effects.insert().values(subject_id=uuid.uuid4(), applied=0))
-                    await asyncio.sleep(((seed * 3 + round_) % 4) / 1000)
-                    envelopes = await box.put_many(conn, events)
-                    await asyncio.sleep(((seed * 7 + round_) % 5) / 1000)  # commit later
-                    if (seed + round_) % 9 == 0:
-                        raise RuntimeError("rolled back")
-            except RuntimeError:
-                continue
-            committed.extend(e.id for e in envelopes)
-
-    relay = OutboxRelay(database_url, kafka_bootstrap, batch_size=5, poll_interval=0.05)
-    async with running(relay):
-        await asyncio.gather(*(writer(seed) for seed in range(8)))
-        records = await read_topic(kafka_bootstrap, topic, expected=len(committed), timeout=60)
-        await wait_until(lambda: _all_published(engine, relay))
-    published = [decode_envelope(r.value).id for r in records]
-    assert sorted(published) == sorted(committed)
-
-
-async def test_published_rows_are_dropped_in_bulk_and_a_restarted_relay_sends_none_again(
-    engine: AsyncEngine, database_url: str, kafka_bootstrap: str, new_topic: TopicFactory
-) -> None:
-    topic = await new_topic()
-    box = Outbox("identity", SystemClock(), topic=topic)
-    for _ in range(20):
-        await put_events(engine, box, [registered()])
-    first = OutboxRelay(database_url, kafka_bootstrap, poll_interval=0.2)
-    async with running(first):
-        await wait_until(lambda: _all_published(engine, first))
-        # Caught up, the relay empties the outbox at once instead of a DELETE per row.
-        await wait_until(lambda: _outbox_empty(engine))
-    async with engine.connect() as conn:
-        recorded = await conn.scalar(select(relay_progress.c.published_through))
-    assert recorded == first.progress  # written down on the way out
-    second = OutboxRelay(database_url, kafka_bootstrap, poll_interval=0.2)
-    async with running(second):
-        await put_events(engine, box, [registered()])
-        await wait_until(lambda: _all_published(engine, second))
-    assert second.published == 1
-    assert second.reclaimed == 0  # nothing to look for: the progress was recorded
-    assert len(await read_topic(kafka_bootstrap, topic, expected=22, timeout=5)) == 21
-
-
-class RelayNeverAtRest(OutboxRelay):
-    """A relay under load that never leaves it a moment to TRUNCATE the outbox."""
-
-    async def _drop_published(self, conn: psycopg.AsyncConnection[Any]) -> None:
-        return None
-
-
-async def test_published_rows_are_deleted_in_bulk_when_the_relay_is_never_at_rest(
-    engine: AsyncEngine,
-    database_url: str,
-    kafka_bootstrap: str,
-    new_topic: TopicFactory,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setattr(relay_module, "DELETE_AFTER", 5)
-    topic = await new_topic()
-    box = Outbox("identity", SystemClock(), topic=topic)
-    for _ in range(20):
-        await put_events(engine, box, [registered()])
-    relay = RelayNeverAtRest(database_url, kafka_bootstrap, batch_size=2, poll_interval=0.2)
-    async with running(relay):
-        await wait_until(lambda: _all_published(engine, relay))
-    assert relay.published == 20
-    # Batches of two never read the outbox to its end until the last: every fifth published
-    # row or so, one DELETE took what the progress had passed.
-    assert await outbox_size(engine) <= 5
-
-
-async def _outbox_empty(engine: AsyncEngine) -> bool:
-    return await outbox_size(engine) == 0
-
-
-async def test_a_superseded_relays_late_copy_is_recognised_by_its_fence(
-    engine: AsyncEngine,
-    database_url: str,
-    kafka_bootstrap: str,
-    new_topic: TopicFactory,
-    producer: AIOKafkaProducer,
-) -> None:
-    """A relay that lost its database session but whose producer still sends (a network
-    partition, a paused process) appends its copy after its successor's marker: consumers
-    must apply the event once, whichever copy they see first."""
-    topic = await new_topic(partitions=1)
-    box = Outbox("identity", SystemClock(), topic=topic)
-    subject = uuid.uuid4()
-    await put_events(engine, box, [registered(subject)])
-    async with engine.connect() as conn:
-        value, key, event_id = (
-            await conn.execute(select(outbox.c.value, outbox.c.partition_key, outbox.c.event_id))
-        ).one()
-
-    first = OutboxRelay(database_url, kafka_bootstrap)
-    async with running(first):
-        await wait_until(lambda: _all_published(engine, first))
-    [_marker, first_record] = await all_records(kafka_bootstrap, topic, expected=2)
-    # The successor takes over: a new marker; nothing pending.
-    successor = OutboxRelay(database_url, kafka_bootstrap)
-    async with running(successor):
-        await put_events(engine, box, [registered(subject)])
-        await wait_until(lambda: _all_published(engine, successor))
-    # The superseded relay's producer now appends a copy of its event, with its old fence.
-    await (
-        await producer.send(
-            topic, value=bytes(value), key=key.encode(), headers=list(first_record.headers)
-        )
-    )
-
-    records = await all_records(kafka_bootstrap, topic, expected=5)
-    consumer = InboxConsumer("test", engine, box, {UserRegistered: count_effect}, producer)
-    outcomes = [await consumer.consume(r) for r in records]
-    assert outcomes == [
-        Outcome.IGNORED,  # the first relay's marker
-        Outcome.APPLIED,
-        Outcome.IGNORED,  # its successor's marker
-        Outcome.APPLIED,  # the successor's own event
-        Outcome.DUPLICATE,  # the late copy, below its source's newest fence
-    ]
-    assert decode_envelope(records[4].value).id == event_id
-    assert await effect_count(engine, subject) == 2
 
 
 async def test_consumer_dying_before_offset_commit_gets_redelivery_and_applies_once(

@@ -4,7 +4,6 @@ from the toolkit, as identity and consent are."""
 import asyncio
 import gc
 import uuid
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,7 +19,6 @@ from confide_toolkit.auth import Caller
 from confide_toolkit.fences import fenced_headers, marker_headers
 from confide_toolkit.ids import uuid7
 from confide_toolkit.inbox import EventContext
-from confide_toolkit.relay import idempotent_producer
 from confide_toolkit.service import Service
 from confide_toolkit.settings import ServiceSettings
 from fastapi import APIRouter, Depends
@@ -83,14 +81,6 @@ async def probe(
     async with probe.service.engine.begin() as conn:
         await conn.execute(text("CREATE TABLE probe_effects (subject_id uuid NOT NULL)"))
     return probe
-
-
-@pytest.fixture
-async def producer(kafka_bootstrap: str) -> AsyncIterator[AIOKafkaProducer]:
-    p = idempotent_producer(kafka_bootstrap)
-    await p.start()
-    yield p
-    await p.stop()
 
 
 async def publish_registered(producer: AIOKafkaProducer, topic: str, subject: uuid.UUID) -> bytes:

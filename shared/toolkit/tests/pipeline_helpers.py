@@ -1,0 +1,97 @@
+"""What the pipeline's tests (test_pipeline.py, test_relay.py) share: events to write, the
+consumers' effect (a counter per subject in `effects`, made by conftest.py's `engine`), writing
+to the outbox, running a relay, and reading a topic back."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer
+from confide_events.identity import UserRegistered
+from confide_toolkit.fences import is_marker
+from confide_toolkit.inbox import EventContext
+from confide_toolkit.outbox import Outbox, outbox
+from confide_toolkit.relay import OutboxRelay
+from sqlalchemy import func, select, text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+
+def registered(subject_id: uuid.UUID | None = None) -> UserRegistered:
+    return UserRegistered(
+        subject_id=subject_id or uuid.uuid4(), role="client", registered_at=datetime.now(UTC)
+    )
+
+
+async def count_effect(event: UserRegistered, ctx: EventContext) -> None:
+    await ctx.conn.execute(
+        text(
+            "INSERT INTO effects (subject_id, applied) VALUES (:s, 1) "
+            "ON CONFLICT (subject_id) DO UPDATE SET applied = effects.applied + 1"
+        ),
+        {"s": event.subject_id},
+    )
+
+
+async def effect_count(engine: AsyncEngine, subject_id: uuid.UUID) -> int:
+    async with engine.connect() as conn:
+        value = await conn.scalar(
+            text("SELECT applied FROM effects WHERE subject_id = :s"), {"s": subject_id}
+        )
+    return int(value or 0)
+
+
+async def put_events(engine: AsyncEngine, box: Outbox, events: Sequence[Any]) -> None:
+    async with engine.begin() as conn:
+        for event in events:
+            await box.put(conn, event)
+
+
+async def read_topic(bootstrap: str, topic: str, expected: int, timeout: float = 20) -> list[Any]:
+    """The events on a topic (relay markers skipped), until `expected` arrived or `timeout`."""
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        group_id=None,
+    )
+    await consumer.start()
+    records: list[Any] = []
+    try:
+        async with asyncio.timeout(timeout):
+            while len(records) < expected:
+                batch = await consumer.getmany(timeout_ms=500)
+                for partition_records in batch.values():
+                    records.extend(r for r in partition_records if not is_marker(r.headers))
+    except TimeoutError:
+        pass
+    finally:
+        await consumer.stop()
+    return records
+
+
+@contextlib.asynccontextmanager
+async def running(relay: OutboxRelay) -> AsyncIterator[asyncio.Event]:
+    stop = asyncio.Event()
+    task = asyncio.create_task(relay.run(stop))
+    try:
+        yield stop
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 15)
+
+
+async def wait_until(predicate: Any, timeout: float = 20) -> None:
+    async with asyncio.timeout(timeout):
+        while not await predicate():
+            await asyncio.sleep(0.05)
+
+
+async def outbox_size(engine: AsyncEngine) -> int:
+    async with engine.connect() as conn:
+        return int(await conn.scalar(select(func.count()).select_from(outbox)) or 0)
