@@ -25,7 +25,6 @@ from confide_toolkit.ids import uuid7
 from confide_toolkit.inbox import ConsumedRecord, EventContext, InboxConsumer
 from confide_toolkit.outbox import Outbox
 from confide_toolkit.positions import Position, PositionsInDatabase
-from confide_toolkit.relay import idempotent_producer
 from confide_toolkit.subscriptions import (
     DeferredOffsetCommits,
     kafka_batch_handler,
@@ -94,7 +93,7 @@ async def test_records_applied_within_an_interval_are_committed_once_past_the_hi
 async def test_a_failed_commit_is_logged_and_the_next_records_are_still_committed(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.INFO, logger="confide_toolkit.inbox")
+    caplog.set_level(logging.INFO, logger="confide_toolkit.subscriptions")
     kafka = FakeKafkaConsumer(failures=1)
     commits = DeferredOffsetCommits(interval=INTERVAL)
     commits.applied(kafka, records("a.events", 0, 0))
@@ -173,14 +172,6 @@ async def engine(toolkit_engine: AsyncEngine) -> AsyncEngine:
     async with toolkit_engine.begin() as conn:
         await conn.run_sync(applied_metadata.create_all)
     return toolkit_engine
-
-
-@pytest.fixture
-async def producer(kafka_bootstrap: str) -> AsyncIterator[AIOKafkaProducer]:
-    p = idempotent_producer(kafka_bootstrap)
-    await p.start()
-    yield p
-    await p.stop()
 
 
 async def record_applied(event: UserRegistered, ctx: EventContext) -> None:
