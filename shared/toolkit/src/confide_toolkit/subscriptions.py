@@ -125,8 +125,11 @@ def subscribe_batches(
     return subscriber
 
 
-def raw_body(message: Any) -> Any:
+async def raw_body(message: Any) -> Any:
     """A FastStream decoder that leaves the record value as bytes: the inbox decodes the
     CloudEvents envelope itself, so a record it cannot read goes to the dead-letter topic
-    instead of failing inside the framework."""
+    instead of failing inside the framework.
+
+    A coroutine function because FastStream runs a plain function decoder in a worker thread:
+    a thread hop per batch that cost the consumer a tenth of its CPU."""
     return message.body
