@@ -173,7 +173,7 @@ async def _prepare(database_url: str, bootstrap: str, topic: str) -> None:
         ends = await consumer.end_offsets([TopicPartition(topic, p) for p in range(PARTITIONS)])
     finally:
         await consumer.stop()
-    engine = create_engine(database_url, pool_size=1)
+    engine = create_engine(database_url, pool_size=2)
     try:
         async with engine.begin() as conn:
             await conn.execute(

@@ -207,7 +207,7 @@ async def run_decryption(stack: Stack, config: DecryptionConfig) -> ScenarioResu
     warm_ms: list[float] = []
     per_row_ms: list[float] = []
     with scratch_database(stack, "decrypt") as url, TemporaryDirectory() as keys:
-        engine = create_engine(url, pool_size=2)
+        engine = create_engine(url, pool_size=4)
         keks = CountingKeks(LocalKeyFile(Path(keys) / "kek.json"))
         writer = Keyring("messaging", keks, clock)
         try:

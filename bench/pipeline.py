@@ -783,7 +783,7 @@ async def _prepare_producer_database(url: str) -> None:
     from confide_toolkit.database import create_engine, toolkit_metadata
 
     del keyring, outbox, positions, relay  # imported for their tables in `toolkit_metadata`
-    engine = create_engine(url, pool_size=1)
+    engine = create_engine(url, pool_size=2)
     try:
         async with engine.begin() as conn:
             await conn.run_sync(toolkit_metadata.create_all)

@@ -56,7 +56,7 @@ async def run_shredding(stack: Stack, config: ShreddingConfig) -> ScenarioResult
     shred_ms: dict[int, list[float]] = {n: [] for n in config.sizes}
     delete_ms: dict[int, list[float]] = {n: [] for n in config.sizes}
     with scratch_database(stack, "shred") as url, TemporaryDirectory() as keys:
-        engine = create_engine(url, pool_size=2)
+        engine = create_engine(url, pool_size=4)
         keyring = Keyring("identity", LocalKeyFile(Path(keys) / "kek.json"), SystemClock())
         try:
             async with engine.begin() as conn:

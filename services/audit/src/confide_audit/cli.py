@@ -18,7 +18,7 @@ from confide_audit.settings import AuditSettings
 
 async def verify(settings: AuditSettings, every_generation: bool) -> int:
     """Print each chain's verdict; exit status 1 when one is broken."""
-    engine = create_engine(settings.database_url, pool_size=1)
+    engine = create_engine(settings.database_url, pool_size=2)
     try:
         reports = await handlers.verify_chains(engine, every_generation=every_generation)
     finally:

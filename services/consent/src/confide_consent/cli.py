@@ -61,7 +61,7 @@ async def seed_dev_recipients(engine: AsyncEngine, clock: Clock) -> list[Recipie
 
 async def _seed(settings: ConsentSettings) -> list[Recipient]:
     await asyncio.to_thread(upgrade_database, settings.database_url, MIGRATIONS)
-    engine = create_engine(settings.database_url, pool_size=1)
+    engine = create_engine(settings.database_url, pool_size=2)
     try:
         return await seed_dev_recipients(engine, SystemClock())
     finally:

@@ -127,7 +127,7 @@ def database_url(infrastructure: Infrastructure) -> Iterator[str]:
 @pytest.fixture
 async def toolkit_engine(database_url: str) -> AsyncIterator[AsyncEngine]:
     """An engine on a fresh database holding the toolkit's tables."""
-    engine = create_engine(database_url, pool_size=5)
+    engine = create_engine(database_url, pool_size=10)
     async with engine.begin() as conn:
         await conn.run_sync(toolkit_metadata.create_all)
     try:

@@ -284,7 +284,7 @@ def lifecycle_from_settings(
         )
     scheduled: ScheduledKeks = keks  # type: ignore[assignment]
     clock = clock or SystemClock()
-    engine = create_engine(settings.database_url, pool_size=1)
+    engine = create_engine(settings.database_url, pool_size=2)
     keyring = Keyring(settings.service_name, scheduled, clock)
     return KekLifecycle(scheduled, keyring, engine, schedule, clock)
 
