@@ -12,6 +12,7 @@ from confide_toolkit.telemetry import (
     current_traceparent,
     instrument_fastapi,
     kafka_trace_headers,
+    trace_parent,
     traceparent_from_kafka_headers,
     tracer_provider,
 )
@@ -210,11 +211,34 @@ def test_without_an_exporter_a_trace_sampled_upstream_is_still_recorded() -> Non
     assert [span.name for span in recorded.get_finished_spans()] == ["consume"]
 
 
-def test_a_traceparent_says_whether_its_span_was_sampled() -> None:
-    from confide_toolkit.telemetry import unsampled
+TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
+SPAN_ID = "b7ad6b7169203331"
 
-    trace_id, span_id = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
-    assert unsampled(f"00-{trace_id}-{span_id}-00")
-    assert not unsampled(f"00-{trace_id}-{span_id}-01")
-    assert not unsampled(None)  # no parent: the root sampler decides
-    assert not unsampled("garbage-00")
+
+def test_a_sampled_producer_span_is_the_parent() -> None:
+    context, sampled = trace_parent(f"00-{TRACE_ID}-{SPAN_ID}-01")
+    parent = trace.get_current_span(context).get_span_context()
+    assert sampled
+    assert (parent.trace_id, parent.span_id) == (int(TRACE_ID, 16), int(SPAN_ID, 16))
+    assert parent.is_remote
+
+
+def test_only_the_sampled_bit_of_the_flags_counts() -> None:
+    # 02 is the W3C "random trace id" flag that OpenTelemetry sets on unsampled spans too.
+    for flags in ("00", "02"):
+        _, sampled = trace_parent(f"00-{TRACE_ID}-{SPAN_ID}-{flags}")
+        assert not sampled, flags
+    _, sampled = trace_parent(f"00-{TRACE_ID}-{SPAN_ID}-03")
+    assert sampled
+
+
+def test_no_or_a_malformed_traceparent_starts_a_new_trace() -> None:
+    for traceparent in (
+        None,
+        "garbage",
+        f"ff-{TRACE_ID}-{SPAN_ID}-01",
+        f"00-{'0' * 32}-{SPAN_ID}-01",
+    ):
+        context, sampled = trace_parent(traceparent)
+        assert not trace.get_current_span(context).get_span_context().is_valid, traceparent
+        assert sampled, traceparent

@@ -7,10 +7,11 @@ Every service owns exactly one database; the toolkit's tables live in it beside 
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 import psycopg
 from sqlalchemy import MetaData
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 # Constraint names are deterministic so that Alembic migrations stay stable.
 NAMING_CONVENTION = {
@@ -66,3 +67,15 @@ def drop_database(admin_url: str, name: str) -> None:
     """Drop a database, ending the sessions still connected to it."""
     with psycopg.connect(libpq_url(admin_url), autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+async def driver_connection(conn: AsyncConnection) -> Any:
+    """The psycopg connection under `conn`, in its transaction, for the toolkit's own statements
+    on every event or batch (the outbox rows, a consumer's positions): SQLAlchemy's statement
+    path (compiling, a bind processor per value, a greenlet switch per driver call) cost more
+    CPU than building the events themselves."""
+    if not conn.in_transaction():
+        # What SQLAlchemy's own first statement would do: without it, the caller's
+        # `conn.commit()` would find no transaction to commit and the rows would be lost.
+        await conn.begin()
+    return (await conn.get_raw_connection()).driver_connection

@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
-import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,7 +41,7 @@ from confide_toolkit.availability import database_outage
 from confide_toolkit.fences import Admission
 from confide_toolkit.outbox import Outbox
 from confide_toolkit.positions import ConsumerPositions
-from confide_toolkit.telemetry import context_from_traceparent
+from confide_toolkit.telemetry import trace_parent
 
 logger = logging.getLogger(__name__)
 tracer = trace.get_tracer("confide_toolkit.inbox")
@@ -58,39 +57,6 @@ DEAD_LETTER_GROUP_HEADER = "dlq-consumer-group"
 
 _CATALOGUE_TYPES = frozenset(event_type for event_type, _ in REGISTRY.models)
 """Every event type of the contract: one a consumer does not handle is ignored unread."""
-
-
-_VERSION_00 = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
-"""A W3C `traceparent` of version 00, the one every Confide producer writes."""
-
-
-def trace_parent(traceparent: str | None) -> tuple[Context, bool]:
-    """The context a consumer span continues its producer's trace in, and whether the
-    producer's span was sampled: when it was not (the sampled bit of the trace flags is clear),
-    the parent-based sampler records no child of it either. None or a malformed value gives an
-    empty context: a new trace, which the sampler decides about.
-
-    Read here rather than by `telemetry.unsampled` and the OpenTelemetry propagator: the first
-    takes only flags `00` for "not sampled", but OpenTelemetry writes `02` (a random trace id)
-    on the spans it does not sample, so every record got a span that recorded nothing (a third
-    of a batch consumer's CPU); the second costs several times this parse."""
-    match = _VERSION_00.fullmatch(traceparent) if traceparent else None
-    if match is None:
-        # Another version, or none: as the propagator reads it.
-        context = context_from_traceparent(traceparent)
-        span_context = trace.get_current_span(context).get_span_context()
-        return context, not span_context.is_valid or span_context.trace_flags.sampled
-    trace_id, span_id, flags = match.groups()
-    span_context = trace.SpanContext(
-        int(trace_id, 16),
-        int(span_id, 16),
-        is_remote=True,
-        trace_flags=trace.TraceFlags(int(flags, 16)),
-    )
-    if not span_context.is_valid:  # an all-zero id
-        return Context(), True
-    parent = trace.set_span_in_context(trace.NonRecordingSpan(span_context), Context())
-    return parent, span_context.trace_flags.sampled
 
 
 class Outcome(enum.Enum):

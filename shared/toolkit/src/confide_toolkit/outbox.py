@@ -42,7 +42,7 @@ from sqlalchemy.dialects.postgresql import UUID as PG_UUID
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from confide_toolkit.clock import Clock
-from confide_toolkit.database import toolkit_metadata
+from confide_toolkit.database import driver_connection, toolkit_metadata
 from confide_toolkit.ids import uuid7
 from confide_toolkit.telemetry import current_traceparent
 
@@ -197,18 +197,6 @@ def _headers(traceparent: str | None) -> str:
     if traceparent:
         headers.append(["traceparent", traceparent])
     return json.dumps(headers)
-
-
-async def driver_connection(conn: AsyncConnection) -> Any:
-    """The psycopg connection under `conn`, in its transaction, for the toolkit's own statements
-    on every event or batch (the outbox rows, a consumer's positions): SQLAlchemy's statement
-    path (compiling, a bind processor per value, a greenlet switch per driver call) cost more
-    CPU than building the events themselves."""
-    if not conn.in_transaction():
-        # What SQLAlchemy's own first statement would do: without it, the caller's
-        # `conn.commit()` would find no transaction to commit and the rows would be lost.
-        await conn.begin()
-    return (await conn.get_raw_connection()).driver_connection
 
 
 def kafka_headers(stored: Any) -> list[tuple[str, bytes]]:

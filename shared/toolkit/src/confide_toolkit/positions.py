@@ -32,9 +32,8 @@ from sqlalchemy import BigInteger, Column, DateTime, Integer, String, Table, fun
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from confide_toolkit.database import toolkit_metadata
+from confide_toolkit.database import driver_connection, toolkit_metadata
 from confide_toolkit.fences import Admission, RelayFences
-from confide_toolkit.outbox import driver_connection
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +62,7 @@ _MOVE = """UPDATE consumer_positions AS p
         AND p.next_offset = v.expected
     RETURNING p.topic, p.partition"""
 """Moves the positions that are still where this consumer last left them, locking their rows.
-Run on the psycopg connection underneath (`outbox.driver_connection`): it is the one statement
+Run on the psycopg connection underneath (`database.driver_connection`): it is the one statement
 of the toolkit's own in every batch, and SQLAlchemy's statement path added about 70 us of CPU
 to each."""
 _ENSURE = text(

@@ -31,7 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from confide_toolkit.availability import database_outage
 from confide_toolkit.fences import Admission
-from confide_toolkit.inbox import ConsumedRecord, trace_parent
+from confide_toolkit.inbox import ConsumedRecord
 from confide_toolkit.positions import ConsumerPositions, PositionsInDatabase
 from confide_toolkit.subscriptions import (
     BATCH_MAX_RECORDS,
@@ -39,7 +39,7 @@ from confide_toolkit.subscriptions import (
     DeferredOffsetCommits,
     raw_body,
 )
-from confide_toolkit.telemetry import traceparent_from_kafka_headers
+from confide_toolkit.telemetry import trace_parent, traceparent_from_kafka_headers
 
 logger = logging.getLogger(__name__)
 tracer = trace.get_tracer(__name__)
