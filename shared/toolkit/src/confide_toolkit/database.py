@@ -31,10 +31,10 @@ def create_engine(url: str, *, pool_size: int = 20, echo: bool = False) -> Async
 
     The pool opens connections as transactions need them (a quiet service holds few), keeps
     every one it opened, and never holds more than `pool_size`: a transaction beyond waits for
-    one to be given back. The same cap as before (10 kept and 10 more), but those 10 more were
-    closed when given back, so under more concurrent transactions than 10 each of them opened
-    a new connection (a server process forked and authenticated): in consent's grants at 32
-    clients, a tenth of the service's CPU in `connect` alone (py-spy).
+    one to be given back. No overflow: a connection beyond those kept is closed when given
+    back, so under steady concurrency each transaction beyond them opens a new one (a server
+    process forked and authenticated); with 10 kept and 10 of overflow, consent's grants at 32
+    clients spent a tenth of the service's CPU in `connect` alone (py-spy).
 
     Pooled connections are not pinged before use: the ping is a round trip on every
     transaction (0.2-0.5 ms of the client's CPU each, here). After a database restart, the

@@ -221,19 +221,19 @@ class OutboxRelay:
     ) -> None:
         """Remember what Kafka acknowledged, move the progress as far as the snapshots allow,
         and now and then write it down and drop the published rows."""
-        self._progress.note(read, list(places))
+        self._progress.note(read, places)
         self.published += len(read.pending)
         now = time.monotonic()
-        if read.pending or not read.complete:
+        if read.pending:
             self._busy_at = now
         written_at, progress, published = self._checkpointed
         # An idle relay writes nothing: only a move since the last checkpoint is written.
         moved = progress != self._progress.through or published != self.published
         if moved and now - written_at >= CHECKPOINT_INTERVAL:
             await self._checkpoint(conn)
-        # Nothing to publish for a while: every row this read saw is published.
-        quiet = read.complete and now - self._busy_at >= QUIET_BEFORE_DROP
+        quiet = now - self._busy_at >= QUIET_BEFORE_DROP
         retained = self._progress.above.highest - self._dropped_through
+        # Caught up: every row this read could see is published.
         if read.complete and (quiet or retained >= DROP_AT_LEAST):
             await self._drop_published(conn)
         elif self._progress.through - self._dropped_through >= DELETE_AFTER:

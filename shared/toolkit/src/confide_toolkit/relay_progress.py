@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import uuid
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -136,7 +137,7 @@ class Progress:
         self._reads: list[_Read] = []
         self._last_offsets: dict[tuple[str, int], int] = {}
 
-    def note(self, read: OutboxRead, places: list[Place]) -> None:
+    def note(self, read: OutboxRead, places: Sequence[Place]) -> None:
         """Remember what Kafka acknowledged of `read`, and move the progress as far as the
         reads so far allow."""
         for pending, place in zip(read.pending, places, strict=True):
