@@ -780,7 +780,7 @@ async def _open_conversations(
 
     async def open_one(worker: int, token: str) -> str:
         # 401 until messaging has consumed identity's signing key; until its people read model
-        # holds the therapist 422, the client 409 account-not-open.
+        # holds the therapist 404 therapist-not-available, the client 409 account-not-open.
         deadline = time.monotonic() + START_TIMEOUT
         headers = {"Authorization": f"Bearer {token}"}
         while True:
@@ -793,8 +793,10 @@ async def _open_conversations(
                 break
             # 503 too: messaging's two-second database check answers it for a moment on a
             # saturated machine.
-            waiting = answer.status_code in (401, 422, 503) or (
-                answer.status_code == 409 and "account-not-open" in answer.text
+            waiting = (
+                answer.status_code in (401, 503)
+                or (answer.status_code == 404 and "therapist-not-available" in answer.text)
+                or (answer.status_code == 409 and "account-not-open" in answer.text)
             )
             if not waiting or time.monotonic() > deadline:
                 raise RuntimeError(
