@@ -137,6 +137,28 @@ def test_connection_errors_are_outages_and_refused_statements_are_not() -> None:
     assert not database_outage(ValueError("not a database error"))
 
 
+def test_the_drivers_own_connection_errors_are_outages_too() -> None:
+    # Raised by the toolkit's statements on the psycopg connection (outbox, positions).
+    assert database_outage(psycopg.OperationalError("server closed the connection"))
+    assert database_outage(psycopg.errors.AdminShutdown("terminating connection"))
+    assert not database_outage(psycopg.errors.UniqueViolation("duplicate key"))
+    assert not database_outage(psycopg.errors.UndefinedTable("nope"))
+
+
+async def test_the_drivers_own_connection_error_answers_503_not_500() -> None:
+    app = FastAPI()
+    install_outage_handlers(app)
+    install_problem_handlers(app)
+
+    @app.get("/v1/cut")
+    async def cut() -> None:
+        raise psycopg.OperationalError("consuming input failed: server closed the connection")
+
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+        assert_outage(await http.get("/v1/cut"), "database")
+
+
 async def test_a_database_error_that_is_no_outage_stays_a_generic_500() -> None:
     app = FastAPI()
     install_outage_handlers(app)

@@ -22,6 +22,7 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Final
 
+import psycopg
 from fastapi import FastAPI, Request
 from sqlalchemy import exc as sa_exc
 from starlette.responses import Response
@@ -61,17 +62,28 @@ def outage_problem(dependency: str) -> Problem:
 
 def database_outage(error: BaseException) -> bool:
     """Whether `error` says the database cannot be reached (as opposed to refusing a statement,
-    which is a bug or a conflict and stays a 500 or the service's own answer)."""
+    which is a bug or a conflict and stays a 500 or the service's own answer).
+
+    The error is SQLAlchemy's wrapping of the driver's, or the driver's own: the toolkit's
+    statements on every event (outbox rows, event streams, consumers' positions) go to psycopg
+    directly (`database.driver_connection`)."""
     if isinstance(error, sa_exc.TimeoutError):  # no pooled connection came free in time
         return True
     if isinstance(error, sa_exc.DBAPIError):
         if error.connection_invalidated:
             return True
         if isinstance(error, sa_exc.OperationalError | sa_exc.InterfaceError):
-            sqlstate = getattr(error.orig, "sqlstate", None)
-            # No SQLSTATE at all: the driver never got an answer from a server.
-            return sqlstate is None or sqlstate.startswith(_CONNECTION_SQLSTATES)
+            return _unreachable(error.orig)
+        return False
+    if isinstance(error, psycopg.OperationalError | psycopg.InterfaceError):
+        return _unreachable(error)
     return False
+
+
+def _unreachable(error: BaseException | None) -> bool:
+    sqlstate = getattr(error, "sqlstate", None)
+    # No SQLSTATE at all: the driver never got an answer from a server.
+    return sqlstate is None or sqlstate.startswith(_CONNECTION_SQLSTATES)
 
 
 class Availability:
@@ -136,6 +148,7 @@ async def _on_database_error(request: Request, exc: Exception) -> Response:
 
 def install_outage_handlers(app: FastAPI) -> None:
     """Answer the database driver's connection errors with the database's 503 (and any other
-    database error with the generic 500, as before)."""
+    database error with the generic 500, as before), whether SQLAlchemy wrapped them or not."""
     app.add_exception_handler(sa_exc.DBAPIError, _on_database_error)
     app.add_exception_handler(sa_exc.TimeoutError, _on_database_error)
+    app.add_exception_handler(psycopg.Error, _on_database_error)
