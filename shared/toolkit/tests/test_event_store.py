@@ -128,6 +128,48 @@ async def test_concurrent_appends_at_the_same_version_let_exactly_one_win(
     assert sorted(results) == [False, True]
 
 
+@pytest.mark.parametrize("from_snapshot", [False, True])
+async def test_a_load_for_change_waits_for_the_other_command_and_reads_what_it_committed(
+    engine: AsyncEngine, store: EventStore, from_snapshot: bool
+) -> None:
+    import asyncio
+
+    tab = uuid.uuid4()
+    async with engine.begin() as conn:
+        await store.append(conn, tab, 0, [TabOpened(tab_id=tab)])
+
+    async def load(conn: AsyncConnection) -> list[RecordedEvent]:
+        if from_snapshot:
+            stream = await store.load_stream(
+                conn, tab, snapshot_schema=SNAPSHOT_SCHEMA, for_change=True
+            )
+            return stream.events
+        return await store.load(conn, tab, for_change=True)
+
+    first_loaded = asyncio.Event()
+
+    async def first() -> None:
+        async with engine.begin() as conn:
+            loaded = await load(conn)
+            first_loaded.set()
+            await asyncio.sleep(0.3)  # the second command arrives meanwhile
+            await store.append(conn, tab, loaded[-1].version, [ItemAdded(amount=1)])
+
+    async def second() -> list[int]:
+        await first_loaded.wait()
+        async with engine.begin() as conn:
+            loaded = await load(conn)  # queues behind the first until it commits
+            await store.append(conn, tab, loaded[-1].version, [ItemAdded(amount=2)])
+        return [r.version for r in loaded]
+
+    _, seen_by_second = await asyncio.gather(first(), second())
+    # Without the lock the second would read version 1 and its append would be refused.
+    assert seen_by_second == [1, 2]
+    async with engine.connect() as conn:
+        events = [r.event for r in await store.load(conn, tab)]
+    assert events == [TabOpened(tab_id=tab), ItemAdded(amount=1), ItemAdded(amount=2)]
+
+
 async def test_projection_is_updated_in_the_same_transaction(
     engine: AsyncEngine, store: EventStore
 ) -> None:

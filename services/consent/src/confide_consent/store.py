@@ -102,8 +102,6 @@ receipt_signing_keys = Table(
 """The Ed25519 keys receipts are signed with; the private half sealed by the keyring."""
 
 
-_LEDGER_LOCK: Final = "confide.consent.ledger"
-
 LEDGER_SNAPSHOT_SCHEMA: Final = 1
 """The shape of `ConsentLedger.snapshot_state`; a new shape needs a new number (old snapshots
 are then ignored and replaced)."""
@@ -123,17 +121,14 @@ class Ledgers:
     async def load_for_change(self, conn: AsyncConnection, subject_id: uuid.UUID) -> ConsentLedger:
         """The ledger, locked until the transaction ends: commands on one person's ledger
         queue up instead of racing (optimistic concurrency still guards the append)."""
-        await conn.execute(
-            select(
-                func.pg_advisory_xact_lock(func.hashtextextended(f"{_LEDGER_LOCK}:{subject_id}", 0))
-            )
-        )
-        return await self.load(conn, subject_id)
+        return await self.load(conn, subject_id, for_change=True)
 
-    async def load(self, conn: AsyncConnection, subject_id: uuid.UUID) -> ConsentLedger:
+    async def load(
+        self, conn: AsyncConnection, subject_id: uuid.UUID, *, for_change: bool = False
+    ) -> ConsentLedger:
         """The ledger as its stream stands (for reading): its snapshot and the events after."""
         stream = await self.events.load_stream(
-            conn, subject_id, snapshot_schema=LEDGER_SNAPSHOT_SCHEMA
+            conn, subject_id, snapshot_schema=LEDGER_SNAPSHOT_SCHEMA, for_change=for_change
         )
         return ConsentLedger.replay(
             subject_id,

@@ -197,8 +197,6 @@ async def project_account(conn: AsyncConnection, recorded: RecordedEvent) -> Non
 EMAIL_INDEX_UNIQUE: Final = "uq_accounts_email_index"
 """The unique constraint (named by the naming convention) that keeps one account per email."""
 
-_ACCOUNT_LOCK: Final = "confide.identity.account"
-
 
 @dataclass(frozen=True)
 class AccountRecord:
@@ -239,9 +237,11 @@ class Accounts:
     def __init__(self, clock: Clock) -> None:
         self.events = EventStore(domain.ACCOUNT_EVENTS, clock, projections=[project_account])
 
-    async def load(self, conn: AsyncConnection, account_id: UUID) -> domain.Account | None:
+    async def load(
+        self, conn: AsyncConnection, account_id: UUID, *, for_change: bool = False
+    ) -> domain.Account | None:
         """The account as its stream stands (None for an unknown id)."""
-        recorded = await self.events.load(conn, account_id)
+        recorded = await self.events.load(conn, account_id, for_change=for_change)
         if not recorded:
             return None
         return domain.Account.replay((r.event for r in recorded), recorded[-1].version)
@@ -251,14 +251,7 @@ class Accounts:
     ) -> domain.Account | None:
         """The account, locked until the transaction ends: commands on one account queue up
         instead of racing (optimistic concurrency still guards the append)."""
-        await conn.execute(
-            select(
-                func.pg_advisory_xact_lock(
-                    func.hashtextextended(f"{_ACCOUNT_LOCK}:{account_id}", 0)
-                )
-            )
-        )
-        return await self.load(conn, account_id)
+        return await self.load(conn, account_id, for_change=True)
 
     async def save(self, conn: AsyncConnection, account: domain.Account) -> list[RecordedEvent]:
         """Append the account's pending events; raises `ConcurrencyConflict` if the stream moved

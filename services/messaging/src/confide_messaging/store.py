@@ -153,8 +153,6 @@ disclosures = Table(
 """Each disclosure, its consent, and its one-time bundle (sealed; the key is in the token)."""
 
 
-_CONVERSATION_LOCK: Final = "confide.messaging.conversation"
-
 CONVERSATION_SNAPSHOT_SCHEMA: Final = 1
 """The shape of `Conversation.snapshot_state`; a new shape needs a new number."""
 SNAPSHOT_EVERY: Final = 50
@@ -224,20 +222,18 @@ class Conversations:
     ) -> Conversation:
         """The conversation, locked until the transaction ends: posts to one conversation
         queue up instead of racing (optimistic concurrency still guards the append)."""
-        await conn.execute(
-            select(
-                func.pg_advisory_xact_lock(
-                    func.hashtextextended(f"{_CONVERSATION_LOCK}:{conversation_id}", 0)
-                )
-            )
-        )
-        return await self.load(conn, conversation_id)
+        return await self.load(conn, conversation_id, for_change=True)
 
-    async def load(self, conn: AsyncConnection, conversation_id: uuid.UUID) -> Conversation:
+    async def load(
+        self, conn: AsyncConnection, conversation_id: uuid.UUID, *, for_change: bool = False
+    ) -> Conversation:
         """The conversation as its stream stands: its snapshot and the events after it (an
         unknown id loads as a conversation that does not exist)."""
         stream = await self.events.load_stream(
-            conn, conversation_id, snapshot_schema=CONVERSATION_SNAPSHOT_SCHEMA
+            conn,
+            conversation_id,
+            snapshot_schema=CONVERSATION_SNAPSHOT_SCHEMA,
+            for_change=for_change,
         )
         return Conversation.replay(
             conversation_id,

@@ -139,7 +139,6 @@ certificates = Table(
 
 certificate_signing_keys = signing_key_table("certificate_signing_keys", metadata)
 
-_CASE_LOCK: Final = "confide.retention.erasure_case"
 _SUBJECT_LOCK: Final = "confide.retention.subject"
 
 
@@ -156,8 +155,10 @@ class ErasureCases:
     def __init__(self, clock: Clock) -> None:
         self.events = EventStore(CASE_EVENTS, clock, projections=[project_case])
 
-    async def load(self, conn: AsyncConnection, case_id: uuid.UUID) -> ErasureCase | None:
-        recorded = await self.events.load(conn, case_id)
+    async def load(
+        self, conn: AsyncConnection, case_id: uuid.UUID, *, for_change: bool = False
+    ) -> ErasureCase | None:
+        recorded = await self.events.load(conn, case_id, for_change=for_change)
         if not recorded:
             return None
         return ErasureCase.replay(case_id, (r.event for r in recorded), len(recorded))
@@ -167,8 +168,7 @@ class ErasureCases:
     ) -> ErasureCase | None:
         """The case, locked until the transaction ends: the scheduler and the consumers of
         answers queue up on one case instead of racing."""
-        await conn.execute(_advisory_lock(f"{_CASE_LOCK}:{case_id}"))
-        return await self.load(conn, case_id)
+        return await self.load(conn, case_id, for_change=True)
 
     async def save(self, conn: AsyncConnection, case: ErasureCase) -> list[RecordedEvent]:
         """Append the case's pending events; raises `ConcurrencyConflict` if it moved on."""

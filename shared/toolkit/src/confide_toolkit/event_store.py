@@ -37,7 +37,6 @@ from sqlalchemy import (
     String,
     Table,
     UniqueConstraint,
-    delete,
     select,
     text,
 )
@@ -47,7 +46,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from confide_toolkit.clock import Clock
-from confide_toolkit.database import toolkit_metadata
+from confide_toolkit.database import driver_connection, toolkit_metadata
 from confide_toolkit.ids import uuid7
 
 stored_events = Table(
@@ -77,11 +76,43 @@ stream_snapshots = Table(
 )
 """The newest snapshot of each stream that has one (see the module's docstring)."""
 
-_APPEND = (
-    pg_insert(stored_events)
-    .on_conflict_do_nothing(constraint="uq_stored_events_stream_version")
-    .returning(stored_events.c.position, stored_events.c.event_id)
+# The statements of every command (lock, load, append) go to psycopg directly
+# (`database.driver_connection`): through SQLAlchemy, building, caching and adapting them cost
+# a command more CPU than its round trips.
+
+_LOCK_STREAM = "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))"
+
+_LOAD = (
+    "SELECT position, version, event_id, event_type, schema_version, data, recorded_at"
+    " FROM stored_events WHERE stream_id = %s ORDER BY version"
 )
+"""A stream's events, their columns in the order `EventStore._recorded` reads them."""
+
+_LOAD_FROM_SNAPSHOT = """
+SELECT 0 AS kind, NULL::bigint, version, NULL::uuid, NULL::text, schema_version, state, taken_at
+  FROM stream_snapshots
+ WHERE stream_id = %(stream)s AND schema_version = %(schema)s
+UNION ALL
+SELECT 1 AS kind, position, version, event_id, event_type, schema_version, data, recorded_at
+  FROM stored_events
+ WHERE stream_id = %(stream)s
+   AND version > COALESCE((SELECT version FROM stream_snapshots
+                            WHERE stream_id = %(stream)s AND schema_version = %(schema)s), 0)
+ ORDER BY kind, version"""
+"""The usable snapshot (kind 0), if any, and the events after it (kind 1), in one query."""
+
+_APPEND = """
+INSERT INTO stored_events
+       (stream_id, stream_type, version, event_id, event_type, schema_version, data, recorded_at)
+SELECT %(stream)s, stream_type, version, event_id, event_type, schema_version, data::jsonb,
+       %(now)s
+  FROM unnest(%(stream_types)s::text[], %(versions)s::int[], %(event_ids)s::uuid[],
+              %(event_types)s::text[], %(schema_versions)s::int[], %(data)s::text[])
+       AS appended (stream_type, version, event_id, event_type, schema_version, data)
+    ON CONFLICT ON CONSTRAINT uq_stored_events_stream_version DO NOTHING
+RETURNING position, event_id"""
+
+_TAKE_BACK = "DELETE FROM stored_events WHERE event_id = ANY(%s::uuid[])"
 
 
 class DomainEvent(BaseModel):
@@ -228,31 +259,29 @@ class EventStore:
                 raise TypeError(f"{type(event).__name__} is not a registered domain event type")
         versions = [expected_version + offset for offset in range(1, len(events) + 1)]
         event_ids = [uuid7() for _ in events]
-        rows = [
-            {
-                "stream_id": stream_id,
-                "stream_type": type(event).stream_type or type(event).__name__,
-                "version": version,
-                "event_id": event_id,
-                "event_type": type(event).event_type,
-                "schema_version": type(event).schema_version,
-                "data": event.model_dump(mode="json"),
-                "recorded_at": now,
-            }
-            for event, version, event_id in zip(events, versions, event_ids, strict=True)
-        ]
+        driver = await driver_connection(conn)
         # One round trip: a stale `expected_version` collides with a version already recorded
         # and inserts nothing for that row (whoever appended first wins, even concurrently:
         # the unique index makes the later writer wait for the earlier one's commit).
-        result = await conn.execute(_APPEND, rows)
-        position_of = {row.event_id: row.position for row in result}
-        if len(position_of) != len(rows):
+        cursor = await driver.execute(
+            _APPEND,
+            {
+                "stream": stream_id,
+                "now": now,
+                "stream_types": [type(e).stream_type or type(e).__name__ for e in events],
+                "versions": versions,
+                "event_ids": event_ids,
+                "event_types": [type(e).event_type for e in events],
+                "schema_versions": [type(e).schema_version for e in events],
+                "data": [e.model_dump_json() for e in events],
+            },
+        )
+        position_of = dict((event_id, position) for position, event_id in await cursor.fetchall())
+        if len(position_of) != len(events):
             # Later events of the batch may have landed past the collision: take them back, so
             # the stream is as it was even if the caller goes on with the transaction.
             if position_of:
-                await conn.execute(
-                    delete(stored_events).where(stored_events.c.event_id.in_(list(position_of)))
-                )
+                await driver.execute(_TAKE_BACK, (list(position_of),))
             raise ConcurrencyConflict(stream_id, expected_version)
         positions = [position_of[event_id] for event_id in event_ids]
         recorded = [
@@ -298,40 +327,57 @@ class EventStore:
             aggregate.snapshot_version = aggregate.version
         return recorded
 
-    async def load(self, conn: AsyncConnection, stream_id: UUID) -> list[RecordedEvent]:
-        """Every event of one stream, in version order (empty for an unknown stream)."""
-        result = await conn.execute(
-            select(stored_events)
-            .where(stored_events.c.stream_id == stream_id)
-            .order_by(stored_events.c.version)
-        )
-        return [self._recorded(row._mapping) for row in result]
+    async def load(
+        self, conn: AsyncConnection, stream_id: UUID, *, for_change: bool = False
+    ) -> list[RecordedEvent]:
+        """Every event of one stream, in version order (empty for an unknown stream).
+
+        `for_change`: lock the stream until the transaction ends first, so that commands on
+        one aggregate queue up instead of racing (optimistic concurrency still guards the
+        append)."""
+        rows = await self._query(conn, _LOAD, (stream_id,), stream_id, for_change)
+        return [self._recorded(stream_id, row) for row in rows]
 
     async def load_stream(
-        self, conn: AsyncConnection, stream_id: UUID, *, snapshot_schema: int
+        self,
+        conn: AsyncConnection,
+        stream_id: UUID,
+        *,
+        snapshot_schema: int,
+        for_change: bool = False,
     ) -> LoadedStream:
         """The stream's newest snapshot of `snapshot_schema` (if any) and the events after it:
-        two short queries however long the stream has grown."""
-        snapshot_row = (
-            await conn.execute(
-                select(stream_snapshots.c.version, stream_snapshots.c.state).where(
-                    stream_snapshots.c.stream_id == stream_id,
-                    stream_snapshots.c.schema_version == snapshot_schema,
-                )
-            )
-        ).first()
-        snapshot = (
-            Snapshot(snapshot_row.version, snapshot_row.state) if snapshot_row is not None else None
+        one short query however long the stream has grown. `for_change` as for `load`."""
+        rows = await self._query(
+            conn,
+            _LOAD_FROM_SNAPSHOT,
+            {"stream": stream_id, "schema": snapshot_schema},
+            stream_id,
+            for_change,
         )
-        result = await conn.execute(
-            select(stored_events)
-            .where(
-                stored_events.c.stream_id == stream_id,
-                stored_events.c.version > (snapshot.version if snapshot else 0),
-            )
-            .order_by(stored_events.c.version)
-        )
-        return LoadedStream(snapshot, [self._recorded(row._mapping) for row in result])
+        snapshot = Snapshot(rows[0][2], rows[0][6]) if rows and rows[0][0] == 0 else None
+        events = [self._recorded(stream_id, row[1:]) for row in rows if row[0] == 1]
+        return LoadedStream(snapshot, events)
+
+    @staticmethod
+    async def _query(
+        conn: AsyncConnection,
+        query: str,
+        params: Sequence[Any] | Mapping[str, Any],
+        stream_id: UUID,
+        for_change: bool,
+    ) -> list[tuple[Any, ...]]:
+        driver = await driver_connection(conn)
+        if not for_change:
+            cursor = await driver.execute(query, params)
+        else:
+            # The lock and the read in one round trip, the read still after the lock: each
+            # statement of a pipeline sees what was committed before it began.
+            async with driver.pipeline():
+                await driver.execute(_LOCK_STREAM, (f"confide.stream:{stream_id}",))
+                cursor = await driver.execute(query, params)
+        rows: list[tuple[Any, ...]] = await cursor.fetchall()
+        return rows
 
     async def save_snapshot(
         self, conn: AsyncConnection, stream_id: UUID, snapshot: Snapshot, *, schema_version: int
@@ -370,7 +416,7 @@ class EventStore:
             .order_by(stored_events.c.position)
             .limit(limit)
         )
-        return [self._recorded(row._mapping) for row in result]
+        return [self._recorded(row.stream_id, _event_columns(row)) for row in result]
 
     async def rebuild(self, conn: AsyncConnection, projection: Projection) -> int:
         """Replay the whole store through one projection (after truncating its read model)."""
@@ -381,14 +427,16 @@ class EventStore:
             position, count = batch[-1].position, count + len(batch)
         return count
 
-    def _recorded(self, row: Any) -> RecordedEvent:
+    def _recorded(self, stream_id: UUID, columns: Sequence[Any]) -> RecordedEvent:
+        """An event from its columns, in the order `_LOAD` reads them."""
+        position, version, event_id, event_type, schema_version, data, recorded_at = columns
         return RecordedEvent(
-            position=row["position"],
-            stream_id=row["stream_id"],
-            version=row["version"],
-            event_id=row["event_id"],
-            recorded_at=row["recorded_at"],
-            event=self._event(row["event_type"], row["schema_version"], row["data"]),
+            position=position,
+            stream_id=stream_id,
+            version=version,
+            event_id=event_id,
+            recorded_at=recorded_at,
+            event=self._event(event_type, schema_version, data),
         )
 
     def _event(self, name: str, version: int, data: dict[str, Any]) -> DomainEvent:
@@ -400,3 +448,16 @@ class EventStore:
             name, data, from_version=version, to_version=event_class.schema_version
         )
         return event_class.model_validate(data)
+
+
+def _event_columns(row: Any) -> tuple[Any, ...]:
+    """A `stored_events` row read through SQLAlchemy, in the column order of `_LOAD`."""
+    return (
+        row.position,
+        row.version,
+        row.event_id,
+        row.event_type,
+        row.schema_version,
+        row.data,
+        row.recorded_at,
+    )

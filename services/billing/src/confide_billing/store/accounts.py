@@ -4,14 +4,12 @@
 from __future__ import annotations
 
 import uuid
-from typing import Any, Final
+from typing import Any
 
 from confide_toolkit.clock import Clock
 from confide_toolkit.event_store import EventStore, RecordedEvent
 from sqlalchemy import (
-    func,
     insert,
-    select,
     update,
 )
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -28,9 +26,6 @@ from confide_billing.domain import (
 )
 from confide_billing.store.tables import charges, payment_methods, refunds
 
-_ACCOUNT_LOCK: Final = "confide.billing.account"
-
-
 # --- payment accounts ------------------------------------------------------------------------
 
 
@@ -43,17 +38,12 @@ class Accounts:
     async def load_for_change(self, conn: AsyncConnection, subject_id: uuid.UUID) -> PaymentAccount:
         """The person's account, locked until the transaction ends: charges, refunds and card
         changes of one person queue up instead of racing."""
-        await conn.execute(
-            select(
-                func.pg_advisory_xact_lock(
-                    func.hashtextextended(f"{_ACCOUNT_LOCK}:{subject_id}", 0)
-                )
-            )
-        )
-        return await self.load(conn, subject_id)
+        return await self.load(conn, subject_id, for_change=True)
 
-    async def load(self, conn: AsyncConnection, subject_id: uuid.UUID) -> PaymentAccount:
-        recorded = await self.events.load(conn, subject_id)
+    async def load(
+        self, conn: AsyncConnection, subject_id: uuid.UUID, *, for_change: bool = False
+    ) -> PaymentAccount:
+        recorded = await self.events.load(conn, subject_id, for_change=for_change)
         version = recorded[-1].version if recorded else 0
         return PaymentAccount.replay(subject_id, (r.event for r in recorded), version)
 
