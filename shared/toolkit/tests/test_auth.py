@@ -183,6 +183,50 @@ async def test_token_of_a_retired_key_is_refused(
     await assert_refused(verifier, keys.token("k1"))
 
 
+@pytest.fixture
+def reloading_verifier(toolkit_engine: AsyncEngine, clock: FrozenClock) -> TokenVerifier:
+    """A verifier that reloads the keys whenever it may (once a second)."""
+    return TokenVerifier(toolkit_engine, clock, max_cache_age=timedelta(0))
+
+
+async def test_a_token_verified_before_is_refused_once_its_key_is_retired(
+    keys: Keys, reloading_verifier: TokenVerifier, clock: FrozenClock
+) -> None:
+    # Signatures are remembered per token; the key's retirement is not.
+    verifier = reloading_verifier
+    await keys.publish("k1")
+    token = keys.token("k1")
+    assert (await verifier.verify(token)).subject_id == SUBJECT
+    assert (await verifier.verify(token)).subject_id == SUBJECT
+    await keys.publish("k1", not_after=clock.now() + timedelta(seconds=10))
+    await asyncio.sleep(1.1)  # reloads are paced by real time, at most one a second
+    assert (await verifier.verify(token)).subject_id == SUBJECT
+    clock.advance(timedelta(seconds=11))
+    await assert_refused(verifier, token)
+
+
+async def test_a_token_verified_before_is_checked_again_when_the_keys_reload(
+    keys: Keys, reloading_verifier: TokenVerifier
+) -> None:
+    await keys.publish("k1")
+    token = keys.token("k1")
+    decoded: list[str] = []
+    real_decode = jwt.decode
+
+    def counting_decode(*args: Any, **kwargs: Any) -> Any:
+        decoded.append(args[0])
+        return real_decode(*args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(jwt, "decode", counting_decode)
+        for _ in range(5):
+            await reloading_verifier.verify(token)
+        assert decoded == [token]  # its signature checked once
+        await asyncio.sleep(1.1)
+        await reloading_verifier.verify(token)  # the keys reloaded: checked against the new ones
+        assert decoded == [token, token]
+
+
 @pytest.mark.parametrize(
     "overrides",
     [

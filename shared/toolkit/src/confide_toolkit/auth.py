@@ -54,6 +54,11 @@ ROLES: Final[tuple[Role, ...]] = get_args(Role)
 # A token is a few hundred bytes; refusing huge ones before parsing is cheap protection.
 _MAX_TOKEN_LENGTH = 4096
 
+VERIFIED_TOKENS_KEPT: Final = 4096
+"""Signatures remembered per process: a client sends the same access token with each request
+of its ten minutes, and checking its signature (and parsing it, twice) again each time was a
+tenth of a consent grant's CPU."""
+
 signing_keys = Table(
     "signing_keys",
     toolkit_metadata,
@@ -289,6 +294,10 @@ class TokenVerifier:
         # frozen clock must not stop the verifier from ever learning a new key.
         self._loaded_at: float | None = None
         self._lock = asyncio.Lock()
+        # Token -> the key that verified its signature and its claims. Only the signature
+        # check is remembered: times, the key's retirement and revocation are checked on every
+        # request, and a reload of the keys (each `max_cache_age`) checks signatures afresh.
+        self._verified: dict[str, tuple[str, _KnownKey, dict[str, Any]]] = {}
 
     async def _refresh(self, *, force: bool) -> None:
         async with self._lock:
@@ -314,6 +323,23 @@ class TokenVerifier:
         Confide, or revoked."""
         if len(token) > _MAX_TOKEN_LENGTH:
             raise _invalid()
+        known, claims = await self._verified_claims(token)
+        now = self._clock.now()
+        if known.not_after is not None and now > known.not_after:
+            raise _invalid("The access token is signed by an unknown key.")
+        caller = self._caller_from(claims, now)
+        if self._is_revoked is not None and await self._is_revoked(caller):
+            raise _invalid("The access token has been revoked.")
+        return caller
+
+    async def _verified_claims(self, token: str) -> tuple[_KnownKey, dict[str, Any]]:
+        """The key that signed the token and its claims, once its signature, algorithm, type,
+        issuer, audience and required claims are checked (remembered per token)."""
+        remembered = self._verified.get(token)
+        if remembered is not None:
+            await self._refresh(force=False)
+            if self._keys.get(remembered[0]) is remembered[1]:
+                return remembered[1], remembered[2]
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError as exc:
@@ -325,8 +351,7 @@ class TokenVerifier:
         if not isinstance(kid, str) or not kid:
             raise _invalid()
         known = await self._key_for(kid)
-        now = self._clock.now()
-        if known is None or (known.not_after is not None and now > known.not_after):
+        if known is None:
             raise _invalid("The access token is signed by an unknown key.")
 
         try:
@@ -336,7 +361,7 @@ class TokenVerifier:
                 algorithms=[ACCESS_TOKEN_ALGORITHM],
                 audience=AUDIENCE,
                 issuer=ISSUER,
-                # Times are checked below against the injected clock, not the system time.
+                # Times are checked by `verify`, against the injected clock, not the system time.
                 options={
                     "verify_exp": False,
                     "verify_iat": False,
@@ -346,11 +371,10 @@ class TokenVerifier:
             )
         except jwt.PyJWTError as exc:
             raise _invalid() from exc
-
-        caller = self._caller_from(claims, now)
-        if self._is_revoked is not None and await self._is_revoked(caller):
-            raise _invalid("The access token has been revoked.")
-        return caller
+        if len(self._verified) >= VERIFIED_TOKENS_KEPT:
+            self._verified.clear()
+        self._verified[token] = (kid, known, claims)
+        return known, claims
 
     def _caller_from(self, claims: Mapping[str, Any], now: datetime) -> Caller:
         try:
