@@ -13,6 +13,7 @@ from confide_consent.receipts import (
     ReceiptInvalid,
     ReceiptIssuer,
     receipt_claims,
+    receipt_payload,
     sign_receipt,
     verify_receipt,
 )
@@ -58,6 +59,12 @@ def test_receipt_carries_the_kantara_fields_of_the_grant() -> None:
 def test_signed_receipt_verifies_with_the_public_key() -> None:
     claims = receipt_claims(consent(), uuid.uuid4(), CLINIC, ISSUER)
     assert verify_receipt(sign_receipt(claims, KEY, "k1"), JWKS) == claims
+
+
+def test_the_payload_shown_beside_a_receipt_is_its_signed_claims() -> None:
+    clinic = Recipient(uuid.uuid4(), "Clinique Saint-Élie", "healthcare_provider", ())
+    claims = receipt_claims(consent(), uuid.uuid4(), clinic, ISSUER)
+    assert receipt_payload(sign_receipt(claims, KEY, "k1")) == claims
 
 
 def _tamper(jws: str, **changes: object) -> str:

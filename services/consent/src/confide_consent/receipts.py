@@ -14,6 +14,8 @@ receipt whose payload or signature was altered does not verify.
 
 from __future__ import annotations
 
+import base64
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
@@ -130,6 +132,12 @@ def verify_receipt(jws: str, jwks: Mapping[str, Any]) -> dict[str, Any]:
 
 def receipt_payload(jws: str) -> dict[str, Any]:
     """The claims of a receipt without checking its signature: for display only (the receipt
-    this service just read from its own ledger); anyone relying on it calls `verify_receipt`."""
-    claims: dict[str, Any] = jwt.decode(jws, options={"verify_signature": False})
+    this service just read from its own ledger); anyone relying on it calls `verify_receipt`.
+
+    Read by hand, the middle segment decoded: PyJWT checks each character of the whole JWS in
+    Python first, a tenth of a grant's CPU for a receipt this service signed itself."""
+    payload = jws.split(".")[1]
+    claims: dict[str, Any] = json.loads(
+        base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))
+    )
     return claims
