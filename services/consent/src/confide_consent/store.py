@@ -35,6 +35,7 @@ from sqlalchemy import (
     Table,
     Text,
     Uuid,
+    bindparam,
     func,
     insert,
     literal,
@@ -149,39 +150,49 @@ class Ledgers:
         )
 
 
+# Built once: a statement built per event cost the projection more CPU than running it.
+_INSERT_CONSENT = insert(consents)
+# The SET columns are the parameters' names (all but the WHERE's).
+_UPDATE_CONSENT = update(consents).where(consents.c.consent_id == bindparam("of_consent"))
+
+
 async def project_consents(conn: AsyncConnection, record: RecordedEvent) -> None:
     """Keep `consents` in step with one ledger event (in the transaction of the append)."""
     event = record.event
     if isinstance(event, ConsentGranted):
         await conn.execute(
-            insert(consents).values(
-                consent_id=event.consent_id,
-                subject_id=record.stream_id,
-                purpose=event.purpose,
-                recipient_id=event.recipient_id,
-                data_categories=list(event.data_categories),
-                policy_version=event.policy_version,
-                policy_hash=event.policy_hash,
-                method=event.method,
-                granted_at=event.granted_at,
-            )
+            _INSERT_CONSENT,
+            {
+                "consent_id": event.consent_id,
+                "subject_id": record.stream_id,
+                "purpose": event.purpose,
+                "recipient_id": event.recipient_id,
+                "data_categories": list(event.data_categories),
+                "policy_version": event.policy_version,
+                "policy_hash": event.policy_hash,
+                "method": event.method,
+                "granted_at": event.granted_at,
+            },
         )
     elif isinstance(event, ReceiptIssued):
         await conn.execute(
-            update(consents)
-            .where(consents.c.consent_id == event.consent_id)
-            .values(
-                receipt_id=event.receipt_id,
-                receipt_kid=event.kid,
-                receipt_jws=event.jws,
-                receipt_issued_at=event.issued_at,
-            )
+            _UPDATE_CONSENT,
+            {
+                "of_consent": event.consent_id,
+                "receipt_id": event.receipt_id,
+                "receipt_kid": event.kid,
+                "receipt_jws": event.jws,
+                "receipt_issued_at": event.issued_at,
+            },
         )
     elif isinstance(event, ConsentRevoked):
         await conn.execute(
-            update(consents)
-            .where(consents.c.consent_id == event.consent_id)
-            .values(revoked_at=event.revoked_at, revoke_reason=event.reason)
+            _UPDATE_CONSENT,
+            {
+                "of_consent": event.consent_id,
+                "revoked_at": event.revoked_at,
+                "revoke_reason": event.reason,
+            },
         )
 
 
