@@ -355,8 +355,14 @@ class EventStore:
             stream_id,
             for_change,
         )
-        snapshot = Snapshot(rows[0][2], rows[0][6]) if rows and rows[0][0] == 0 else None
-        events = [self._recorded(stream_id, row[1:]) for row in rows if row[0] == 1]
+        snapshot: Snapshot | None = None
+        events: list[RecordedEvent] = []
+        for kind, *columns in rows:
+            if kind == 0:
+                _, version, _, _, _, state, _ = columns
+                snapshot = Snapshot(version, state)
+            else:
+                events.append(self._recorded(stream_id, columns))
         return LoadedStream(snapshot, events)
 
     @staticmethod
