@@ -1213,7 +1213,8 @@ def http_result(run: HttpRun) -> ScenarioResult:
         "the real `identity.events`/`consent.events`/`messaging.events` topics; the bare "
         "endpoint is FastAPI + uvicorn "
         "(uvloop, httptools, access log off, as the services) doing one `INSERT` per request "
-        "through the toolkit's `create_engine` (pool 10 + 10 overflow, pre-ping).",
+        "through the toolkit's `create_engine` (up to 20 pooled connections, kept once opened, "
+        "no ping before use).",
         f"Phases in order: bare ({bare.requests:,} requests), grant consent ({grant.requests:,}), "
         f"register ({register.requests:,}), sign in ({login.requests:,}), then messaging's, "
         f"{config.messaging_seconds:.0f} s each: post a message ({post.requests:,}), list "
@@ -1224,8 +1225,9 @@ def http_result(run: HttpRun) -> ScenarioResult:
         "Register: a new email per request (Argon2id hash, sealed profile, `UserRegistered` in "
         "the outbox). Sign in: each worker its own pre-registered account (Argon2id verify, a "
         "session, a signed token). Grant consent: each worker its own account and token "
-        f"(`{PURPOSE}`, `{DATA_CATEGORIES}`, current policy version): token verification, the "
-        "person's ledger loaded under an advisory lock and replayed, a signed receipt, two ledger "
+        f"(`{PURPOSE}`, `{DATA_CATEGORIES}`, current policy version): token verification (the "
+        "signature checked once per token), the person's ledger locked and loaded (snapshot and "
+        "the events after it) in one round trip and replayed, a signed receipt, two ledger "
         "events appended with the projection, `ConsentGranted` in the outbox.",
         f"Argon2id alone: identity's `PasswordHasher` with the production parameters "
         f"(m={argon2.memory_kib} KiB, t={argon2.iterations}, p={argon2.lanes}), in this process, "
