@@ -7,7 +7,6 @@ import pytest
 from confide_toolkit.problem import install_problem_handlers
 from confide_toolkit.telemetry import (
     configure_telemetry,
-    consumer_span,
     context_from_traceparent,
     current_traceparent,
     instrument_fastapi,
@@ -73,17 +72,6 @@ def test_a_span_continuing_the_producers_traceparent_shares_its_trace(
     assert consumer_context.trace_id == producer_context.trace_id
     [finished] = [span for span in spans.get_finished_spans() if span.name == "consume"]
     assert finished.parent is not None and finished.parent.span_id == producer_context.span_id
-
-
-def test_consumer_span_continues_the_trace_as_a_consumer(
-    provider: TracerProvider, spans: InMemorySpanExporter
-) -> None:
-    with consumer_span("consent.ConsentGranted", INCOMING, {"event.id": "e-1"}) as span:
-        assert current_traceparent() is not None
-    assert span.get_span_context().trace_id == int(INCOMING.split("-")[1], 16)
-    [finished] = spans.get_finished_spans()
-    assert finished.kind is SpanKind.CONSUMER
-    assert finished.attributes is not None and finished.attributes["event.id"] == "e-1"
 
 
 def test_no_span_no_traceparent_and_a_missing_one_starts_a_new_trace(

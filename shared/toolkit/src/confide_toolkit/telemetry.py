@@ -2,7 +2,8 @@
 and every consumer's span (DESIGN rule 10).
 
 The producer writes `current_traceparent()` into the outbox row (it becomes the envelope's
-`traceparent`); the consumer runs its handler inside `consumer_span(name, envelope.traceparent)`.
+`traceparent`); the inbox runs each event's handler in a CONSUMER span whose parent is
+`trace_parent(envelope.traceparent)`.
 Only the W3C `traceparent` crosses service boundaries: baggage is never propagated, since it is
 free-form and could carry personal data.
 """
@@ -12,8 +13,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
-from collections.abc import Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Iterable, Mapping
 from typing import Any, Final, Literal
 
 from fastapi import FastAPI
@@ -179,27 +179,6 @@ def trace_parent(traceparent: str | None) -> tuple[Context, bool]:
         return Context(), True
     parent = trace.set_span_in_context(trace.NonRecordingSpan(span_context), Context())
     return parent, span_context.trace_flags.sampled
-
-
-@contextmanager
-def consumer_span(
-    name: str,
-    traceparent: str | None,
-    attributes: Mapping[str, AttributeValue] | None = None,
-) -> Iterator[trace.Span]:
-    """A CONSUMER span, current while the block runs, in the producer's trace.
-
-    `with consumer_span("consent.ConsentGranted", envelope.traceparent, {"event.id": ...}):`.
-    Attributes must be pseudonymous ids only.
-    """
-    tracer = trace.get_tracer("confide_toolkit.telemetry")
-    with tracer.start_as_current_span(
-        name,
-        context=context_from_traceparent(traceparent),
-        kind=trace.SpanKind.CONSUMER,
-        attributes=attributes,
-    ) as span:
-        yield span
 
 
 def kafka_trace_headers(traceparent: str | None) -> list[tuple[str, bytes]]:
