@@ -1,5 +1,5 @@
-"""Fixtures of the pipeline's tests: the toolkit's tables with the consumers' effect table, and
-an idempotent producer."""
+"""Fixtures of the pipeline's tests: the toolkit's tables with the consumers' effect table, an
+idempotent producer, and the spans the process finishes."""
 
 from __future__ import annotations
 
@@ -8,6 +8,9 @@ from collections.abc import AsyncIterator
 import pytest
 from aiokafka import AIOKafkaProducer
 from confide_toolkit.relay import idempotent_producer
+from confide_toolkit.telemetry import configure_telemetry
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from sqlalchemy import Column, Integer, MetaData, Table
 from sqlalchemy.dialects.postgresql import UUID as PG_UUID
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -35,3 +38,12 @@ async def producer(kafka_bootstrap: str) -> AsyncIterator[AIOKafkaProducer]:
     await p.start()
     yield p
     await p.stop()
+
+
+@pytest.fixture(scope="session")
+def finished_spans() -> InMemorySpanExporter:
+    """Every span the tests' process finishes, recorded in memory."""
+    provider = configure_telemetry("confide-test", "none")
+    exporter = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    return exporter

@@ -1,6 +1,6 @@
-"""What the pipeline's tests (test_pipeline.py, test_relay.py) share: events to write, the
-consumers' effect (a counter per subject in `effects`, made by conftest.py's `engine`), writing
-to the outbox, running a relay, and reading a topic back."""
+"""What the pipeline's tests (test_pipeline.py, test_relay.py, test_batch_projections.py) share:
+events to write, the consumers' effect (a counter per subject in `effects`, made by
+conftest.py's `engine`), writing to the outbox, running a relay, and reading a topic back."""
 
 from __future__ import annotations
 
@@ -49,6 +49,14 @@ async def put_events(engine: AsyncEngine, box: Outbox, events: Sequence[Any]) ->
     async with engine.begin() as conn:
         for event in events:
             await box.put(conn, event)
+
+
+async def published_values(engine: AsyncEngine, box: Outbox, events: Sequence[Any]) -> list[bytes]:
+    """Put `events` in the outbox in one transaction and return their record values, in order."""
+    await put_events(engine, box, events)
+    async with engine.connect() as conn:
+        values = (await conn.execute(select(outbox.c.value).order_by(outbox.c.id))).scalars().all()
+    return [bytes(v) for v in values]
 
 
 async def read_topic(bootstrap: str, topic: str, expected: int, timeout: float = 20) -> list[Any]:
