@@ -9,13 +9,12 @@ from typing import Any
 
 import pytest
 from confide_toolkit.clock import FrozenClock
+from confide_toolkit.domain_events import DomainEvent, UnknownDomainEvent
 from confide_toolkit.event_store import (
     ConcurrencyConflict,
-    DomainEvent,
     EventStore,
     RecordedEvent,
     Snapshot,
-    UnknownDomainEvent,
 )
 from sqlalchemy import Column, Integer, MetaData, Table, select, text
 from sqlalchemy.dialects.postgresql import UUID as PG_UUID

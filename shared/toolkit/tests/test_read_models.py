@@ -9,7 +9,8 @@ import uuid
 
 import pytest
 from confide_toolkit.clock import FrozenClock
-from confide_toolkit.event_store import DomainEvent, EventStore, RecordedEvent
+from confide_toolkit.domain_events import DomainEvent
+from confide_toolkit.event_store import EventStore, RecordedEvent
 from confide_toolkit.read_models import ReadModel, main, rebuild_read_model
 from sqlalchemy import Column, Integer, MetaData, String, Table, select
 from sqlalchemy.dialects.postgresql import UUID as PG_UUID

@@ -20,7 +20,7 @@ from uuid import UUID
 
 from confide_events.billing import CardBrand, ChargeFailureCode, RefundReason
 from confide_events.vocabulary import BillingCategory
-from confide_toolkit.event_store import DomainEvent
+from confide_toolkit.domain_events import DomainEvent
 
 STREAM_TYPE: Final = "payment_account"
 

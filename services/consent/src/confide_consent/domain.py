@@ -19,7 +19,7 @@ from uuid import UUID
 from confide_events.consent import CollectionMethod, RevocationReason
 from confide_events.vocabulary import DataCategory
 from confide_toolkit.consents import ConsentRecord
-from confide_toolkit.event_store import DomainEvent
+from confide_toolkit.domain_events import DomainEvent
 from pydantic import TypeAdapter
 
 from confide_consent.purposes import NEVER_ALLOWED, PURPOSES, Purpose

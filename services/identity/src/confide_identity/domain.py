@@ -18,7 +18,7 @@ from typing import ClassVar, Literal
 from uuid import UUID
 
 from confide_toolkit.auth import Role
-from confide_toolkit.event_store import DomainEvent
+from confide_toolkit.domain_events import DomainEvent
 
 PROFILE_CATEGORY = "identity.profile"
 """The one personal-data category identity keeps: profile, password hash, TOTP secret."""

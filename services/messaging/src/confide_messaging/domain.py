@@ -19,7 +19,7 @@ from uuid import UUID
 
 from confide_events.messaging import ParticipantRole
 from confide_events.vocabulary import DataCategory, MessagingCategory
-from confide_toolkit.event_store import DomainEvent
+from confide_toolkit.domain_events import DomainEvent
 
 STREAM_TYPE: Final = "conversation"
 

@@ -22,7 +22,7 @@ from uuid import UUID
 from confide_events.retention import CategoryOutcome, ErasureOrigin, LegalHoldReason
 from confide_events.shredding import ShreddingOutcome
 from confide_events.vocabulary import DataCategory
-from confide_toolkit.event_store import DomainEvent
+from confide_toolkit.domain_events import DomainEvent
 from pydantic import BaseModel, ConfigDict
 
 from confide_retention.policies import LegalObligation

@@ -9,25 +9,18 @@ whose `schema_version` is not the one the aggregate asks for is ignored (so chan
 of an aggregate's state needs no migration of old snapshots). Like domain events, snapshots hold
 ciphertext at most, never plaintext personal data.
 
-Domain events are a service's private facts (they may hold ciphertext, never plaintext personal
-data); integration events are what crosses the boundary, through the outbox.
-
-Domain events are versioned as integration events are: each class names its `event_type` (the
-name the store records, which outlives a rename of the class) and its `schema_version`, stored
-beside it. When a class changes shape, its `schema_version` goes up by one and an upcaster turns
-the data of the version before into the new shape; events already stored are never rewritten,
-they are upcast each time they are read, so `load` and `rebuild` still replay them."""
+What a domain event is, and how its stored versions are read, is `confide_toolkit.domain_events`;
+events already stored are never rewritten, they are upcast each time they are read, so `load`
+and `rebuild` still replay them."""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, ClassVar, Protocol
+from typing import Any, Protocol
 from uuid import UUID
 
-from confide_events.upcasting import Upcaster, UpcasterKey, Upcasters
-from pydantic import BaseModel, ConfigDict
 from sqlalchemy import (
     BigInteger,
     Column,
@@ -47,6 +40,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from confide_toolkit.clock import Clock
 from confide_toolkit.database import driver_connection, toolkit_metadata
+from confide_toolkit.domain_events import DomainEvent, DomainEventTypes, DomainUpcasters
 from confide_toolkit.ids import uuid7
 
 stored_events = Table(
@@ -113,31 +107,6 @@ SELECT %(stream)s, stream_type, version, event_id, event_type, schema_version, d
 RETURNING position, event_id"""
 
 _TAKE_BACK = "DELETE FROM stored_events WHERE event_id = ANY(%s::uuid[])"
-
-
-class DomainEvent(BaseModel):
-    """Base of a service's domain events: small, immutable facts named in the past tense.
-
-    Every concrete event declares `event_type` and `schema_version` (the store refuses to
-    register one that does not)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-    stream_type: ClassVar[str] = ""
-    event_type: ClassVar[str] = ""
-    """The name the store records the event under. It stays when the class is renamed; events
-    recorded before types were named keep the class name they were stored under."""
-    schema_version: ClassVar[int] = 0
-    """The version of the event's shape, from 1; up by one (with an upcaster) at each change."""
-
-
-DomainUpcasters = Mapping[UpcasterKey, Upcaster]
-"""Upcasters of domain events by (event_type, the schema version they read): each turns the
-data of that version into the data of the next."""
-
-
-class UnknownDomainEvent(Exception):
-    """A stored event whose type or version this code does not know (written by newer code, or
-    a type that was removed)."""
 
 
 class ConcurrencyConflict(Exception):
@@ -221,20 +190,7 @@ class EventStore:
     ) -> None:
         """Raises TypeError when an event type lacks its name or version, two types share a
         name, or an upcaster from an older version of a type is missing."""
-        self._types: dict[str, type[DomainEvent]] = {}
-        self._upcasters = Upcasters(upcasters or {})
-        for event_class in event_types:
-            name, version = event_class.event_type, event_class.schema_version
-            if not name or version < 1:
-                raise TypeError(
-                    f"{event_class.__name__} must declare event_type and schema_version"
-                )
-            if name in self._types:
-                raise TypeError(f"two domain event types are named {name}")
-            for older in range(1, version):
-                if (name, older) not in self._upcasters:
-                    raise TypeError(f"no upcaster for {name} v{older} -> v{older + 1}")
-            self._types[name] = event_class
+        self._types = DomainEventTypes(event_types, upcasters)
         self._clock = clock
         self._projections = tuple(projections)
 
@@ -255,8 +211,7 @@ class EventStore:
             return []
         now = self._clock.now()
         for event in events:
-            if self._types.get(type(event).event_type) is not type(event):
-                raise TypeError(f"{type(event).__name__} is not a registered domain event type")
+            self._types.check(event)
         versions = [expected_version + offset for offset in range(1, len(events) + 1)]
         event_ids = [uuid7() for _ in events]
         driver = await driver_connection(conn)
@@ -442,18 +397,8 @@ class EventStore:
             version=version,
             event_id=event_id,
             recorded_at=recorded_at,
-            event=self._event(event_type, schema_version, data),
+            event=self._types.read(event_type, schema_version, data),
         )
-
-    def _event(self, name: str, version: int, data: dict[str, Any]) -> DomainEvent:
-        """The stored data as the current version of its type, upcast when it is older."""
-        event_class = self._types.get(name)
-        if event_class is None or version > event_class.schema_version:
-            raise UnknownDomainEvent(f"stored event {name} v{version} is not a known type")
-        data = self._upcasters.upcast(
-            name, data, from_version=version, to_version=event_class.schema_version
-        )
-        return event_class.model_validate(data)
 
 
 def _event_columns(row: Any) -> tuple[Any, ...]:
