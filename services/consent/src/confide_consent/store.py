@@ -127,7 +127,8 @@ class Ledgers:
     async def load(
         self, conn: AsyncConnection, subject_id: uuid.UUID, *, for_change: bool = False
     ) -> ConsentLedger:
-        """The ledger as its stream stands (for reading): its snapshot and the events after."""
+        """The ledger as its stream stands: its snapshot and the events after (locked first
+        with `for_change`, as `load_for_change` does)."""
         stream = await self.events.load_stream(
             conn, subject_id, snapshot_schema=LEDGER_SNAPSHOT_SCHEMA, for_change=for_change
         )
