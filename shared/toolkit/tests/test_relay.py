@@ -128,6 +128,51 @@ async def test_many_events_put_at_once_publish_in_their_order_and_only_if_commit
     assert {e.correlationid for e in published} == {str(subject)}
 
 
+async def test_commits_notified_while_the_relay_reads_wake_one_read_not_one_each(
+    engine: AsyncEngine,
+    database_url: str,
+    kafka_bootstrap: str,
+    new_topic: TopicFactory,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each commit with outbox rows notifies the relay. Under load the notifications reach it
+    while its own statements run; the next read publishes every row they announce, so they
+    must not each wake a read of their own that finds nothing (a round trip per commit)."""
+    topic = await new_topic()
+    box = Outbox("identity", SystemClock(), topic=topic)
+    reads: list[int] = []
+    held, release = asyncio.Event(), asyncio.Event()
+    original = relay_module.read_pending
+
+    async def read_pending(conn: psycopg.AsyncConnection[Any], above: Any, limit: int) -> Any:
+        read = await original(conn, above, limit)
+        reads.append(len(read.pending))
+        if read.pending and not release.is_set():
+            held.set()
+            await release.wait()
+            # The relay's next statement receives the notifications sent meanwhile.
+            await conn.execute("SELECT 1")
+        return read
+
+    monkeypatch.setattr(relay_module, "read_pending", read_pending)
+    relay = OutboxRelay(database_url, kafka_bootstrap, poll_interval=600)
+    async with running(relay):
+        await wait_until(lambda: _is_active(relay))
+        await put_events(engine, box, [registered()])
+        await asyncio.wait_for(held.wait(), 30)
+        for _ in range(20):
+            await put_events(engine, box, [registered()])
+        release.set()
+        records = await read_topic(kafka_bootstrap, topic, expected=21, timeout=30)
+        await wait_until(lambda: _all_published(engine, relay))
+        await asyncio.sleep(0.5)  # time for any read the notifications would still wake
+
+    assert len(records) == 21
+    # One read finding nothing at the start and at most a few after: a read per notification
+    # would be 20 more.
+    assert reads.count(0) <= 4, reads
+
+
 async def _is_active(relay: OutboxRelay) -> bool:
     return relay.is_active
 

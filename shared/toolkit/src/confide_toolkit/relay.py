@@ -430,8 +430,28 @@ async def _wait_for_notify(
         if remaining <= 0:
             return
         # Short slices so that a stop is noticed quickly; a notification ends the wait at once.
-        async for _ in conn.notifies(timeout=min(remaining, 0.25), stop_after=1):
+        if await _notifications(conn, min(remaining, 0.25), stop_after=1):
+            # Each committed transaction with outbox rows notifies once, and the read that
+            # follows publishes all of them: the notifications already received are dropped,
+            # or each would wake a read of its own, most finding nothing (under request-shaped
+            # load, 403 of 669 reads were empty).
+            await _notifications(conn, 0)
             return
+
+
+async def _notifications(
+    conn: psycopg.AsyncConnection[Any], timeout: float, stop_after: int | None = None
+) -> int:
+    """How many notifications arrived within `timeout` (up to `stop_after`); with a timeout of
+    0, those already received. The generator is closed before returning: it holds the
+    connection's lock while open."""
+    received = 0
+    async with contextlib.aclosing(
+        conn.notifies(timeout=timeout, stop_after=stop_after)
+    ) as notifications:
+        async for _ in notifications:
+            received += 1
+    return received
 
 
 async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> bool:
