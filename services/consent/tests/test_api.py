@@ -25,7 +25,7 @@ from confide_toolkit.event_store import ConcurrencyConflict, stored_events
 from confide_toolkit.outbox import outbox
 from confide_toolkit.problem import problem_type
 from confide_toolkit.read_models import rebuild_read_model
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, event, func, select, update
 
 from .conftest import ConsentService, Payloads
 
@@ -382,6 +382,33 @@ async def test_receipt_key_is_sealed_at_rest_and_survives_a_restart(
     assert [k["kid"] for k in jwks["keys"]] == [row.kid]
     verify_receipt(first["receipt"]["jws"], jwks)
     verify_receipt(response.json()["receipt"]["jws"], jwks)
+
+
+async def test_a_grant_writes_its_consents_row_once_receipt_included(
+    consent: ConsentService, payloads: type[Payloads]
+) -> None:
+    writes: list[str] = []
+
+    def note_write(*args: Any) -> None:
+        words = args[2].split()  # the statement
+        if words[0] in ("INSERT", "UPDATE", "DELETE") and "consents" in words[:3]:
+            writes.append(words[0])
+
+    engine = consent.service.engine.sync_engine
+    event.listen(engine, "before_cursor_execute", note_write)
+    try:
+        granted = await consent.grant(payloads.research())
+    finally:
+        event.remove(engine, "before_cursor_execute", note_write)
+
+    assert writes == ["INSERT"]
+    async with consent.service.engine.connect() as conn:
+        row = (
+            await conn.execute(
+                select(consents).where(consents.c.consent_id == granted["consent_id"])
+            )
+        ).one()
+    assert row.receipt_jws == granted["receipt"]["jws"]
 
 
 async def test_projection_rebuilt_from_the_ledger_streams_is_the_same(

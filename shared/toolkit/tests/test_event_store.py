@@ -4,6 +4,7 @@ versioned domain events."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -11,6 +12,7 @@ import pytest
 from confide_toolkit.clock import FrozenClock
 from confide_toolkit.domain_events import DomainEvent, UnknownDomainEvent
 from confide_toolkit.event_store import (
+    AppendProjection,
     ConcurrencyConflict,
     EventStore,
     RecordedEvent,
@@ -195,6 +197,52 @@ async def test_read_model_rebuilds_from_the_store(engine: AsyncEngine, store: Ev
         totals = dict((await conn.execute(select(tab_totals.c.tab_id, tab_totals.c.total))).all())
     assert replayed == 6
     assert totals == {tab: i + 1 for i, tab in enumerate(tabs)}
+
+
+async def test_an_append_projection_writes_each_row_once_per_append_and_rebuilds_the_same(
+    engine: AsyncEngine,
+) -> None:
+    appends: list[list[int]] = []
+
+    async def total_once(conn: AsyncConnection, records: Sequence[RecordedEvent]) -> None:
+        # A tab opened in this append is inserted with its total; another is updated once.
+        appends.append([record.version for record in records])
+        opened: set[uuid.UUID] = set()
+        added: dict[uuid.UUID, int] = {}
+        for record in records:
+            if isinstance(record.event, TabOpened):
+                opened.add(record.stream_id)
+            amount = record.event.amount if isinstance(record.event, ItemAdded) else 0
+            added[record.stream_id] = added.get(record.stream_id, 0) + amount
+        for tab, amount in added.items():
+            if tab in opened:
+                await conn.execute(tab_totals.insert().values(tab_id=tab, total=amount))
+            else:
+                await conn.execute(
+                    tab_totals.update()
+                    .where(tab_totals.c.tab_id == tab)
+                    .values(total=tab_totals.c.total + amount)
+                )
+
+    projection = AppendProjection(total_once)
+    store = EventStore([TabOpened, ItemAdded], FrozenClock(), projections=[projection])
+    tabs = [uuid.uuid4() for _ in range(3)]
+    async with engine.begin() as conn:
+        for i, tab in enumerate(tabs):
+            opened = [TabOpened(tab_id=tab), ItemAdded(amount=i + 1)]
+            await store.append(conn, tab, 0, opened)
+            await store.append(conn, tab, 2, [ItemAdded(amount=10), ItemAdded(amount=100)])
+    select_totals = select(tab_totals.c.tab_id, tab_totals.c.total)
+    async with engine.connect() as conn:
+        appended = dict((await conn.execute(select_totals)).all())
+    async with engine.begin() as conn:
+        await conn.execute(text("TRUNCATE tab_totals"))
+        replayed = await store.rebuild(conn, projection)
+        rebuilt = dict((await conn.execute(select_totals)).all())
+
+    assert appends[:6] == [[1, 2], [3, 4]] * 3
+    assert replayed == 12
+    assert appended == rebuilt == {tab: i + 111 for i, tab in enumerate(tabs)}
 
 
 async def test_a_refused_append_takes_back_the_events_that_landed_past_the_collision(

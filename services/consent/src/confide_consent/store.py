@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final, Literal, cast
@@ -22,7 +23,7 @@ from confide_toolkit.auth import public_jwk
 from confide_toolkit.clock import Clock
 from confide_toolkit.consents import valid_at_clause
 from confide_toolkit.database import NAMING_CONVENTION
-from confide_toolkit.event_store import EventStore, RecordedEvent
+from confide_toolkit.event_store import AppendProjection, EventStore, RecordedEvent
 from confide_toolkit.keyring import Erased, Keyring
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
@@ -157,13 +158,16 @@ _INSERT_CONSENT = insert(consents)
 _UPDATE_CONSENT = update(consents).where(consents.c.consent_id == bindparam("of_consent"))
 
 
-async def project_consents(conn: AsyncConnection, record: RecordedEvent) -> None:
-    """Keep `consents` in step with one ledger event (in the transaction of the append)."""
-    event = record.event
-    if isinstance(event, ConsentGranted):
-        await conn.execute(
-            _INSERT_CONSENT,
-            {
+async def _project_consents(conn: AsyncConnection, records: Sequence[RecordedEvent]) -> None:
+    """Keep `consents` in step with the ledger events of one append (or of a rebuild's batch),
+    in its transaction. A grant appends the consent and its receipt together: the row is
+    inserted once, receipt included, instead of inserted and then updated."""
+    new_rows: dict[uuid.UUID, dict[str, Any]] = {}
+    for record in records:
+        event = record.event
+        change: dict[str, Any]
+        if isinstance(event, ConsentGranted):
+            new_rows[event.consent_id] = {
                 "consent_id": event.consent_id,
                 "subject_id": record.stream_id,
                 "purpose": event.purpose,
@@ -173,28 +177,36 @@ async def project_consents(conn: AsyncConnection, record: RecordedEvent) -> None
                 "policy_hash": event.policy_hash,
                 "method": event.method,
                 "granted_at": event.granted_at,
-            },
-        )
-    elif isinstance(event, ReceiptIssued):
-        await conn.execute(
-            _UPDATE_CONSENT,
-            {
-                "of_consent": event.consent_id,
+                "revoked_at": None,
+                "revoke_reason": None,
+                "receipt_id": None,
+                "receipt_kid": None,
+                "receipt_jws": None,
+                "receipt_issued_at": None,
+            }
+            continue
+        if isinstance(event, ReceiptIssued):
+            change = {
                 "receipt_id": event.receipt_id,
                 "receipt_kid": event.kid,
                 "receipt_jws": event.jws,
                 "receipt_issued_at": event.issued_at,
-            },
-        )
-    elif isinstance(event, ConsentRevoked):
-        await conn.execute(
-            _UPDATE_CONSENT,
-            {
-                "of_consent": event.consent_id,
-                "revoked_at": event.revoked_at,
-                "revoke_reason": event.reason,
-            },
-        )
+            }
+        elif isinstance(event, ConsentRevoked):
+            change = {"revoked_at": event.revoked_at, "revoke_reason": event.reason}
+        else:
+            continue
+        row = new_rows.get(event.consent_id)
+        if row is not None:
+            row.update(change)
+        else:
+            await conn.execute(_UPDATE_CONSENT, {"of_consent": event.consent_id, **change})
+    if new_rows:
+        await conn.execute(_INSERT_CONSENT, list(new_rows.values()))
+
+
+project_consents = AppendProjection(_project_consents)
+"""The `consents` read model's projection of the ledger streams."""
 
 
 # --- reading the projection ------------------------------------------------------------------

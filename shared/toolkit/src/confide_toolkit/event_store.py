@@ -177,6 +177,21 @@ Projection = Callable[[AsyncConnection, RecordedEvent], Awaitable[None]]
 """A read model's update for one event; it runs in the transaction of the append."""
 
 
+@dataclass(frozen=True)
+class AppendProjection:
+    """A read model's update that sees each append whole: `apply(conn, records)` gets every
+    event one `append` recorded, in order, in its transaction, so that a row the append creates
+    and then changes (a consent and its receipt) is written once. A rebuild hands it the stored
+    events of every stream a batch at a time, in the order they were recorded: it must give the
+    same rows whatever the batches."""
+
+    apply: Callable[[AsyncConnection, Sequence[RecordedEvent]], Awaitable[None]]
+
+
+ReadModelUpdate = Projection | AppendProjection
+"""What an `EventStore` (and a rebuild) accepts as a projection."""
+
+
 class EventStore:
     """The operations the store needs, and no more: append, load a stream (whole, or from its
     snapshot), keep a snapshot, read all from a position (for rebuilding projections)."""
@@ -185,7 +200,7 @@ class EventStore:
         self,
         event_types: Iterable[type[DomainEvent]],
         clock: Clock,
-        projections: Sequence[Projection] = (),
+        projections: Sequence[ReadModelUpdate] = (),
         upcasters: DomainUpcasters | None = None,
     ) -> None:
         """Raises TypeError when an event type lacks its name or version, two types share a
@@ -201,8 +216,8 @@ class EventStore:
         expected_version: int,
         events: Sequence[DomainEvent],
     ) -> list[RecordedEvent]:
-        """Append events after `expected_version` (0 for a new stream) and apply every
-        projection to them, all in the caller's transaction.
+        """Append events after `expected_version` (0 for a new stream), then apply each
+        projection in turn to all of them, all in the caller's transaction.
 
         Raises ConcurrencyConflict when the stream moved on, having written nothing; the caller
         reloads and decides again. `expected_version` is the version the stream was loaded at
@@ -252,9 +267,8 @@ class EventStore:
                 positions, versions, event_ids, events, strict=True
             )
         ]
-        for record in recorded:
-            for project in self._projections:
-                await project(conn, record)
+        for projection in self._projections:
+            await _project(conn, projection, recorded)
         return recorded
 
     async def save(
@@ -379,12 +393,11 @@ class EventStore:
         )
         return [self._recorded(row.stream_id, _event_columns(row)) for row in result]
 
-    async def rebuild(self, conn: AsyncConnection, projection: Projection) -> int:
+    async def rebuild(self, conn: AsyncConnection, projection: ReadModelUpdate) -> int:
         """Replay the whole store through one projection (after truncating its read model)."""
         position, count = 0, 0
         while batch := await self.read_all(conn, position):
-            for record in batch:
-                await projection(conn, record)
+            await _project(conn, projection, batch)
             position, count = batch[-1].position, count + len(batch)
         return count
 
@@ -399,6 +412,16 @@ class EventStore:
             recorded_at=recorded_at,
             event=self._types.read(event_type, schema_version, data),
         )
+
+
+async def _project(
+    conn: AsyncConnection, projection: ReadModelUpdate, records: Sequence[RecordedEvent]
+) -> None:
+    if isinstance(projection, AppendProjection):
+        await projection.apply(conn, records)
+        return
+    for record in records:
+        await projection(conn, record)
 
 
 def _event_columns(row: Any) -> tuple[Any, ...]:

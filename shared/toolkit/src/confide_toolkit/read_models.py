@@ -48,7 +48,7 @@ from sqlalchemy import Table, Text, cast, func, literal, select, text
 from sqlalchemy.dialects.postgresql import aggregate_order_by
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from confide_toolkit.event_store import EventStore, Projection, stored_events
+from confide_toolkit.event_store import EventStore, ReadModelUpdate, stored_events
 
 if TYPE_CHECKING:
     from confide_toolkit.service import Service
@@ -62,7 +62,7 @@ class ReadModel:
     name: str
     tables: tuple[Table, ...]
     store: EventStore
-    projection: Projection
+    projection: ReadModelUpdate
 
 
 @dataclass(frozen=True)

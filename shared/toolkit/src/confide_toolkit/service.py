@@ -48,7 +48,7 @@ from confide_toolkit.catch_up import (
 from confide_toolkit.clock import Clock, SystemClock
 from confide_toolkit.commands import ConcurrentChange
 from confide_toolkit.database import create_engine
-from confide_toolkit.event_store import EventStore, Projection
+from confide_toolkit.event_store import EventStore, ReadModelUpdate
 from confide_toolkit.heap import freeze_what_start_built, thaw
 from confide_toolkit.inbox import (
     EventContext,
@@ -194,7 +194,7 @@ class Service:
         self.check_token_revocation(RevokedSessions(self.engine, self.clock).is_revoked)
 
     def read_model(
-        self, name: str, *, tables: Sequence[Table], store: EventStore, projection: Projection
+        self, name: str, *, tables: Sequence[Table], store: EventStore, projection: ReadModelUpdate
     ) -> None:
         """Declare a read model: `projection` (one of `store`'s) alone writes `tables`, so an
         operator may rebuild them from the store while the service serves
