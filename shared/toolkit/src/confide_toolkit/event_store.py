@@ -30,7 +30,6 @@ from sqlalchemy import (
     String,
     Table,
     UniqueConstraint,
-    select,
     text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
@@ -70,7 +69,7 @@ stream_snapshots = Table(
 )
 """The newest snapshot of each stream that has one (see the module's docstring)."""
 
-# The statements of every command (lock, load, append) go to psycopg directly
+# The statements of every command (lock, load, append) and a rebuild's reads go to psycopg directly
 # (`database.driver_connection`): through SQLAlchemy, building, caching and adapting them cost
 # a command more CPU than its round trips.
 
@@ -94,6 +93,12 @@ SELECT 1 AS kind, position, version, event_id, event_type, schema_version, data,
                             WHERE stream_id = %(stream)s AND schema_version = %(schema)s), 0)
  ORDER BY kind, version"""
 """The usable snapshot (kind 0), if any, and the events after it (kind 1), in one query."""
+
+_READ_ALL = (
+    "SELECT stream_id, position, version, event_id, event_type, schema_version, data, recorded_at"
+    " FROM stored_events WHERE position > %s ORDER BY position LIMIT %s"
+)
+"""Every stream's events after a position: the stream, then the columns of `_LOAD`."""
 
 _APPEND = """
 INSERT INTO stored_events
@@ -385,13 +390,11 @@ class EventStore:
         self, conn: AsyncConnection, after_position: int = 0, limit: int = 1000
     ) -> list[RecordedEvent]:
         """Events of every stream in the order they were recorded, after a position."""
-        result = await conn.execute(
-            select(stored_events)
-            .where(stored_events.c.position > after_position)
-            .order_by(stored_events.c.position)
-            .limit(limit)
-        )
-        return [self._recorded(row.stream_id, _event_columns(row)) for row in result]
+        driver = await driver_connection(conn)
+        cursor = await driver.execute(_READ_ALL, (after_position, limit))
+        return [
+            self._recorded(stream_id, columns) for stream_id, *columns in await cursor.fetchall()
+        ]
 
     async def rebuild(self, conn: AsyncConnection, projection: ReadModelUpdate) -> int:
         """Replay the whole store through one projection (after truncating its read model)."""
@@ -422,16 +425,3 @@ async def _project(
         return
     for record in records:
         await projection(conn, record)
-
-
-def _event_columns(row: Any) -> tuple[Any, ...]:
-    """A `stored_events` row read through SQLAlchemy, in the column order of `_LOAD`."""
-    return (
-        row.position,
-        row.version,
-        row.event_id,
-        row.event_type,
-        row.schema_version,
-        row.data,
-        row.recorded_at,
-    )
