@@ -13,6 +13,7 @@ from confide_toolkit.telemetry import (
     kafka_trace_headers,
     trace_parent,
     traceparent_from_kafka_headers,
+    traceparent_sampled,
     tracer_provider,
 )
 from fastapi import FastAPI
@@ -230,3 +231,20 @@ def test_no_or_a_malformed_traceparent_starts_a_new_trace() -> None:
         context, sampled = trace_parent(traceparent)
         assert not trace.get_current_span(context).get_span_context().is_valid, traceparent
         assert sampled, traceparent
+
+
+def test_the_sampled_question_alone_gets_trace_parents_answer() -> None:
+    # A batch consumer asks only this of most records; it must never disagree with the span
+    # it would have started.
+    for traceparent in (
+        f"00-{TRACE_ID}-{SPAN_ID}-01",
+        f"00-{TRACE_ID}-{SPAN_ID}-03",
+        f"00-{TRACE_ID}-{SPAN_ID}-00",
+        f"00-{TRACE_ID}-{SPAN_ID}-02",
+        f"00-{'0' * 32}-{SPAN_ID}-00",
+        f"00-{TRACE_ID}-{'0' * 16}-00",
+        f"ff-{TRACE_ID}-{SPAN_ID}-00",
+        "garbage",
+        None,
+    ):
+        assert traceparent_sampled(traceparent) is trace_parent(traceparent)[1], traceparent

@@ -41,7 +41,7 @@ from confide_toolkit.availability import database_outage
 from confide_toolkit.fences import Admission
 from confide_toolkit.outbox import Outbox
 from confide_toolkit.positions import ConsumerPositions
-from confide_toolkit.telemetry import trace_parent
+from confide_toolkit.telemetry import trace_parent, traceparent_sampled
 
 logger = logging.getLogger(__name__)
 tracer = trace.get_tracer("confide_toolkit.inbox")
@@ -336,8 +336,8 @@ class InboxConsumer:
         # and a projection emits nothing that would carry it on: such spans are not started.
         spans = []
         for record, envelope, _ in run:
-            parent, sampled = trace_parent(envelope.traceparent)
-            if sampled:
+            if traceparent_sampled(envelope.traceparent):
+                parent, _ = trace_parent(envelope.traceparent)
                 spans.append(self._consumer_span(record, envelope, parent, current=False))
         try:
             await projection.apply([event for _, _, event in run], conn)

@@ -181,6 +181,17 @@ def trace_parent(traceparent: str | None) -> tuple[Context, bool]:
     return parent, span_context.trace_flags.sampled
 
 
+def traceparent_sampled(traceparent: str | None) -> bool:
+    """`trace_parent`'s answer to "was the producer's span sampled?" without building the
+    context: a batch consumer asks it of every record and starts no span for most of them."""
+    match = _VERSION_00.fullmatch(traceparent) if traceparent else None
+    if match is None:
+        return trace_parent(traceparent)[1]
+    trace_id, span_id, flags = match.groups()
+    all_zero = not int(trace_id, 16) or not int(span_id, 16)  # a new trace, as trace_parent
+    return all_zero or bool(int(flags, 16) & trace.TraceFlags.SAMPLED)
+
+
 def kafka_trace_headers(traceparent: str | None) -> list[tuple[str, bytes]]:
     """Kafka record headers carrying a `traceparent` (a copy of the envelope's, for tooling
     that reads headers); empty when there is none."""
