@@ -46,6 +46,7 @@ from bench.pipeline_sides import (
     light_load,
     measurement_commands,
     payload,
+    probe_commits,
     quiet_logs,
     start_profiler,
     stop_profiler,
@@ -556,6 +557,9 @@ class SideResult:
     requests: Throughput
     light_latency_ms: list[float]
     light_events: int
+    light_commit_ms: list[float]
+    """`pipeline_sides.probe_commits` beside the light-load phase, in the consuming side's
+    database (none for raw Kafka)."""
     envelope_sizes: list[int]
 
 
@@ -629,10 +633,18 @@ async def _run_side(
         expected = WARM_UP_EVENTS
         await _wait_applied(applied_count, expected, config.phase_timeout)
 
+        stop_probe = asyncio.Event()
+        probe = (
+            asyncio.create_task(probe_commits(databases["consumer"], stop_probe))
+            if databases
+            else None
+        )
         producer_pipe.send(("light",))
         light = (await _expect(producer_pipe, "written", config.phase_timeout))[1]
         expected += light
         await _wait_applied(applied_count, expected, config.phase_timeout)
+        stop_probe.set()
+        light_commit_ms = await probe if probe else []
         logger.info("%s: light-load phase done (%d events)", name, light)
 
         writes_before = await _settled_writes(databases) if databases else {}
@@ -694,6 +706,7 @@ async def _run_side(
         requests=throughputs[1],
         light_latency_ms=times.latencies_ms(light_subjects),
         light_events=light,
+        light_commit_ms=light_commit_ms,
         envelope_sizes=sizes,
     )
 
@@ -931,7 +944,32 @@ def _pipeline_result(
             "≤ 25 ms",
             light_p99 <= 25,
         ),
+        Figure(
+            "1 pipeline",
+            f"commit→consumed p99 at {config.light_rate:.0f} events/s, beside hand-written of "
+            "the same design",
+            light_p99,
+            "ms",
+            p(same.light_latency_ms, 99),
+            "hand-written, same design",
+        ),
     ]
+    for side, result in (("toolkit", pipeline), ("hand-written, same design", same)):
+        waits = result.light_commit_ms
+        figures.append(
+            Figure(
+                "1 pipeline",
+                f"one-row COMMIT beside the light load ({side}'s phase), slowest",
+                max(waits) if waits else None,
+                "ms",
+                note=(
+                    f"{len(waits)} COMMITs, p50 {p(waits, 50):.2f} ms, "
+                    f"{sum(wait > 25 for wait in waits)} over 25 ms"
+                    if waits
+                    else ""
+                ),
+            )
+        )
     for shape, label in (("batched", per_tx), ("requests", one_tx)):
         for role in ("producer", "consumer"):
             ours: Throughput = getattr(pipeline, shape)
@@ -1002,7 +1040,10 @@ def _pipeline_result(
         "run of events, as the hand-written consumer writes its effects).",
         "Throughput = events ÷ (first commit → last consumer commit). Light load: "
         f"{config.light_rate:.0f} events/s for {config.light_seconds:.0f} s "
-        f"({pipeline.light_events} events), one event per transaction, one writer.",
+        f"({pipeline.light_events} events), one event per transaction, one writer. Beside "
+        "each side's light load, a one-row COMMIT ten times a second in its consuming database "
+        "(`pipeline_sides.probe_commits`): how long a durable commit waits for its flush on "
+        "this server in the same seconds, whoever commits.",
         "Raw baseline: the same payloads, key and headers sent with `idempotent_producer` "
         "(acks=all, linger 2 ms), 1,000 sends in flight, and read in a consumer group with "
         "auto-commit, also in two processes.",

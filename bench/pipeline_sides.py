@@ -11,6 +11,7 @@ applied; to the consumer "measure" and "measured" around each throughput phase
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -102,6 +103,36 @@ async def light_load(config: PipelineConfig, commit_one: Callable[[], Awaitable[
         if delay > 0:
             await asyncio.sleep(delay)
         await commit_one()
+
+
+COMMIT_PROBE_RATE = 10.0
+"""One-row COMMITs a second beside each light-load phase (`probe_commits`)."""
+
+
+async def probe_commits(database_url: str, stop: asyncio.Event) -> list[float]:
+    """How long a durable one-row COMMIT waits on this PostgreSQL (ms), `COMMIT_PROBE_RATE` a
+    second until `stop` is set: the floor under any consumer that commits what it applied.
+
+    A COMMIT waits for its WAL to reach the disk; when the disk stalls a flush, every consumer
+    of the same server waits with it, whoever wrote it, and the events arriving meanwhile
+    queue behind. The probe's table is dropped when it stops."""
+    import psycopg
+    from confide_toolkit.database import libpq_url
+
+    waits: list[float] = []
+    async with await psycopg.AsyncConnection.connect(libpq_url(database_url)) as conn:
+        await conn.execute("CREATE TABLE bench_commit_probe (n bigint NOT NULL)")
+        await conn.commit()
+        while not stop.is_set():
+            await conn.execute("INSERT INTO bench_commit_probe VALUES (%s)", (len(waits),))
+            started = time.perf_counter()
+            await conn.commit()
+            waits.append((time.perf_counter() - started) * 1000)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 1 / COMMIT_PROBE_RATE)
+        await conn.execute("DROP TABLE bench_commit_probe")
+        await conn.commit()
+    return waits
 
 
 async def measurement_commands(pipe: Connection, config: PipelineConfig, role: str | None) -> None:
