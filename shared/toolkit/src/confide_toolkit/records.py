@@ -24,7 +24,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from faststream.kafka import KafkaBroker, KafkaMessage
+from faststream.kafka import KafkaBroker
 from faststream.middlewares import AckPolicy
 from opentelemetry import trace
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -37,7 +37,8 @@ from confide_toolkit.subscriptions import (
     BATCH_MAX_RECORDS,
     BATCH_TIMEOUT_MS,
     DeferredOffsetCommits,
-    raw_body,
+    kafka_batch_handler,
+    whole_message,
 )
 from confide_toolkit.telemetry import trace_parent, traceparent_from_kafka_headers
 
@@ -142,26 +143,19 @@ def subscribe_records(
     of batches across them), in `group`, each partition read from the position the consumer's
     database holds, offsets committed to Kafka only after their batch committed. Returns the
     subscriber."""
-    commits = offsets or DeferredOffsetCommits()
     positions = PositionsInDatabase(consumer.positions)
     subscriber = broker.subscriber(
         *topics,
         group_id=group,
         auto_offset_reset="earliest",
         ack_policy=AckPolicy.MANUAL,
-        decoder=raw_body,
+        decoder=whole_message,
         batch=True,
         max_records=BATCH_MAX_RECORDS,
         batch_timeout_ms=BATCH_TIMEOUT_MS,
         listener=positions,
         **documentation,
     )
-
-    async def on_batch(message: KafkaMessage) -> None:
-        records = list(message.raw_message)
-        await consumer.consume_batch(records)
-        commits.applied(message.consumer, records)
-
-    subscriber(on_batch)
+    subscriber(kafka_batch_handler(consumer, offsets))
     positions.subscriber = subscriber
     return subscriber

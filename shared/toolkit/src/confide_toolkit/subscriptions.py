@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from aiokafka import TopicPartition
 from faststream.kafka import KafkaBroker, KafkaMessage
@@ -77,18 +77,25 @@ class DeferredOffsetCommits:
                 logger.info("offset commit skipped", extra={"error": type(error).__name__})
 
 
+class BatchConsumer(Protocol):
+    """What a batch subscriber hands its polls to: an `InboxConsumer`, or a
+    `records.RecordConsumer`."""
+
+    async def consume_batch(self, raws: Sequence[Any]) -> Any: ...
+
+
 def kafka_batch_handler(
-    consumer: InboxConsumer, offsets: DeferredOffsetCommits | None = None
-) -> Callable[[KafkaMessage], Awaitable[None]]:
-    """A FastStream batch subscriber body (`batch=True`, `AckPolicy.MANUAL`): the poll's
-    records in one transaction, then their offsets committed in the background
-    (`DeferredOffsetCommits`), never before their effect is durable."""
+    consumer: BatchConsumer, offsets: DeferredOffsetCommits | None = None
+) -> Callable[[Any], Awaitable[None]]:
+    """A FastStream batch subscriber body (`batch=True`, `AckPolicy.MANUAL`, decoder
+    `whole_message`): the poll's records in one transaction, then their offsets committed in
+    the background (`DeferredOffsetCommits`), never before their effect is durable."""
     commits = offsets or DeferredOffsetCommits()
 
-    async def on_batch(message: KafkaMessage) -> None:
-        records = list(message.raw_message)
+    async def on_batch(batch: Any) -> None:
+        records = list(batch.raw_message)
         await consumer.consume_batch(records)
-        commits.applied(message.consumer, records)
+        commits.applied(batch.consumer, records)
 
     return on_batch
 
@@ -113,7 +120,7 @@ def subscribe_batches(
         group_id=group,
         auto_offset_reset="earliest",
         ack_policy=AckPolicy.MANUAL,
-        decoder=raw_body,
+        decoder=whole_message,
         batch=True,
         max_records=BATCH_MAX_RECORDS,
         batch_timeout_ms=BATCH_TIMEOUT_MS,
@@ -123,6 +130,19 @@ def subscribe_batches(
     subscriber(kafka_batch_handler(consumer, offsets))
     positions.subscriber = subscriber
     return subscriber
+
+
+async def whole_message(message: Any) -> Any:
+    """A FastStream decoder that makes a batch subscriber's body the whole message: the records
+    as the broker returned them (topic, partition, offset, headers, the value as bytes) and
+    the consumer that polled them. The inbox decodes each CloudEvents envelope itself, so a
+    record it cannot read goes to the dead-letter topic instead of failing inside the
+    framework.
+
+    The body, not FastStream's `KafkaMessage` annotation: FastDepends resolves that
+    annotation with a plain function, which it runs in a worker thread, a thread hop per
+    batch. A coroutine function for the same reason (see `raw_body`)."""
+    return message
 
 
 async def raw_body(message: Any) -> Any:
