@@ -9,17 +9,21 @@ from unittest import mock
 
 import pytest
 from confide_consent.domain import (
-    AccountIsClosed,
-    CategoriesNotCovered,
     ConsentGranted,
     ConsentLedger,
-    ConsentNotFound,
     ConsentRevoked,
+    Receipt,
+    Recipient,
+    new_recipient,
+    resolve_purpose,
+)
+from confide_consent.errors import (
+    AccountIsClosed,
+    CategoriesNotCovered,
+    ConsentNotFound,
     PolicyHashMismatch,
     PurposeNeverAllowed,
     PurposeTakesNoRecipient,
-    Receipt,
-    Recipient,
     RecipientNotApplicable,
     RecipientNotRegisteredForPurpose,
     RecipientRequired,
@@ -27,8 +31,6 @@ from confide_consent.domain import (
     UnknownPolicyVersion,
     UnknownPurpose,
     UnknownRecipient,
-    new_recipient,
-    resolve_purpose,
 )
 from confide_consent.purposes import PURPOSES, RESEARCH, SHARE_WITH_PROVIDER
 
@@ -210,10 +212,19 @@ def test_a_ledger_restored_from_its_snapshot_decides_as_the_replayed_one(
     # A receipt is never issued twice, also for a consent known only from the snapshot.
     with pytest.raises(ValueError, match="already has a receipt"):
         restored.issue_receipt(kept.consent_id, Receipt(uuid.uuid4(), "kid-1", "jws", T0))
+    # Nor for one granted on the restored ledger, whose receipt the snapshot cannot know of.
+    fresh = restored.grant(**grant_args(now=T0 + timedelta(hours=2)))
+    restored.issue_receipt(fresh.consent_id, Receipt(uuid.uuid4(), "kid-1", "jws", T0))
+    with pytest.raises(ValueError, match="already has a receipt"):
+        restored.issue_receipt(fresh.consent_id, Receipt(uuid.uuid4(), "kid-1", "jws", T0))
     # Withdrawing twice records nothing; the snapshot's active consent is withdrawn on close.
     assert restored.revoke(withdrawn.consent_id, T0 + timedelta(hours=2)) is False
     closing = restored.close(T0 + timedelta(days=1))
-    assert [c.consent_id for c in closing] == [kept.consent_id, later.consent_id]
+    assert [c.consent_id for c in closing] == [
+        kept.consent_id,
+        later.consent_id,
+        fresh.consent_id,
+    ]
 
 
 def test_recipients_register_only_for_purposes_that_name_one() -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import uuid
 
 import pytest
-from confide_consent.domain import (
+from confide_consent.errors import (
     AccountIsClosed,
     CategoriesNotCovered,
     ConsentError,

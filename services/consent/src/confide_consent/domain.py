@@ -22,126 +22,24 @@ from confide_toolkit.consents import ConsentRecord
 from confide_toolkit.domain_events import DomainEvent
 from pydantic import TypeAdapter
 
+from confide_consent.errors import (
+    AccountIsClosed,
+    CategoriesNotCovered,
+    ConsentNotFound,
+    PolicyHashMismatch,
+    PurposeNeverAllowed,
+    PurposeTakesNoRecipient,
+    RecipientNotApplicable,
+    RecipientNotRegisteredForPurpose,
+    RecipientRequired,
+    StalePolicyVersion,
+    UnknownPolicyVersion,
+    UnknownPurpose,
+    UnknownRecipient,
+)
 from confide_consent.purposes import NEVER_ALLOWED, PURPOSES, Purpose
 
 STREAM_TYPE = "consent_ledger"
-
-# --- errors: each names the request field it is about, so the API can point at it -----------
-
-
-class ConsentError(Exception):
-    """A command the ledger refuses. Messages carry codes and pseudonymous ids only."""
-
-    field: str | None = None
-
-
-class PurposeNeverAllowed(ConsentError):
-    field = "purpose"
-
-    def __init__(self, code: str, reason: str) -> None:
-        super().__init__(f"The purpose {code!r} is never allowed: {reason}")
-        self.code = code
-
-
-class UnknownPurpose(ConsentError):
-    field = "purpose"
-
-    def __init__(self, code: str) -> None:
-        super().__init__(f"There is no purpose {code!r}; GET /v1/purposes lists them.")
-        self.code = code
-
-
-class RecipientRequired(ConsentError):
-    field = "recipient_id"
-
-    def __init__(self, purpose: str) -> None:
-        super().__init__(f"The purpose {purpose!r} needs a recipient_id.")
-
-
-class RecipientNotApplicable(ConsentError):
-    field = "recipient_id"
-
-    def __init__(self, purpose: str) -> None:
-        super().__init__(f"The purpose {purpose!r} does not take a recipient.")
-
-
-class UnknownRecipient(ConsentError):
-    field = "recipient_id"
-
-    def __init__(self, recipient_id: UUID) -> None:
-        super().__init__(f"There is no registered recipient {recipient_id}.")
-
-
-class RecipientNotRegisteredForPurpose(ConsentError):
-    field = "recipient_id"
-
-    def __init__(self, recipient_id: UUID, purpose: str) -> None:
-        super().__init__(f"The recipient {recipient_id} is not registered for {purpose!r}.")
-
-
-class CategoriesNotCovered(ConsentError):
-    field = "data_categories"
-
-    def __init__(self, purpose: str, categories: Sequence[str]) -> None:
-        super().__init__(
-            f"The purpose {purpose!r} does not cover the categories {', '.join(categories)}."
-        )
-
-
-class UnknownPolicyVersion(ConsentError):
-    field = "policy_version"
-
-    def __init__(self, purpose: str, version: str) -> None:
-        super().__init__(f"The purpose {purpose!r} never had a policy version {version!r}.")
-
-
-class StalePolicyVersion(ConsentError):
-    """The person saw an older policy text than the one in force: they must read the new one."""
-
-    field = "policy_version"
-
-    def __init__(self, purpose: str, version: str, current: str) -> None:
-        super().__init__(
-            f"Policy version {version!r} of {purpose!r} is no longer current; "
-            f"the current version is {current!r}."
-        )
-        self.current_version = current
-
-
-class PolicyHashMismatch(ConsentError):
-    field = "policy_hash"
-
-    def __init__(self, purpose: str, version: str) -> None:
-        super().__init__(
-            f"The policy_hash is not the hash of the text of {purpose!r} version {version!r}."
-        )
-
-
-class ConsentNotFound(ConsentError):
-    def __init__(self, consent_id: UUID) -> None:
-        super().__init__(f"There is no consent {consent_id}.")
-
-
-class AccountIsClosed(ConsentError):
-    def __init__(self, subject_id: UUID) -> None:
-        super().__init__(f"The account of {subject_id} is closed: no new consent is recorded.")
-
-
-class RecipientAlreadyRegistered(ConsentError):
-    field = "name"
-
-    def __init__(self) -> None:
-        super().__init__("A recipient with this name is already registered.")
-
-
-class PurposeTakesNoRecipient(ConsentError):
-    field = "purposes"
-
-    def __init__(self, codes: Sequence[str]) -> None:
-        super().__init__(
-            f"Recipients can be registered only for purposes that name one; not {', '.join(codes)}."
-        )
-
 
 # --- the ledger's events ---------------------------------------------------------------------
 
@@ -269,18 +167,38 @@ def resolve_purpose(code: str) -> Purpose:
     return purpose
 
 
-@dataclass(frozen=True)
-class LedgerState:
-    """What a snapshot of a ledger keeps: everything its commands decide on."""
-
-    consents: list[Consent]
-    receipt_ids: dict[UUID, UUID]
-    closed_at: datetime | None
-
-
-_LEDGER_STATE = TypeAdapter(LedgerState)
-_CONSENTS = TypeAdapter(list[Consent])
-_RECEIPT_IDS = TypeAdapter(dict[UUID, UUID])
+_SNAPSHOT_FIELDS = (
+    "consent_id",
+    "purpose",
+    "recipient_id",
+    "data_categories",
+    "policy_version",
+    "policy_hash",
+    "method",
+    "granted_at",
+    "revoked_at",
+    "revoke_reason",
+)
+_SNAPSHOT_ROWS = TypeAdapter(
+    list[
+        tuple[
+            UUID,
+            str,
+            UUID | None,
+            tuple[DataCategory, ...],
+            str,
+            str,
+            CollectionMethod,
+            datetime,
+            datetime | None,
+            RevocationReason | None,
+            UUID | None,  # the receipt's id
+        ]
+    ]
+)
+"""A snapshot's consents: one array each, `_SNAPSHOT_FIELDS` then the receipt's id. Arrays,
+not objects, and without the person's id (the stream's): a grant parses the whole snapshot,
+and as objects it was twice as long."""
 _CLOSED_AT = TypeAdapter(datetime | None)
 
 
@@ -293,16 +211,16 @@ class ConsentLedger:
     The ledger remembers which receipt each consent got, not the signed receipt itself: no
     command needs the JWS again (reads come from the `consents` projection), and leaving it
     out keeps snapshots small. The consents of a snapshot are decoded on first use: granting,
-    the command people run most, needs none of them."""
+    the command people run most, needs none of them, nor their receipts."""
 
     subject_id: UUID
     version: int = 0
-    receipt_ids: dict[UUID, UUID] = field(default_factory=dict)
     closed_at: datetime | None = None
     pending: list[DomainEvent] = field(default_factory=list)
     snapshot_version: int = 0
     _consents: dict[UUID, Consent] = field(default_factory=dict, repr=False)
-    _snapshot_consents: list[Any] | None = field(default=None, repr=False, compare=False)
+    _receipt_ids: dict[UUID, UUID] = field(default_factory=dict, repr=False)
+    _snapshot_rows: list[Any] | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def replay(
@@ -319,8 +237,7 @@ class ConsentLedger:
         if snapshot is not None:
             version_at, state = snapshot
             ledger.snapshot_version = version_at
-            ledger._snapshot_consents = state["consents"]
-            ledger.receipt_ids = _RECEIPT_IDS.validate_python(state["receipt_ids"])
+            ledger._snapshot_rows = state["consents"]
             ledger.closed_at = _CLOSED_AT.validate_python(state["closed_at"])
         for event in events:
             ledger._apply(event)
@@ -329,17 +246,53 @@ class ConsentLedger:
     @property
     def consents(self) -> dict[UUID, Consent]:
         """Every consent in the ledger, by id."""
-        if self._snapshot_consents is not None:
-            restored = _CONSENTS.validate_python(self._snapshot_consents)
-            self._snapshot_consents = None
-            self._consents = {consent.consent_id: consent for consent in restored} | self._consents
+        if self._snapshot_rows is not None:
+            self._restore_snapshot_rows(self._snapshot_rows)
+            self._snapshot_rows = None
         return self._consents
+
+    @property
+    def receipt_ids(self) -> dict[UUID, UUID]:
+        """The id of each consent's receipt, by consent id (consents without one are absent)."""
+        self.consents  # noqa: B018 - the snapshot's receipts come with its consents
+        return self._receipt_ids
 
     def snapshot_state(self) -> dict[str, Any]:
         """The ledger's state as JSON, to be saved as the snapshot at `version`."""
-        state = LedgerState(list(self.consents.values()), self.receipt_ids, self.closed_at)
-        dumped: dict[str, Any] = _LEDGER_STATE.dump_python(state, mode="json")
-        return dumped
+        receipts = self.receipt_ids
+        rows = [
+            (*(getattr(c, name) for name in _SNAPSHOT_FIELDS), receipts.get(c.consent_id))
+            for c in self.consents.values()
+        ]
+        return {
+            "consents": _SNAPSHOT_ROWS.dump_python(rows, mode="json"),
+            "closed_at": _CLOSED_AT.dump_python(self.closed_at, mode="json"),
+        }
+
+    def _restore_snapshot_rows(self, raw: list[Any]) -> None:
+        consents: dict[UUID, Consent] = {}
+        receipts: dict[UUID, UUID] = {}
+        for row in _SNAPSHOT_ROWS.validate_python(raw):
+            consent_id, purpose, recipient, categories, version, policy_hash = row[:6]
+            method, granted_at, revoked_at, reason, receipt_id = row[6:]
+            consents[consent_id] = Consent(
+                consent_id=consent_id,
+                subject_id=self.subject_id,
+                purpose=purpose,
+                recipient_id=recipient,
+                data_categories=categories,
+                policy_version=version,
+                policy_hash=policy_hash,
+                method=method,
+                granted_at=granted_at,
+                revoked_at=revoked_at,
+                revoke_reason=reason,
+            )
+            if receipt_id is not None:
+                receipts[consent_id] = receipt_id
+        # What was recorded after the snapshot is newer than what it holds.
+        self._consents = consents | self._consents
+        self._receipt_ids = receipts | self._receipt_ids
 
     # -- commands ---------------------------------------------------------------------------
 
@@ -398,7 +351,9 @@ class ConsentLedger:
         """Record the signed receipt of a grant (once: a receipt is never replaced); returns
         the consent with its receipt, as the grant answers it."""
         consent = self.consent(consent_id)
-        if consent_id in self.receipt_ids:
+        # `consent` restored the snapshot's receipts if the consent is the snapshot's; one
+        # granted since has its receipt, if any, among those recorded since.
+        if consent_id in self._receipt_ids:
             raise ValueError(f"consent {consent_id} already has a receipt")
         self._record(
             ReceiptIssued(
@@ -468,7 +423,7 @@ class ConsentLedger:
                 granted_at=event.granted_at,
             )
         elif isinstance(event, ReceiptIssued):
-            self.receipt_ids[event.consent_id] = event.receipt_id
+            self._receipt_ids[event.consent_id] = event.receipt_id
         elif isinstance(event, ConsentRevoked):
             self._consents[event.consent_id] = replace(
                 self.consents[event.consent_id],

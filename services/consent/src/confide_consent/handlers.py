@@ -34,14 +34,16 @@ from confide_consent import store
 from confide_consent.domain import (
     Consent,
     ConsentLedger,
-    ConsentNotFound,
     Receipt,
-    RecipientAlreadyRegistered,
     RecipientKind,
     new_recipient,
     resolve_purpose,
 )
 from confide_consent.domain import Recipient as RecipientRecord
+from confide_consent.errors import (
+    ConsentNotFound,
+    RecipientAlreadyRegistered,
+)
 from confide_consent.receipts import ReceiptIssuer, receipt_claims, sign_receipt
 from confide_consent.store import Ledgers, ReceiptKeys
 

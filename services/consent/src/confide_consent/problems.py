@@ -15,7 +15,7 @@ from typing import Any
 
 from confide_toolkit.problem import ProblemType, ProblemTypes
 
-from confide_consent.domain import (
+from confide_consent.errors import (
     AccountIsClosed,
     CategoriesNotCovered,
     ConsentNotFound,

@@ -104,7 +104,7 @@ receipt_signing_keys = Table(
 """The Ed25519 keys receipts are signed with; the private half sealed by the keyring."""
 
 
-LEDGER_SNAPSHOT_SCHEMA: Final = 1
+LEDGER_SNAPSHOT_SCHEMA: Final = 2
 """The shape of `ConsentLedger.snapshot_state`; a new shape needs a new number (old snapshots
 are then ignored and replaced)."""
 SNAPSHOT_EVERY: Final = 20
