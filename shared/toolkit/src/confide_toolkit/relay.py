@@ -14,46 +14,29 @@ it got; published rows are dropped in bulk, not deleted one by one.
   either been quiet for a second or a thousand rows have piled up, or, should sustained load
   never leave such a moment, with one DELETE once many more have.
 - At least once, without duplicates reaching a consumer's effects: each activation fences the
-  partitions it publishes to before its first record (`confide_toolkit.fences`): it finds on
-  the topic the rows its predecessor published after the last recorded progress, drops them
-  instead of publishing them again, and consumers ignore whatever the predecessor appends
-  after the fence."""
+  partitions it publishes to before its first record (`confide_toolkit.relay_fencing`, by the
+  rule of `confide_toolkit.fences`): it finds on the topic the rows its predecessor published
+  after the last recorded progress, drops them instead of publishing them again, and
+  consumers ignore whatever the predecessor appends after the fence."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
-import uuid
 from collections.abc import Sequence
 from typing import Any
 
 import psycopg
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import DefaultPartitioner
 from psycopg.rows import dict_row
-from sqlalchemy import (
-    BigInteger,
-    Column,
-    DateTime,
-    Integer,
-    String,
-    Table,
-    func,
-)
-from sqlalchemy.dialects.postgresql import UUID as PG_UUID
 
-from confide_toolkit.database import libpq_url, toolkit_metadata
-from confide_toolkit.fences import (
-    Admission,
-    RelayFences,
-    fenced_headers,
-    marker_headers,
-    source_of,
-)
+from confide_toolkit.database import libpq_url
+from confide_toolkit.fences import fenced_headers
 from confide_toolkit.outbox import OUTBOX_CHANNEL
+from confide_toolkit.relay_fencing import fence_topic, relay_source
 from confide_toolkit.relay_progress import (
     OutboxRead,
     PendingEvent,
@@ -67,20 +50,6 @@ logger = logging.getLogger(__name__)
 
 # One relay per database: the same key in every service is fine, each has its own database.
 RELAY_LOCK_KEY = 0x636F6E666964  # "confid"
-
-relay_fences = Table(
-    "relay_fences",
-    toolkit_metadata,
-    Column("topic", String(255), primary_key=True),
-    Column("partition", Integer, primary_key=True),
-    Column("source", PG_UUID(as_uuid=True), nullable=False),
-    Column("fence", BigInteger, nullable=False),
-    Column("scan_from", BigInteger, nullable=False),
-    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
-)
-"""Per partition this database's relay publishes to: its source (one uuid per database), the
-offset of its latest activation's marker, and where the next activation's scan starts (every
-row of this source published before `scan_from` is known to be deleted from the outbox)."""
 
 CHECKPOINT_INTERVAL = 10.0
 """Seconds between two writes of the progress and of the partitions' scan starts during an
@@ -185,7 +154,7 @@ class OutboxRelay:
             # A new activation: every partition is fenced again before its first record, and
             # what this activation knows starts from what the database recorded.
             self._fences = {}
-            self._source = await _relay_source(conn)
+            self._source = await relay_source(conn)
             self._progress = Progress(await recorded_progress(conn))
             self._dropped_through = self._progress.through
             self._checkpointed = (time.monotonic(), self._progress.through, self.published)
@@ -296,94 +265,12 @@ class OutboxRelay:
     async def _fence(
         self, conn: psycopg.AsyncConnection[Any], producer: AIOKafkaProducer, topic: str
     ) -> None:
-        """Fence every partition of `topic` for this activation (see `confide_toolkit.fences`):
-        a marker in each, then the rows found published between the last scan start and the
-        marker are deleted instead of published again."""
-        partitions = sorted(await producer.partitions_for(topic))
-        deliveries = [
-            await producer.send(
-                topic, value=b"", partition=partition, headers=marker_headers(self._source)
-            )
-            for partition in partitions
-        ]
-        markers = {m.partition: m.offset for m in await asyncio.gather(*deliveries)}
-        cursor = await conn.execute(
-            "SELECT partition, fence, scan_from FROM relay_fences WHERE topic = %s AND source = %s",
-            (topic, self._source),
+        """Fence every partition of `topic` for this activation (`relay_fencing.fence_topic`)."""
+        markers, reclaimed = await fence_topic(
+            conn, producer, self._bootstrap, topic, self._source, self._progress.through
         )
-        previous = {
-            row["partition"]: (row["fence"], row["scan_from"]) for row in await cursor.fetchall()
-        }
-        published = await scan_published(self._bootstrap, topic, self._source, previous, markers)
-        async with conn.transaction():
-            if published:
-                cursor = await conn.execute(
-                    "DELETE FROM outbox WHERE id > %s AND event_id = ANY(%s)",
-                    (self._progress.through, sorted(published)),
-                )
-                self.reclaimed += cursor.rowcount
-            for partition, marker in markers.items():
-                await conn.execute(
-                    "INSERT INTO relay_fences (topic, partition, source, fence, scan_from)"
-                    " VALUES (%s, %s, %s, %s, %s) ON CONFLICT (topic, partition) DO UPDATE"
-                    " SET source = excluded.source, fence = excluded.fence,"
-                    " scan_from = excluded.scan_from, updated_at = now()",
-                    (topic, partition, self._source, marker, marker),
-                )
         self._fences[topic] = markers
-        logger.info(
-            "outbox relay fenced its topic",
-            extra={"topic": topic, "fences": markers, "already_published": len(published)},
-        )
-
-
-async def scan_published(
-    bootstrap: str,
-    topic: str,
-    source: str,
-    previous: dict[int, tuple[int, int]],
-    markers: dict[int, int],
-) -> set[uuid.UUID]:
-    """The event ids that `source` published in `topic` and a consumer applies, between each
-    partition's scan start (`previous`: fence and scan start of the last activation) and the
-    new markers. A partition without a previous activation holds nothing of this source."""
-    wanted = {p: start for p, (_, start) in previous.items() if p in markers and start < markers[p]}
-    if not wanted:
-        return set()
-    reader = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None)
-    await reader.start()
-    found: set[uuid.UUID] = set()
-    try:
-        partitions = {TopicPartition(topic, p): p for p in wanted}
-        reader.assign(list(partitions))
-        fences = {p: RelayFences({source: previous[p][0]}) for p in wanted}
-        for tp, p in partitions.items():
-            reader.seek(tp, wanted[p])
-        remaining = set(partitions)
-        while remaining:
-            batches = await reader.getmany(*remaining, timeout_ms=1000)
-            for tp, records in batches.items():
-                p = partitions[tp]
-                for record in records:
-                    if record.offset >= markers[p]:
-                        break
-                    headers = list(record.headers or ())
-                    admitted = fences[p].admit(headers, record.offset)
-                    if admitted is Admission.EVENT and source_of(headers) == source:
-                        found.add(uuid.UUID(json.loads(record.value)["id"]))
-            for tp in list(remaining):
-                if await reader.position(tp) >= markers[partitions[tp]]:
-                    remaining.discard(tp)
-    finally:
-        await reader.stop()
-    return found
-
-
-async def _relay_source(conn: psycopg.AsyncConnection[Any]) -> str:
-    """This database's relay source: kept in `relay_fences`, so a restored database keeps it."""
-    cursor = await conn.execute("SELECT source FROM relay_fences LIMIT 1")
-    row = await cursor.fetchone()
-    return str(row["source"]) if row else str(uuid.uuid4())
+        self.reclaimed += reclaimed
 
 
 async def publish(
