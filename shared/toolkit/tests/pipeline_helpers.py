@@ -1,4 +1,4 @@
-"""What the pipeline's tests (test_pipeline.py, test_relay.py, test_batch_projections.py) share:
+"""What the pipeline's tests (test_pipeline.py, test_relay*.py, test_batch_projections.py) share:
 events to write, the consumers' effect (a counter per subject in `effects`, made by
 conftest.py's `engine`), writing to the outbox, running a relay, and reading a topic back."""
 
@@ -103,3 +103,10 @@ async def wait_until(predicate: Any, timeout: float = 20) -> None:
 async def outbox_size(engine: AsyncEngine) -> int:
     async with engine.connect() as conn:
         return int(await conn.scalar(select(func.count()).select_from(outbox)) or 0)
+
+
+async def all_published(engine: AsyncEngine, relay: OutboxRelay) -> bool:
+    """Whether the relay's progress passed every row the outbox still holds."""
+    async with engine.connect() as conn:
+        newest = await conn.scalar(select(func.max(outbox.c.id)))
+    return newest is None or relay.progress >= newest

@@ -1,34 +1,30 @@
 """The outbox relay against the real broker and database: order, wake-up on commit, one active
-relay, takeovers and fences, rows committed late below published ones, published rows dropped
-in bulk."""
+relay and takeovers, rows committed late below published ones, published rows dropped in bulk
+(fences: test_relay_fencing.py)."""
 
 from __future__ import annotations
 
 import asyncio
 import uuid
 from collections import defaultdict
-from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from confide_events import decode_envelope
-from confide_events.identity import AccountClosed, UserRegistered
+from confide_events.identity import AccountClosed
 from confide_testing import TopicFactory
 from confide_toolkit import relay as relay_module
 from confide_toolkit.clock import SystemClock
-from confide_toolkit.inbox import InboxConsumer, Outcome
 from confide_toolkit.outbox import Outbox, outbox
 from confide_toolkit.relay import OutboxRelay
-from confide_toolkit.relay_progress import OutboxRead, Place, relay_progress
-from sqlalchemy import func, select, text
+from confide_toolkit.relay_progress import relay_progress
+from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from .pipeline_helpers import (
-    count_effect,
-    effect_count,
+    all_published,
     outbox_size,
     put_events,
     read_topic,
@@ -62,7 +58,7 @@ async def test_relay_publishes_in_order_per_subject_with_envelope_headers(
     relay = OutboxRelay(database_url, kafka_bootstrap, batch_size=7)
     async with running(relay):
         records = await read_topic(kafka_bootstrap, topic, expected=len(sent))
-        await wait_until(lambda: _all_published(engine, relay))
+        await wait_until(lambda: all_published(engine, relay))
 
     assert len(records) == len(sent)
     by_subject: dict[str, list[str]] = defaultdict(list)
@@ -74,13 +70,6 @@ async def test_relay_publishes_in_order_per_subject_with_envelope_headers(
     for subject in subjects:
         expected = [type(e).event_type for e in sent if e.subject() == str(subject)]
         assert by_subject[str(subject)] == expected
-
-
-async def _all_published(engine: AsyncEngine, relay: OutboxRelay) -> bool:
-    """Whether the relay's progress passed every row the outbox still holds."""
-    async with engine.connect() as conn:
-        newest = await conn.scalar(select(func.max(outbox.c.id)))
-    return newest is None or relay.progress >= newest
 
 
 async def test_relay_wakes_on_commit_without_waiting_for_the_poll(
@@ -164,7 +153,7 @@ async def test_commits_notified_while_the_relay_reads_wake_one_read_not_one_each
             await put_events(engine, box, [registered()])
         release.set()
         records = await read_topic(kafka_bootstrap, topic, expected=21, timeout=30)
-        await wait_until(lambda: _all_published(engine, relay))
+        await wait_until(lambda: all_published(engine, relay))
         await asyncio.sleep(0.5)  # time for any read the notifications would still wake
 
     assert len(records) == 21
@@ -190,76 +179,15 @@ async def test_only_one_relay_is_active_and_a_standby_takes_over(
             await asyncio.sleep(1.0)
             assert not second.is_active
             await put_events(engine, box, [registered()])
-            await wait_until(lambda: _all_published(engine, first))
+            await wait_until(lambda: all_published(engine, first))
         # first is still the one relaying
         assert first.published == 1
     async with running(second):
         await wait_until(lambda: _is_active(second))
         await put_events(engine, box, [registered()])
-        await wait_until(lambda: _all_published(engine, second))
+        await wait_until(lambda: all_published(engine, second))
     assert second.published == 1
     assert len(await read_topic(kafka_bootstrap, topic, expected=2)) == 2
-
-
-class RelayDyingBeforeMarking(OutboxRelay):
-    """A relay process that crashes after Kafka acknowledged a batch, before deleting it."""
-
-    async def mark_published(
-        self, conn: psycopg.AsyncConnection[Any], read: OutboxRead, places: Sequence[Place]
-    ) -> None:
-        raise SystemExit("relay killed between publish and mark")
-
-
-async def all_records(bootstrap: str, topic: str, expected: int) -> list[Any]:
-    """Every record of the topic, relay markers included, in offset order per partition."""
-    consumer = AIOKafkaConsumer(
-        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None
-    )
-    await consumer.start()
-    records: list[Any] = []
-    try:
-        async with asyncio.timeout(20):
-            while len(records) < expected:
-                for batch in (await consumer.getmany(timeout_ms=500)).values():
-                    records.extend(batch)
-    finally:
-        await consumer.stop()
-    return sorted(records, key=lambda r: (r.partition, r.offset))
-
-
-async def test_a_relay_dying_after_publish_is_not_published_again_by_its_successor(
-    engine: AsyncEngine,
-    database_url: str,
-    kafka_bootstrap: str,
-    new_topic: TopicFactory,
-    producer: AIOKafkaProducer,
-) -> None:
-    topic = await new_topic()
-    box = Outbox("identity", SystemClock(), topic=topic)
-    subject = uuid.uuid4()
-    await put_events(engine, box, [registered(subject)])
-
-    dying = RelayDyingBeforeMarking(database_url, kafka_bootstrap)
-    with pytest.raises(SystemExit):
-        await dying.run(asyncio.Event())
-    assert await outbox_size(engine) == 1  # nothing was marked: it is still pending
-    successor = OutboxRelay(database_url, kafka_bootstrap)
-    async with running(successor):
-        await wait_until(lambda: _all_published(engine, successor))
-        # A later event still goes out, after the fence.
-        await put_events(engine, box, [registered(subject)])
-        await wait_until(lambda: _all_published(engine, successor))
-
-    # The successor found the row on the topic and dropped it instead of publishing it again.
-    assert successor.reclaimed == 1
-    assert successor.published == 1
-    events = await read_topic(kafka_bootstrap, topic, expected=3, timeout=5)
-    assert len(events) == 2
-    consumer = InboxConsumer("test", engine, box, {UserRegistered: count_effect}, producer)
-    records = await all_records(kafka_bootstrap, topic, expected=2 + 2 * 3)
-    outcomes = await consumer.consume_batch(records)
-    assert outcomes.count(Outcome.APPLIED) == 2
-    assert await effect_count(engine, subject) == 2
 
 
 async def test_a_row_committed_after_newer_rows_were_published_is_still_published(
@@ -284,7 +212,7 @@ async def test_a_row_committed_after_newer_rows_were_published_is_still_publishe
         assert relay.progress < (late_id or 0)
         await transaction.commit()
         records = await read_topic(kafka_bootstrap, topic, expected=2)
-        await wait_until(lambda: _all_published(engine, relay))
+        await wait_until(lambda: all_published(engine, relay))
     assert sorted(decode_envelope(r.value).id for r in records) == sorted(
         [event_id_of(first), late.id]
     )
@@ -364,7 +292,7 @@ async def test_every_row_of_many_concurrent_writers_is_published_once(
     async with running(relay):
         await asyncio.gather(*(writer(seed) for seed in range(8)))
         records = await read_topic(kafka_bootstrap, topic, expected=len(committed), timeout=60)
-        await wait_until(lambda: _all_published(engine, relay))
+        await wait_until(lambda: all_published(engine, relay))
     published = [decode_envelope(r.value).id for r in records]
     assert sorted(published) == sorted(committed)
 
@@ -378,7 +306,7 @@ async def test_published_rows_are_dropped_in_bulk_and_a_restarted_relay_sends_no
         await put_events(engine, box, [registered()])
     first = OutboxRelay(database_url, kafka_bootstrap, poll_interval=0.2)
     async with running(first):
-        await wait_until(lambda: _all_published(engine, first))
+        await wait_until(lambda: all_published(engine, first))
         # Caught up, the relay empties the outbox at once instead of a DELETE per row.
         await wait_until(lambda: _outbox_empty(engine))
     async with engine.connect() as conn:
@@ -387,7 +315,7 @@ async def test_published_rows_are_dropped_in_bulk_and_a_restarted_relay_sends_no
     second = OutboxRelay(database_url, kafka_bootstrap, poll_interval=0.2)
     async with running(second):
         await put_events(engine, box, [registered()])
-        await wait_until(lambda: _all_published(engine, second))
+        await wait_until(lambda: all_published(engine, second))
     assert second.published == 1
     assert second.reclaimed == 0  # nothing to look for: the progress was recorded
     assert len(await read_topic(kafka_bootstrap, topic, expected=22, timeout=5)) == 21
@@ -414,7 +342,7 @@ async def test_published_rows_are_deleted_in_bulk_when_the_relay_is_never_at_res
         await put_events(engine, box, [registered()])
     relay = RelayNeverAtRest(database_url, kafka_bootstrap, batch_size=2, poll_interval=0.2)
     async with running(relay):
-        await wait_until(lambda: _all_published(engine, relay))
+        await wait_until(lambda: all_published(engine, relay))
     assert relay.published == 20
     # Batches of two never read the outbox to its end until the last: every fifth published
     # row or so, one DELETE took what the progress had passed.
@@ -423,52 +351,3 @@ async def test_published_rows_are_deleted_in_bulk_when_the_relay_is_never_at_res
 
 async def _outbox_empty(engine: AsyncEngine) -> bool:
     return await outbox_size(engine) == 0
-
-
-async def test_a_superseded_relays_late_copy_is_recognised_by_its_fence(
-    engine: AsyncEngine,
-    database_url: str,
-    kafka_bootstrap: str,
-    new_topic: TopicFactory,
-    producer: AIOKafkaProducer,
-) -> None:
-    """A relay that lost its database session but whose producer still sends (a network
-    partition, a paused process) appends its copy after its successor's marker: consumers
-    must apply the event once, whichever copy they see first."""
-    topic = await new_topic(partitions=1)
-    box = Outbox("identity", SystemClock(), topic=topic)
-    subject = uuid.uuid4()
-    await put_events(engine, box, [registered(subject)])
-    async with engine.connect() as conn:
-        value, key, event_id = (
-            await conn.execute(select(outbox.c.value, outbox.c.partition_key, outbox.c.event_id))
-        ).one()
-
-    first = OutboxRelay(database_url, kafka_bootstrap)
-    async with running(first):
-        await wait_until(lambda: _all_published(engine, first))
-    [_marker, first_record] = await all_records(kafka_bootstrap, topic, expected=2)
-    # The successor takes over: a new marker; nothing pending.
-    successor = OutboxRelay(database_url, kafka_bootstrap)
-    async with running(successor):
-        await put_events(engine, box, [registered(subject)])
-        await wait_until(lambda: _all_published(engine, successor))
-    # The superseded relay's producer now appends a copy of its event, with its old fence.
-    await (
-        await producer.send(
-            topic, value=bytes(value), key=key.encode(), headers=list(first_record.headers)
-        )
-    )
-
-    records = await all_records(kafka_bootstrap, topic, expected=5)
-    consumer = InboxConsumer("test", engine, box, {UserRegistered: count_effect}, producer)
-    outcomes = [await consumer.consume(r) for r in records]
-    assert outcomes == [
-        Outcome.IGNORED,  # the first relay's marker
-        Outcome.APPLIED,
-        Outcome.IGNORED,  # its successor's marker
-        Outcome.APPLIED,  # the successor's own event
-        Outcome.DUPLICATE,  # the late copy, below its source's newest fence
-    ]
-    assert decode_envelope(records[4].value).id == event_id
-    assert await effect_count(engine, subject) == 2
