@@ -260,7 +260,11 @@ async def _consume(
     from confide_toolkit.inbox import BatchProjection, InboxConsumer, Outcome
     from confide_toolkit.outbox import Outbox
     from confide_toolkit.relay import idempotent_producer
-    from confide_toolkit.subscriptions import kafka_record_handler, raw_body, subscribe_batches
+    from confide_toolkit.subscriptions import (
+        kafka_record_handler,
+        subscribe_batches,
+        whole_message,
+    )
     from confide_toolkit.telemetry import configure_telemetry
     from faststream.kafka import KafkaBroker
     from faststream.middlewares import AckPolicy
@@ -347,7 +351,7 @@ async def _consume(
             group_id=group,
             auto_offset_reset="earliest",
             ack_policy=AckPolicy.MANUAL,
-            decoder=raw_body,
+            decoder=whole_message,
         )
         if config.consumer == "deferred-commit":
             subscriber(deferred_commit_handler(consumer))

@@ -22,7 +22,6 @@ from typing import Any
 
 from aiokafka import TopicPartition
 from confide_toolkit.inbox import InboxConsumer
-from faststream.kafka import KafkaMessage
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +43,7 @@ def deferred_commit_handler(
         with contextlib.suppress(Exception):
             await kafka_consumer.commit(offsets)
 
-    async def on_record(message: KafkaMessage) -> None:
+    async def on_record(message: Any) -> None:
         # One ConsumerRecord: this handler serves a per-record subscriber (a batch one would
         # hand over a tuple of them).
         record: Any = message.raw_message
