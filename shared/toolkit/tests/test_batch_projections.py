@@ -28,7 +28,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from .pipeline_helpers import (
+from .pipeline_harness import (
     effect_count,
     published_values,
     put_events,

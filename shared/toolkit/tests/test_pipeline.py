@@ -27,7 +27,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from .pipeline_helpers import (
+from .pipeline_harness import (
     count_effect,
     effect_count,
     outbox_size,

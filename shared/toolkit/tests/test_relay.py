@@ -23,7 +23,7 @@ from confide_toolkit.relay_progress import relay_progress
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from .pipeline_helpers import (
+from .pipeline_harness import (
     all_published,
     outbox_size,
     put_events,

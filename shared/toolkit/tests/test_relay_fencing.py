@@ -23,7 +23,7 @@ from confide_toolkit.relay_progress import OutboxRead, Place
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from .pipeline_helpers import (
+from .pipeline_harness import (
     all_published,
     count_effect,
     effect_count,
