@@ -127,11 +127,8 @@ _COUNT_NOTE = (
     .where(_THIS_CONVERSATION)
     .values(note_count=conversations.c.note_count + 1)
 )
-_CLOSE_FOR_MESSAGES = (
-    update(conversations)
-    .where(_THIS_CONVERSATION)
-    .values(closed_at=bindparam("closed_at", type_=DateTime(timezone=True)))
-)
+# The SET column is the parameter's name.
+_CLOSE_FOR_MESSAGES = update(conversations).where(_THIS_CONVERSATION)
 
 
 async def project_conversation(conn: AsyncConnection, record: RecordedEvent) -> None:
