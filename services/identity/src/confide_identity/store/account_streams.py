@@ -14,11 +14,7 @@ from confide_toolkit.auth import Role
 from confide_toolkit.clock import Clock
 from confide_toolkit.event_store import EventStore, RecordedEvent
 from confide_toolkit.keyring import WrappedDataKey, join_data_keys
-from sqlalchemy import (
-    Row,
-    select,
-    update,
-)
+from sqlalchemy import Row, bindparam, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.elements import ColumnElement
@@ -42,24 +38,33 @@ def seal(ciphertext: bytes) -> domain.Sealed:
 # --- the projection -------------------------------------------------------------------------
 
 
+# Built once, as every service's projection: a statement built per event cost more CPU than
+# running it. The SET columns are the parameters' names (all but the WHERE's `of_account`).
+_REGISTER_ACCOUNT = accounts.insert()
+_UPDATE_ACCOUNT = update(accounts).where(accounts.c.account_id == bindparam("of_account"))
+_ENABLE_TOTP = _UPDATE_ACCOUNT.values(totp_secret=accounts.c.totp_pending, totp_pending=None)
+
+
 async def project_account(conn: AsyncConnection, recorded: RecordedEvent) -> None:
     """Apply one account event to the `accounts` read model."""
     event = recorded.event
     changes: dict[str, Any]
+    statement = _UPDATE_ACCOUNT
     match event:
         case domain.AccountRegistered():
             await conn.execute(
-                accounts.insert().values(
-                    account_id=event.account_id,
-                    role=event.role,
-                    status="active",
-                    email_index=event.email_index,
-                    profile=unseal(event.profile),
-                    password_hash=unseal(event.password_hash),
-                    password_changed_at=event.registered_at,
-                    registered_at=event.registered_at,
-                    version=recorded.version,
-                )
+                _REGISTER_ACCOUNT,
+                {
+                    "account_id": event.account_id,
+                    "role": event.role,
+                    "status": "active",
+                    "email_index": event.email_index,
+                    "profile": unseal(event.profile),
+                    "password_hash": unseal(event.password_hash),
+                    "password_changed_at": event.registered_at,
+                    "registered_at": event.registered_at,
+                    "version": recorded.version,
+                },
             )
             return
         case domain.ProfileUpdated():
@@ -74,7 +79,8 @@ async def project_account(conn: AsyncConnection, recorded: RecordedEvent) -> Non
         case domain.TotpEnrolmentStarted():
             changes = {"totp_pending": unseal(event.secret)}
         case domain.TotpEnabled():
-            changes = {"totp_secret": accounts.c.totp_pending, "totp_pending": None}
+            # The secret moves from one column to the other: no parameter carries it.
+            changes, statement = {}, _ENABLE_TOTP
         case domain.AccountClosed():
             changes = {"status": "closed", "closed_at": event.closed_at}
         case domain.ProfileShredded():
@@ -82,9 +88,7 @@ async def project_account(conn: AsyncConnection, recorded: RecordedEvent) -> Non
         case _:
             raise TypeError(f"no projection for {type(event).__name__}")
     await conn.execute(
-        update(accounts)
-        .where(accounts.c.account_id == recorded.stream_id)
-        .values(version=recorded.version, **changes)
+        statement, {"of_account": recorded.stream_id, "version": recorded.version, **changes}
     )
 
 

@@ -8,12 +8,7 @@ from typing import Final
 
 from confide_toolkit.clock import Clock
 from confide_toolkit.event_store import EventStore, RecordedEvent
-from sqlalchemy import (
-    func,
-    insert,
-    select,
-    update,
-)
+from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from confide_retention.domain import (
@@ -63,35 +58,39 @@ class ErasureCases:
         return recorded
 
 
+# Built once, as every service's projection: a statement built per event cost more CPU than
+# running it. The SET columns are the parameters' names (all but the WHERE's `of_case`).
+_OPEN_CASE = insert(erasure_cases)
+_UPDATE_CASE = update(erasure_cases).where(erasure_cases.c.case_id == bindparam("of_case"))
+
+
 async def project_case(conn: AsyncConnection, record: RecordedEvent) -> None:
     """Keep `erasure_cases` in step with one case event (in the transaction of the append)."""
     event = record.event
+    this = {"of_case": record.stream_id}
     if isinstance(event, ErasureCaseOpened):
         await conn.execute(
-            insert(erasure_cases).values(
-                case_id=event.case_id,
-                subject_id=event.subject_id,
-                origin=event.origin,
-                status="open",
-                requested_at=event.requested_at,
-            )
+            _OPEN_CASE,
+            {
+                "case_id": event.case_id,
+                "subject_id": event.subject_id,
+                "origin": event.origin,
+                "status": "open",
+                "requested_at": event.requested_at,
+            },
         )
     elif isinstance(event, ErasureCasePaused | ErasureCaseResumed):
         status = "paused" if isinstance(event, ErasureCasePaused) else "open"
-        await conn.execute(
-            update(erasure_cases)
-            .where(erasure_cases.c.case_id == record.stream_id)
-            .values(status=status)
-        )
+        await conn.execute(_UPDATE_CASE, {**this, "status": status})
     elif isinstance(event, ErasureCaseClosed):
         await conn.execute(
-            update(erasure_cases)
-            .where(erasure_cases.c.case_id == record.stream_id)
-            .values(
-                status="completed",
-                completed_at=event.completed_at,
-                certificate_id=event.certificate_id,
-            )
+            _UPDATE_CASE,
+            {
+                **this,
+                "status": "completed",
+                "completed_at": event.completed_at,
+                "certificate_id": event.certificate_id,
+            },
         )
 
 
