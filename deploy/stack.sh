@@ -10,6 +10,9 @@ PG_PORT="${CONFIDE_PG_PORT:-55432}"
 KAFKA_PORT="${CONFIDE_KAFKA_PORT:-19092}"
 KAFKA_CONTROLLER_PORT="${CONFIDE_KAFKA_CONTROLLER_PORT:-19093}"
 KAFKA_HEAP="${CONFIDE_KAFKA_HEAP:--Xms256m -Xmx512m}"
+# A fresh broker starts in about 10 s; one whose data holds a couple of thousand partitions
+# (a long-lived dev stack: every test run makes topics) loads them for a minute and a half.
+KAFKA_READY_SECONDS="${CONFIDE_KAFKA_READY_SECONDS:-180}"
 PG_SUPERUSER=postgres
 # service name -> HTTP port; a service is started only when its package exists.
 # CONFIDE_SERVICE_PORT_OFFSET moves every service's port (a second stack beside the first:
@@ -151,7 +154,7 @@ kafka_up() {
   kafka_jars
   if kafka_running; then log "Kafka already running on 127.0.0.1:$KAFKA_PORT"; return; fi
   if process_alive "$STACK/run/kafka.pid" kafka.Kafka; then
-    wait_for "Kafka" 60 port_in_use "$KAFKA_PORT"; log "Kafka up on 127.0.0.1:$KAFKA_PORT"; return
+    wait_for "Kafka" "$KAFKA_READY_SECONDS" port_in_use "$KAFKA_PORT"; log "Kafka up on 127.0.0.1:$KAFKA_PORT"; return
   fi
   rm -f "$STACK/run/kafka.pid"
   port_in_use "$KAFKA_PORT" && die "port $KAFKA_PORT is taken by another process (set CONFIDE_KAFKA_PORT)"
@@ -177,8 +180,8 @@ kafka_up() {
     -Dlog4j2.configurationFile="$ROOT/deploy/kafka/log4j2.properties" -Dkafka.logs.dir="$STACK/logs" \
     -cp "$cp" kafka.Kafka "$STACK/kafka/server.properties" >>"$STACK/logs/kafka.log" 2>&1 </dev/null &
   echo $! >"$STACK/run/kafka.pid"
-  wait_for "Kafka" 60 port_in_use "$KAFKA_PORT"
-  wait_for "Kafka" 60 kafka_ready
+  wait_for "Kafka" "$KAFKA_READY_SECONDS" port_in_use "$KAFKA_PORT"
+  wait_for "Kafka" "$KAFKA_READY_SECONDS" kafka_ready
   log "Kafka up on 127.0.0.1:$KAFKA_PORT"
 }
 
