@@ -25,20 +25,16 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from faststream.kafka import KafkaBroker
-from faststream.middlewares import AckPolicy
 from opentelemetry import trace
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from confide_toolkit.availability import database_outage
 from confide_toolkit.fences import Admission
 from confide_toolkit.inbox import ConsumedRecord
-from confide_toolkit.positions import ConsumerPositions, PositionsInDatabase
+from confide_toolkit.positions import ConsumerPositions
 from confide_toolkit.subscriptions import (
-    BATCH_MAX_RECORDS,
-    BATCH_TIMEOUT_MS,
     DeferredOffsetCommits,
-    kafka_batch_handler,
-    whole_message,
+    subscribe_polls,
 )
 from confide_toolkit.telemetry import trace_parent, traceparent_from_kafka_headers
 
@@ -143,19 +139,4 @@ def subscribe_records(
     of batches across them), in `group`, each partition read from the position the consumer's
     database holds, offsets committed to Kafka only after their batch committed. Returns the
     subscriber."""
-    positions = PositionsInDatabase(consumer.positions)
-    subscriber = broker.subscriber(
-        *topics,
-        group_id=group,
-        auto_offset_reset="earliest",
-        ack_policy=AckPolicy.MANUAL,
-        decoder=whole_message,
-        batch=True,
-        max_records=BATCH_MAX_RECORDS,
-        batch_timeout_ms=BATCH_TIMEOUT_MS,
-        listener=positions,
-        **documentation,
-    )
-    subscriber(kafka_batch_handler(consumer, offsets))
-    positions.subscriber = subscriber
-    return subscriber
+    return subscribe_polls(broker, topics, group, consumer, offsets=offsets, **documentation)

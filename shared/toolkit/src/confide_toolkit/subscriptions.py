@@ -14,7 +14,7 @@ from faststream.kafka import KafkaBroker
 from faststream.middlewares import AckPolicy
 
 from confide_toolkit.inbox import InboxConsumer
-from confide_toolkit.positions import PositionsInDatabase
+from confide_toolkit.positions import ConsumerPositions, PositionsInDatabase
 
 logger = logging.getLogger(__name__)
 
@@ -80,7 +80,9 @@ class DeferredOffsetCommits:
 
 class BatchConsumer(Protocol):
     """What a batch subscriber hands its polls to: an `InboxConsumer`, or a
-    `records.RecordConsumer`."""
+    `records.RecordConsumer`, each with its positions in its own database."""
+
+    positions: ConsumerPositions
 
     async def consume_batch(self, raws: Sequence[Any]) -> Any: ...
 
@@ -115,9 +117,23 @@ def subscribe_batches(
     position the consumer's database holds (`PositionsInDatabase`), the record values left as
     bytes for the inbox to decode. `documentation` (title, description) goes to the AsyncAPI
     document. Returns the subscriber."""
+    return subscribe_polls(broker, [topic], group, consumer, offsets=offsets, **documentation)
+
+
+def subscribe_polls(
+    broker: KafkaBroker,
+    topics: Sequence[str],
+    group: str,
+    consumer: BatchConsumer,
+    *,
+    offsets: DeferredOffsetCommits | None = None,
+    **documentation: Any,
+) -> Any:
+    """Subscribe `consumer` to `topics` with one subscriber (one ordered stream of polls across
+    them), as `subscribe_batches` does for one topic. Returns the subscriber."""
     positions = PositionsInDatabase(consumer.positions)
     subscriber = broker.subscriber(
-        topic,
+        *topics,
         group_id=group,
         auto_offset_reset="earliest",
         ack_policy=AckPolicy.MANUAL,
