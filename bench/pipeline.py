@@ -344,7 +344,7 @@ async def _consume(
     # Exactly as `Service._register_subscribers` subscribes (batches), unless the earlier
     # per-record mode or a prototype is asked for.
     if config.consumer == "toolkit":
-        subscriber = subscribe_batches(broker, topic, group, consumer)
+        subscriber = subscribe_batches(broker, [topic], group, consumer)
     else:
         subscriber = broker.subscriber(
             topic,

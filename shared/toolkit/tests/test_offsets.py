@@ -208,7 +208,7 @@ async def batch_subscriber(
     """A subscriber configured as `Service` configures its own
     (`subscriptions.subscribe_batches`)."""
     broker = KafkaBroker(bootstrap)
-    subscribe_batches(broker, topic, group, consumer)
+    subscribe_batches(broker, [topic], group, consumer)
     await broker.start()
     try:
         yield

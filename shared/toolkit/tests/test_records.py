@@ -14,8 +14,9 @@ import pytest
 from confide_testing import TopicFactory, eventually
 from confide_toolkit.fences import marker_headers
 from confide_toolkit.inbox import ConsumedRecord
-from confide_toolkit.records import RecordConsumer, subscribe_records
+from confide_toolkit.records import RecordConsumer
 from confide_toolkit.relay import idempotent_producer
+from confide_toolkit.subscriptions import subscribe_batches
 from confide_toolkit.telemetry import configure_telemetry, current_traceparent, kafka_trace_headers
 from faststream.kafka import KafkaBroker
 from opentelemetry import trace
@@ -59,7 +60,7 @@ async def subscribed(
     bootstrap: str, topics: list[str], group: str, consumer: RecordConsumer
 ) -> AsyncIterator[None]:
     broker = KafkaBroker(bootstrap)
-    subscribe_records(broker, topics, group, consumer)
+    subscribe_batches(broker, topics, group, consumer)
     await broker.start()
     try:
         yield

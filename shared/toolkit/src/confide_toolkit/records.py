@@ -6,7 +6,8 @@ The exactly-once guarantee is the inbox's: a batch's records are applied and the
 moved past them in ONE transaction (`confide_toolkit.positions`), so a redelivered record is
 below the position and is not applied again, a relay's superseded copy is recognised by its
 fence and a relay's marker (no event) is skipped. Each partition is read from the position the
-consumer's own database holds.
+consumer's own database holds. A `RecordConsumer` is subscribed as the inbox is
+(`subscriptions.subscribe_batches`).
 
 Each applied record that carries its producer's `traceparent` header gets a CONSUMER span in
 that trace, as an event the inbox applies does, so a trace shows every consumer that handled
@@ -24,7 +25,6 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from faststream.kafka import KafkaBroker
 from opentelemetry import trace
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -32,10 +32,6 @@ from confide_toolkit.availability import database_outage
 from confide_toolkit.fences import Admission
 from confide_toolkit.inbox import ConsumedRecord
 from confide_toolkit.positions import ConsumerPositions
-from confide_toolkit.subscriptions import (
-    DeferredOffsetCommits,
-    subscribe_polls,
-)
 from confide_toolkit.telemetry import trace_parent, traceparent_from_kafka_headers
 
 logger = logging.getLogger(__name__)
@@ -124,19 +120,3 @@ class RecordConsumer:
                     "messaging.consumer.group.name": self.name,
                 },
             ).end()
-
-
-def subscribe_records(
-    broker: KafkaBroker,
-    topics: Sequence[str],
-    group: str,
-    consumer: RecordConsumer,
-    *,
-    offsets: DeferredOffsetCommits | None = None,
-    **documentation: Any,
-) -> Any:
-    """Subscribe `consumer` to every record of `topics` (one subscriber, so one ordered stream
-    of batches across them), in `group`, each partition read from the position the consumer's
-    database holds, offsets committed to Kafka only after their batch committed. Returns the
-    subscriber."""
-    return subscribe_polls(broker, topics, group, consumer, offsets=offsets, **documentation)

@@ -237,7 +237,7 @@ class Service:
 
             subscribe_batches(
                 self.broker,
-                topic,
+                [topic],
                 consumer.group,
                 consumer,
                 title=f"{topic}:{self.name}",

@@ -105,23 +105,6 @@ def kafka_batch_handler(
 
 def subscribe_batches(
     broker: KafkaBroker,
-    topic: str,
-    group: str,
-    consumer: InboxConsumer,
-    *,
-    offsets: DeferredOffsetCommits | None = None,
-    **documentation: Any,
-) -> Any:
-    """Subscribe `consumer` to `topic` the way every service consumes: in `group`, a poll's
-    records at a time in one transaction (`kafka_batch_handler`), each partition read from the
-    position the consumer's database holds (`PositionsInDatabase`), the record values left as
-    bytes for the inbox to decode. `documentation` (title, description) goes to the AsyncAPI
-    document. Returns the subscriber."""
-    return subscribe_polls(broker, [topic], group, consumer, offsets=offsets, **documentation)
-
-
-def subscribe_polls(
-    broker: KafkaBroker,
     topics: Sequence[str],
     group: str,
     consumer: BatchConsumer,
@@ -129,8 +112,12 @@ def subscribe_polls(
     offsets: DeferredOffsetCommits | None = None,
     **documentation: Any,
 ) -> Any:
-    """Subscribe `consumer` to `topics` with one subscriber (one ordered stream of polls across
-    them), as `subscribe_batches` does for one topic. Returns the subscriber."""
+    """Subscribe `consumer` to `topics` the way every service consumes: one subscriber (one
+    ordered stream of polls across them) in `group`, a poll's records at a time in one
+    transaction (`kafka_batch_handler`), each partition read from the position the consumer's
+    database holds (`PositionsInDatabase`), the record values left as bytes for the consumer
+    to decode. `documentation` (title, description) goes to the AsyncAPI document. Returns the
+    subscriber."""
     positions = PositionsInDatabase(consumer.positions)
     subscriber = broker.subscriber(
         *topics,
