@@ -246,15 +246,13 @@ class ConsentLedger:
     @property
     def consents(self) -> dict[UUID, Consent]:
         """Every consent in the ledger, by id."""
-        if self._snapshot_rows is not None:
-            self._restore_snapshot_rows(self._snapshot_rows)
-            self._snapshot_rows = None
+        self._restore_snapshot()
         return self._consents
 
     @property
     def receipt_ids(self) -> dict[UUID, UUID]:
         """The id of each consent's receipt, by consent id (consents without one are absent)."""
-        self.consents  # noqa: B018 - the snapshot's receipts come with its consents
+        self._restore_snapshot()
         return self._receipt_ids
 
     def snapshot_state(self) -> dict[str, Any]:
@@ -269,10 +267,13 @@ class ConsentLedger:
             "closed_at": _CLOSED_AT.dump_python(self.closed_at, mode="json"),
         }
 
-    def _restore_snapshot_rows(self, raw: list[Any]) -> None:
+    def _restore_snapshot(self) -> None:
+        """Decode the snapshot's consents and their receipts' ids, on first use only."""
+        if self._snapshot_rows is None:
+            return
         consents: dict[UUID, Consent] = {}
         receipts: dict[UUID, UUID] = {}
-        for row in _SNAPSHOT_ROWS.validate_python(raw):
+        for row in _SNAPSHOT_ROWS.validate_python(self._snapshot_rows):
             consent_id, purpose, recipient, categories, version, policy_hash = row[:6]
             method, granted_at, revoked_at, reason, receipt_id = row[6:]
             consents[consent_id] = Consent(
@@ -293,6 +294,7 @@ class ConsentLedger:
         # What was recorded after the snapshot is newer than what it holds.
         self._consents = consents | self._consents
         self._receipt_ids = receipts | self._receipt_ids
+        self._snapshot_rows = None
 
     # -- commands ---------------------------------------------------------------------------
 
