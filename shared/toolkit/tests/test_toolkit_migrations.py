@@ -17,6 +17,7 @@ from confide_toolkit.database import toolkit_metadata
 from confide_toolkit.migrations import installed_toolkit_parts, upgrade_database
 from confide_toolkit.migrations.versions import core_0004_exact_positions as exact_positions
 from confide_toolkit.migrations.versions import core_0005_relay_progress as relay_progress
+from confide_toolkit.migrations.versions import core_0006_notify_a_waiting_relay as notify_waiting
 
 pytestmark = pytest.mark.integration
 
@@ -120,7 +121,7 @@ def test_positions_start_past_what_the_inbox_recorded_when_it_goes(database_url:
     try:
         with engine.begin() as connection:
             # Back to core_0003, with what a consumer of that time left behind.
-            back_to(connection, "core_0003", relay_progress, exact_positions)
+            back_to(connection, "core_0003", notify_waiting, relay_progress, exact_positions)
             connection.execute(
                 sqlalchemy.text(
                     "INSERT INTO inbox (consumer, event_id, event_type, topic, partition,"
@@ -159,7 +160,7 @@ def test_rows_an_outbox_held_before_the_relay_progress_stay_pending(database_url
     engine = sqlalchemy.create_engine(database_url)
     try:
         with engine.begin() as connection:
-            back_to(connection, "core_0004", relay_progress)
+            back_to(connection, "core_0004", notify_waiting, relay_progress)
             connection.execute(
                 sqlalchemy.text(
                     "INSERT INTO outbox (event_id, topic, partition_key, value, headers,"

@@ -8,7 +8,13 @@ request's trace even though the publish happens later, in another task.
 
 The relay is woken by the database itself: a statement-level trigger on `outbox` sends a
 NOTIFY, which PostgreSQL delivers when (and only if) the transaction commits. Whoever inserts
-outbox rows wakes the relay, and writing events costs one plain INSERT."""
+outbox rows wakes the relay, and writing events costs one plain INSERT.
+
+It notifies only a relay that waits for rows (one holding `RELAY_WAITING_KEY`), not one busy
+publishing, which polls: a NOTIFY holds a lock on the whole PostgreSQL cluster from before its
+transaction's commit until after the commit's flush, so notifying commits, whatever database
+they are in, are flushed one at a time instead of sharing a flush (8 writers of one-row
+transactions committed about a quarter fewer a second with it)."""
 
 from __future__ import annotations
 
@@ -61,17 +67,26 @@ outbox = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
 )
 
+RELAY_WAITING_KEY = 0x72656C6179  # "relay"
+"""The session advisory lock the active relay holds while it waits for a notification. A
+writer's trigger tries it shared: when that fails, the relay waits, and the writer notifies;
+when it succeeds, the writer holds it until its transaction ends, so the relay cannot start
+waiting before the writer's rows are visible to its last read (`relay.OutboxRelay`)."""
+
 NOTIFY_FUNCTION = f"""CREATE OR REPLACE FUNCTION confide_outbox_notify() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
-    PERFORM pg_notify('{OUTBOX_CHANNEL}', '');
+    IF NOT pg_try_advisory_xact_lock_shared({RELAY_WAITING_KEY}) THEN
+        PERFORM pg_notify('{OUTBOX_CHANNEL}', '');
+    END IF;
     RETURN NULL;
 END
 $$"""
 NOTIFY_TRIGGER = """CREATE TRIGGER outbox_notify AFTER INSERT ON outbox
 FOR EACH STATEMENT EXECUTE FUNCTION confide_outbox_notify()"""
-"""The relay's wake-up: one NOTIFY per INSERT statement into `outbox`, delivered at commit.
-The toolkit's migration history creates it (`core_0001`) in every service's database;
+"""The relay's wake-up: one NOTIFY per INSERT statement into `outbox` while the relay waits,
+delivered at commit. The toolkit's migration history creates it (`core_0001`, this function
+since `core_0006`) in every service's database;
 `create_all` (tests) creates it with the table."""
 
 # SQLAlchemy's DDL() is not annotated.

@@ -3,8 +3,11 @@ it got; published rows are dropped in bulk, not deleted one by one.
 
 - One active relay per service database: it holds a PostgreSQL session advisory lock; other
   replicas wait on standby and take over within `standby_retry` seconds if the holder dies.
-- It wakes on LISTEN/NOTIFY the moment a transaction with outbox rows commits and polls only
-  as a fallback, so an event reaches Kafka within milliseconds of its commit.
+- Waiting, it wakes on LISTEN/NOTIFY the moment a transaction with outbox rows commits, so an
+  event reaches Kafka within milliseconds of its commit. Busy, it polls, and writers do not
+  notify it: a NOTIFY serialises the commits of the whole cluster (`confide_toolkit.outbox`).
+  It waits only once every writer that saw it busy has committed (`RELAY_WAITING_KEY`), and
+  polls as a fallback.
 - Idempotent producer, acks=all, partition key = subject: order is kept per subject.
 - No write per event: the relay keeps its *progress*, the outbox id up to which every row is
   published, written down now and then, and reads only the rows above it or in its gaps
@@ -35,7 +38,7 @@ from psycopg.rows import dict_row
 
 from confide_toolkit.database import libpq_url
 from confide_toolkit.fences import fenced_headers
-from confide_toolkit.outbox import OUTBOX_CHANNEL
+from confide_toolkit.outbox import OUTBOX_CHANNEL, RELAY_WAITING_KEY
 from confide_toolkit.relay_fencing import fence_topic, relay_source
 from confide_toolkit.relay_progress import (
     OutboxRead,
@@ -70,6 +73,10 @@ DROP_INTERVAL = 1.0
 DELETE_AFTER = 100_000
 """Ids published above the last drop after which they are deleted even without a moment of
 rest (sustained load): one DELETE for all of them."""
+
+WRITERS_POLL = 0.002
+"""Seconds before reading again when the outbox looked drained but a writer that saw the relay
+busy (and will not notify) is still in its transaction."""
 
 _partitioner = DefaultPartitioner()
 
@@ -143,7 +150,7 @@ class OutboxRelay:
         async with await psycopg.AsyncConnection.connect(
             self._dsn, autocommit=True, row_factory=dict_row
         ) as conn:
-            while not await _try_lock(conn):
+            while not await _try_lock(conn, RELAY_LOCK_KEY):
                 if await _sleep_or_stop(stop, self._standby_retry):
                     return
             self.is_active = True
@@ -162,13 +169,29 @@ class OutboxRelay:
                 while not stop.is_set():
                     while await self.publish_batch(conn, producer) == self._batch_size:
                         pass
-                    await _wait_for_notify(conn, stop, self._poll_interval)
+                    await self._wait_for_rows(conn, producer, stop)
                 # Drain what was committed before the stop so shutdown loses no time.
                 while await self.publish_batch(conn, producer) == self._batch_size:
                     pass
                 await self._checkpoint(conn)
             finally:
                 await producer.stop()
+
+    async def _wait_for_rows(
+        self, conn: psycopg.AsyncConnection[Any], producer: AIOKafkaProducer, stop: asyncio.Event
+    ) -> None:
+        """Wait for a notification once the outbox is drained, holding `RELAY_WAITING_KEY` so
+        that writers notify. A writer that saw the relay busy holds the key shared until its
+        transaction ends, and its commit does not notify: while one does, the relay reads
+        again shortly instead; once it has the key, the read that follows sees their rows."""
+        if not await _try_lock(conn, RELAY_WAITING_KEY):
+            await _sleep_or_stop(stop, WRITERS_POLL)
+            return
+        try:
+            if await self.publish_batch(conn, producer) == 0:
+                await _wait_for_notify(conn, stop, self._poll_interval)
+        finally:
+            await conn.execute("SELECT pg_advisory_unlock(%s)", (RELAY_WAITING_KEY,))
 
     async def publish_batch(
         self, conn: psycopg.AsyncConnection[Any], producer: AIOKafkaProducer
@@ -301,8 +324,8 @@ async def publish(
     return [(m.topic, m.partition, m.offset) for m in await asyncio.gather(*deliveries)]
 
 
-async def _try_lock(conn: psycopg.AsyncConnection[Any]) -> bool:
-    cursor = await conn.execute("SELECT pg_try_advisory_lock(%s) AS locked", (RELAY_LOCK_KEY,))
+async def _try_lock(conn: psycopg.AsyncConnection[Any], key: int) -> bool:
+    cursor = await conn.execute("SELECT pg_try_advisory_lock(%s) AS locked", (key,))
     row = await cursor.fetchone()
     return bool(row and row["locked"])
 

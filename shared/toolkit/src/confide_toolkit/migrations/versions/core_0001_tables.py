@@ -11,13 +11,24 @@ from collections.abc import Sequence
 
 import sqlalchemy as sa
 from alembic import op
-from confide_toolkit import outbox
 from sqlalchemy.dialects import postgresql
 
 revision: str = "core_0001"
 down_revision: str | Sequence[str] | None = None
 branch_labels: str | Sequence[str] | None = ("core",)
 depends_on: str | Sequence[str] | None = None
+
+NOTIFY_FUNCTION = """CREATE OR REPLACE FUNCTION confide_outbox_notify() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('confide_outbox', '');
+    RETURN NULL;
+END
+$$"""
+"""The relay's wake-up as this revision made it: a NOTIFY for every INSERT into `outbox`
+(core_0006 notifies only a waiting relay)."""
+NOTIFY_TRIGGER = """CREATE TRIGGER outbox_notify AFTER INSERT ON outbox
+FOR EACH STATEMENT EXECUTE FUNCTION confide_outbox_notify()"""
 
 
 def upgrade() -> None:
@@ -71,9 +82,9 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_outbox")),
         sa.UniqueConstraint("event_id", name=op.f("uq_outbox_event_id")),
     )
-    # The relay's wake-up (see `outbox`): the same DDL `create_all` runs in tests.
-    op.execute(outbox.NOTIFY_FUNCTION)
-    op.execute(outbox.NOTIFY_TRIGGER)
+    # The relay's wake-up (see `confide_toolkit.outbox`).
+    op.execute(NOTIFY_FUNCTION)
+    op.execute(NOTIFY_TRIGGER)
     op.create_table(
         "signing_keys",
         sa.Column("kid", sa.Text(), nullable=False),
