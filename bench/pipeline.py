@@ -7,8 +7,8 @@ consuming service are separate processes:
 - the *producing service* commits service-like transactions (state-change rows and their
   `UserRegistered` events through `Outbox.put` or `Outbox.put_many`, inside a server span so
   that the envelope carries a `traceparent` as it does behind an HTTP request) and runs
-  `OutboxRelay` as `Service` runs it (batch 500, LISTEN/NOTIFY, fallback poll 1 s), against
-  its own database;
+  `OutboxRelay` as `Service` runs it (batch 500, notified only while it waits, polling while
+  writers it was busy for are in flight, fallback poll 1 s), against its own database;
 - the *consuming service* subscribes exactly as every service does
   (`subscriptions.subscribe_batches` with `kafka_batch_handler(InboxConsumer)`), against its
   own database; its effect is one projection row per event, written by an
@@ -820,6 +820,7 @@ def _pipeline_result(
 ) -> ScenarioResult:
     """`hand`: the hand-written pipeline of the first design (an inbox row per event), kept as
     it was; `same`: hand-written, of the toolkit's design (fenced positions)."""
+    from confide_toolkit.relay import WRITERS_POLL
 
     def p(values: list[float], q: float) -> float:
         return percentile(values, q)
@@ -1035,7 +1036,9 @@ def _pipeline_result(
         "Producing service: each transaction the state-change rows and their events "
         "(`Outbox.put` for one, one statement for the rows and `Outbox.put_many` for several) "
         "inside a server span; the `OutboxRelay` in the same process "
-        f"(batch {config.relay_batch_size}, LISTEN/NOTIFY, fallback poll "
+        f"(batch {config.relay_batch_size}; LISTEN/NOTIFY, the trigger notifying only while "
+        "the relay waits, which it does once no writer that saw it busy is still in its "
+        f"transaction, else it reads again after {WRITERS_POLL * 1000:g} ms; fallback poll "
         f"{config.relay_poll_interval:g} s).",
         "Consuming service (another process, its own database): FastStream subscriber exactly "
         "as `Service._register_subscribers` wires it, `InboxConsumer` (positions and fences, "
