@@ -105,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
             requests=WriteShape(events=3_000, writers=8, per_transaction=1),
             light_seconds=5.0,
             write_seconds=20.0,
+            commit_rate_seconds=1.0,
         )
     )
     batched = pipeline.batched

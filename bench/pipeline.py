@@ -38,6 +38,13 @@ from multiprocessing.sharedctypes import Synchronized
 from typing import Any
 
 from bench import handwritten
+from bench.commit_rates import (
+    EVERY_COMMIT,
+    NO_TRIGGER,
+    WAITING_RELAY,
+    CommitRates,
+    measure_commit_rates,
+)
 from bench.figures import Figure, ScenarioResult, percentile
 from bench.pipeline_sides import (
     WARM_UP_EVENTS,
@@ -790,8 +797,11 @@ async def run_pipeline(stack: Stack, config: PipelineConfig) -> ScenarioResult:
                 config,
                 {"producer": producer_db, "consumer": consumer_db},
             )
+    with scratch_database(stack, "commitrates") as rates_db:
+        rates = await measure_commit_rates(rates_db, seconds=config.commit_rate_seconds)
+    logger.info("commit rates: %s", rates.per_second)
     return _pipeline_result(
-        config, raw, hands[handwritten.INBOX], hands[handwritten.POSITIONS], pipeline
+        config, raw, hands[handwritten.INBOX], hands[handwritten.POSITIONS], pipeline, rates
     )
 
 
@@ -817,6 +827,7 @@ def _pipeline_result(
     hand: SideResult,
     same: SideResult,
     pipeline: SideResult,
+    rates: CommitRates,
 ) -> ScenarioResult:
     """`hand`: the hand-written pipeline of the first design (an inbox row per event), kept as
     it was; `same`: hand-written, of the toolkit's design (fenced positions)."""
@@ -1021,6 +1032,18 @@ def _pipeline_result(
             "s",
         )
     )
+    for variant in (EVERY_COMMIT, WAITING_RELAY):
+        figures.append(
+            Figure(
+                "1 pipeline",
+                f"commits/s, {rates.writers} writers of one-row transactions, outbox trigger: "
+                f"{variant}",
+                rates.per_second[variant],
+                "commits/s",
+                rates.per_second[NO_TRIGGER],
+                NO_TRIGGER,
+            )
+        )
     setup = [
         f"Two throughput phases, each as many events as asked or {config.write_seconds:.0f} s "
         f"of writing, whichever first (writers pause at {config.max_in_flight:,} events in "
@@ -1081,6 +1104,13 @@ def _pipeline_result(
             for shape in ("batched", "requests")
         )
         + ".",
+        f"Commits/s (`bench/commit_rates.py`): {rates.writers} writers, each on its own "
+        "connection, commit one-row transactions back to back into tables that differ only in "
+        "their trigger, the variants alternated "
+        f"({rates.seconds:g} s each in all): the outbox's trigger as `core_0001` made it, as "
+        "it is now (no relay waits here, as none does while writers keep it busy), and none. "
+        "A NOTIFY holds a lock on the whole cluster from before its commit until the commit's "
+        "flush is done, so notifying commits are flushed one at a time.",
     ]
     return ScenarioResult(
         name="pipeline",

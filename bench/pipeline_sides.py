@@ -67,6 +67,8 @@ class PipelineConfig:
     backlog is left to drain when the budget runs out (and latency under overload stays
     readable)."""
     phase_timeout: float = 420.0
+    commit_rate_seconds: float = 3.0
+    """Seconds of each round of each variant of the commit-rate figures (three rounds)."""
     consumer: str = "toolkit"
     """`toolkit` (as services subscribe), or a prototype of `bench.prototypes`:
     `deferred-commit` or `batch`."""
