@@ -208,6 +208,39 @@ async def test_a_row_whose_writer_saw_the_relay_busy_is_published_without_a_noti
     assert len(records) == 2
 
 
+async def test_a_writer_that_stays_in_its_transaction_slows_the_relay_s_reads_down(
+    engine: AsyncEngine,
+    database_url: str,
+    kafka_bootstrap: str,
+    new_topic: TopicFactory,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """While a writer that saw the relay busy is in its transaction, the relay cannot wait for
+    a notification and reads again instead: soon after its last row, every 2 ms, then less
+    and less often, so that a transaction left open costs no more than 20 reads a second."""
+    topic = await new_topic()
+    box = Outbox("identity", SystemClock(), topic=topic)
+    reads, held, release = hold_the_first_read_with_rows(monkeypatch)
+    relay = OutboxRelay(database_url, kafka_bootstrap, poll_interval=600)
+    async with running(relay):
+        await wait_until(lambda: _is_active(relay))
+        await put_events(engine, box, [registered()])
+        await asyncio.wait_for(held.wait(), 30)
+        async with engine.begin() as conn:
+            await box.put(conn, registered())  # the relay is busy: no notification
+            release.set()
+            await read_topic(kafka_bootstrap, topic, expected=1, timeout=30)
+            before = len(reads)
+            await asyncio.sleep(3)  # the writer stays in its transaction
+            during = len(reads) - before
+        records = await read_topic(kafka_bootstrap, topic, expected=2, timeout=30)
+
+    assert len(records) == 2
+    # Every 2 ms all along would be about 1,500 reads; slowing down to one per 50 ms, at most
+    # a few over a hundred.
+    assert 10 <= during <= 200, during
+
+
 def hold_the_first_read_with_rows(
     monkeypatch: pytest.MonkeyPatch,
 ) -> tuple[list[int], asyncio.Event, asyncio.Event]:

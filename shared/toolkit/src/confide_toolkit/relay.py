@@ -76,7 +76,10 @@ rest (sustained load): one DELETE for all of them."""
 
 WRITERS_POLL = 0.002
 """Seconds before reading again when the outbox looked drained but a writer that saw the relay
-busy (and will not notify) is still in its transaction."""
+busy (and will not notify) is still in its transaction, while rows keep coming."""
+WRITERS_POLL_LONGEST = 0.05
+"""The longest such pause: it grows with the time since the relay last found a row, so that a
+writer that stays in its transaction (or idles in it) costs at most 20 reads a second."""
 
 _partitioner = DefaultPartitioner()
 
@@ -185,7 +188,8 @@ class OutboxRelay:
         transaction ends, and its commit does not notify: while one does, the relay reads
         again shortly instead; once it has the key, the read that follows sees their rows."""
         if not await _try_lock(conn, RELAY_WAITING_KEY):
-            await _sleep_or_stop(stop, WRITERS_POLL)
+            idle = time.monotonic() - self._busy_at
+            await _sleep_or_stop(stop, min(WRITERS_POLL_LONGEST, max(WRITERS_POLL, idle / 10)))
             return
         try:
             if await self.publish_batch(conn, producer) == 0:
