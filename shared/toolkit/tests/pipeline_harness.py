@@ -110,3 +110,7 @@ async def all_published(engine: AsyncEngine, relay: OutboxRelay) -> bool:
     async with engine.connect() as conn:
         newest = await conn.scalar(select(func.max(outbox.c.id)))
     return newest is None or relay.progress >= newest
+
+
+async def relay_active(relay: OutboxRelay) -> bool:
+    return relay.is_active
