@@ -1065,9 +1065,11 @@ def _pipeline_result(
         f"{config.relay_poll_interval:g} s).",
         "Consuming service (another process, its own database): FastStream subscriber exactly "
         "as `Service._register_subscribers` wires it, `InboxConsumer` (positions and fences, "
-        "no row per event) whose effect is one "
+        "no row per event; each batch's commit does not wait for its flush, as the position "
+        "is lost with the effects in a crash and the events are read again) whose effect is one "
         "projection row per event, written by an `inbox.BatchProjection` (one statement per "
-        "run of events, as the hand-written consumer writes its effects).",
+        "run of events, as the hand-written consumer writes its effects). The hand-written "
+        "consumers wait for every flush, as they did.",
         "Throughput = events ÷ (first commit → last consumer commit). Light load: "
         f"{config.light_rate:.0f} events/s for {config.light_seconds:.0f} s "
         f"({pipeline.light_events} events), one event per transaction, one writer. Beside "

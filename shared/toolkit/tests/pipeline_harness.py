@@ -1,6 +1,7 @@
-"""What the pipeline's tests (test_pipeline.py, test_relay*.py, test_batch_projections.py) share:
-events to write, the consumers' effect (a counter per subject in `effects`, made by
-conftest.py's `engine`), writing to the outbox, running a relay, and reading a topic back."""
+"""What the pipeline's tests (test_pipeline.py, test_relay*.py, test_batch_projections.py,
+test_offsets.py, test_consumer_commits.py) share: events to write, the consumers' effect (a
+counter per subject in `effects`, made by conftest.py's `engine`), writing to the outbox or
+straight to a topic, running a relay, and reading a topic back."""
 
 from __future__ import annotations
 
@@ -11,9 +12,11 @@ from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from confide_events import CLOUDEVENTS_JSON, CONTENT_TYPE_HEADER, encode_envelope, to_envelope
 from confide_events.identity import UserRegistered
 from confide_toolkit.fences import is_marker
+from confide_toolkit.ids import uuid7
 from confide_toolkit.inbox import EventContext
 from confide_toolkit.outbox import Outbox, outbox
 from confide_toolkit.relay import OutboxRelay
@@ -25,6 +28,22 @@ def registered(subject_id: uuid.UUID | None = None) -> UserRegistered:
     return UserRegistered(
         subject_id=subject_id or uuid.uuid4(), role="client", registered_at=datetime.now(UTC)
     )
+
+
+async def publish_registered(producer: AIOKafkaProducer, topic: str, partition: int) -> uuid.UUID:
+    """Publish a UserRegistered as identity would, to one partition; returns its subject."""
+    event = registered()
+    envelope = to_envelope(
+        event, event_id=uuid7(), time=datetime.now(UTC), correlation_id=str(uuid.uuid4())
+    )
+    await producer.send_and_wait(
+        topic,
+        value=encode_envelope(envelope),
+        key=envelope.subject.encode(),
+        partition=partition,
+        headers=[(CONTENT_TYPE_HEADER, CLOUDEVENTS_JSON.encode())],
+    )
+    return event.subject_id
 
 
 async def count_effect(event: UserRegistered, ctx: EventContext) -> None:

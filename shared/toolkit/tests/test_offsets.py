@@ -10,18 +10,15 @@ import logging
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import CommitFailedError
-from confide_events import CLOUDEVENTS_JSON, CONTENT_TYPE_HEADER, encode_envelope, to_envelope
 from confide_events.identity import UserRegistered
 from confide_testing import TopicFactory, eventually
 from confide_toolkit.clock import SystemClock
-from confide_toolkit.ids import uuid7
 from confide_toolkit.inbox import ConsumedRecord, EventContext, InboxConsumer
 from confide_toolkit.outbox import Outbox
 from confide_toolkit.positions import Position, PositionsInDatabase
@@ -34,6 +31,8 @@ from faststream.kafka import KafkaBroker
 from sqlalchemy import Column, MetaData, Table, func, select
 from sqlalchemy.dialects.postgresql import UUID as PG_UUID
 from sqlalchemy.ext.asyncio import AsyncEngine
+
+from .pipeline_harness import publish_registered
 
 pytestmark = pytest.mark.integration
 
@@ -183,24 +182,6 @@ async def applied_count(engine: AsyncEngine) -> int:
         return int(await conn.scalar(select(func.count()).select_from(applied)) or 0)
 
 
-async def publish_registered(
-    producer: AIOKafkaProducer, topic: str, partition: int
-) -> TopicPartition:
-    """Publish a UserRegistered as identity would, to one partition."""
-    event = UserRegistered(subject_id=uuid.uuid4(), role="client", registered_at=datetime.now(UTC))
-    envelope = to_envelope(
-        event, event_id=uuid7(), time=datetime.now(UTC), correlation_id=str(uuid.uuid4())
-    )
-    await producer.send_and_wait(
-        topic,
-        value=encode_envelope(envelope),
-        key=envelope.subject.encode(),
-        partition=partition,
-        headers=[(CONTENT_TYPE_HEADER, CLOUDEVENTS_JSON.encode())],
-    )
-    return TopicPartition(topic, partition)
-
-
 @contextlib.asynccontextmanager
 async def batch_subscriber(
     bootstrap: str, topic: str, group: str, consumer: InboxConsumer
@@ -251,7 +232,9 @@ async def test_a_batch_subscriber_commits_what_it_applied_and_its_successor_star
         assert await applied_count(engine) == 30
 
     # A successor in the group: a new event on each partition, and nothing before it.
-    fresh = [await publish_registered(producer, topic, partition=p) for p in range(3)]
+    fresh = [TopicPartition(topic, p) for p in range(3)]
+    for tp in fresh:
+        await publish_registered(producer, topic, partition=tp.partition)
     successor = AIOKafkaConsumer(
         topic,
         bootstrap_servers=kafka_bootstrap,

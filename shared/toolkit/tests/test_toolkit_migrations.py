@@ -18,6 +18,9 @@ from confide_toolkit.migrations import installed_toolkit_parts, upgrade_database
 from confide_toolkit.migrations.versions import core_0004_exact_positions as exact_positions
 from confide_toolkit.migrations.versions import core_0005_relay_progress as relay_progress
 from confide_toolkit.migrations.versions import core_0006_notify_a_waiting_relay as notify_waiting
+from confide_toolkit.migrations.versions import (
+    core_0007_outbox_writers_wait_for_flush as outbox_flush,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -121,7 +124,14 @@ def test_positions_start_past_what_the_inbox_recorded_when_it_goes(database_url:
     try:
         with engine.begin() as connection:
             # Back to core_0003, with what a consumer of that time left behind.
-            back_to(connection, "core_0003", notify_waiting, relay_progress, exact_positions)
+            back_to(
+                connection,
+                "core_0003",
+                outbox_flush,
+                notify_waiting,
+                relay_progress,
+                exact_positions,
+            )
             connection.execute(
                 sqlalchemy.text(
                     "INSERT INTO inbox (consumer, event_id, event_type, topic, partition,"
@@ -160,7 +170,7 @@ def test_rows_an_outbox_held_before_the_relay_progress_stay_pending(database_url
     engine = sqlalchemy.create_engine(database_url)
     try:
         with engine.begin() as connection:
-            back_to(connection, "core_0004", notify_waiting, relay_progress)
+            back_to(connection, "core_0004", outbox_flush, notify_waiting, relay_progress)
             connection.execute(
                 sqlalchemy.text(
                     "INSERT INTO outbox (event_id, topic, partition_key, value, headers,"

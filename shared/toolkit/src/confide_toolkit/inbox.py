@@ -8,6 +8,16 @@ error in its headers, so a partition is never blocked forever and nothing is dro
 Each partition is read from the position the consumer's own database holds, so a database
 restored from a backup re-applies, exactly once, what came after it.
 
+A batch's commit does not wait for PostgreSQL to flush it to disk (`synchronous_commit = off`
+for that transaction): what it wrote is rebuilt from the events it consumed, and the position
+commits or is lost with it, so a crash that loses the batch makes the consumer read it again
+(`positions.PositionWentBack`). A transaction that writes to the outbox waits for its flush
+(the outbox's trigger turns it back on): its events leave the database, and a relay must never
+publish what a crash then takes back. Any later commit that waits flushes the earlier ones with
+it (the log is written in order), so nothing that waited can depend on a batch that was lost.
+On a disk whose flushes stall for tenths of a second, this is what keeps them off the
+consumer's latency.
+
 How a consumer is subscribed to Kafka (FastStream, offsets) is `confide_toolkit.subscriptions`.
 
 (The module keeps its name from the inbox table it used to write: it is where consumed events
@@ -40,7 +50,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from confide_toolkit.availability import database_outage
 from confide_toolkit.fences import Admission
 from confide_toolkit.outbox import Outbox
-from confide_toolkit.positions import ConsumerPositions
+from confide_toolkit.positions import ConsumerPositions, PositionWentBack
 from confide_toolkit.telemetry import trace_parent, traceparent_sampled
 
 logger = logging.getLogger(__name__)
@@ -186,6 +196,8 @@ class InboxConsumer:
             try:
                 [outcome] = await self._apply([record])
                 return outcome
+            except PositionWentBack:
+                raise  # not the event's fault: the subscriber reads again from the database
             except Unreadable as unreadable:
                 # Retrying cannot fix a record we cannot read: dead-letter it at once.
                 await self._dead_letter(record, unreadable.error, attempts=0)
@@ -224,6 +236,8 @@ class InboxConsumer:
         records = [r if isinstance(r, ConsumedRecord) else ConsumedRecord.of(r) for r in raws]
         try:
             return await self._apply(records)
+        except PositionWentBack:
+            raise
         except Exception:
             logger.warning(
                 "batch failed; handling its records one by one",
@@ -285,8 +299,9 @@ class InboxConsumer:
         self, conn: AsyncConnection, records: Sequence[ConsumedRecord]
     ) -> tuple[list[Outcome], dict[Any, Any]]:
         """Move the positions past `records` and apply each new event among them, in order,
-        in the caller's transaction."""
-        admissions, moved = await self.positions.claim(conn, records)
+        in the caller's transaction, whose commit does not wait for its flush unless it wrote
+        to the outbox (see the module's documentation)."""
+        admissions, moved = await self.positions.claim(conn, records, await_flush=False)
         outcomes: list[Outcome] = []
         run: list[tuple[ConsumedRecord, Envelope, IntegrationEvent]] = []
         for record, admission in zip(records, admissions, strict=True):

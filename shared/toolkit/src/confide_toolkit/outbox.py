@@ -76,6 +76,9 @@ waiting before the writer's rows are visible to its last read (`relay.OutboxRela
 NOTIFY_FUNCTION = f"""CREATE OR REPLACE FUNCTION confide_outbox_notify() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
+    IF current_setting('synchronous_commit') = 'off' THEN
+        PERFORM set_config('synchronous_commit', 'on', true);
+    END IF;
     IF NOT pg_try_advisory_xact_lock_shared({RELAY_WAITING_KEY}) THEN
         PERFORM pg_notify('{OUTBOX_CHANNEL}', '');
     END IF;
@@ -85,9 +88,11 @@ $$"""
 NOTIFY_TRIGGER = """CREATE TRIGGER outbox_notify AFTER INSERT ON outbox
 FOR EACH STATEMENT EXECUTE FUNCTION confide_outbox_notify()"""
 """The relay's wake-up: one NOTIFY per INSERT statement into `outbox` while the relay waits,
-delivered at commit. The toolkit's migration history creates it (`core_0001`, this function
-since `core_0006`) in every service's database;
-`create_all` (tests) creates it with the table."""
+delivered at commit. The same trigger makes a transaction that writes outbox rows wait for its
+flush at commit even when it began without waiting (a consumer's batch, `positions.claim`):
+its events leave the database, so a crash must not take them back after a relay published
+them. The toolkit's migration history creates it (`core_0001`, this function since
+`core_0007`) in every service's database; `create_all` (tests) creates it with the table."""
 
 # SQLAlchemy's DDL() is not annotated.
 event.listen(outbox, "after_create", DDL(NOTIFY_FUNCTION))  # type: ignore[no-untyped-call]

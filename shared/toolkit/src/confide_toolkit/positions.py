@@ -15,7 +15,13 @@ When partitions are assigned, `PositionsInDatabase` seeks each to the position t
 holds (the beginning when it holds none), not to the group's offsets in Kafka. So a database
 restored from an older backup resumes where its data ends and applies again what came after,
 erasures included. The group's offsets are still committed to Kafka, where tools read a
-consumer's lag."""
+consumer's lag.
+
+A database can also go back under a running consumer: restored while the service runs, or a
+crash that lost the last batches an inbox committed without waiting for their flush
+(`claim(..., await_flush=False)`). The consumer then finds its row behind where it left it,
+raises `PositionWentBack`, and its subscriber seeks every partition back to the positions the
+database holds (`seek_to_database_positions`), so what was lost is applied again."""
 
 from __future__ import annotations
 
@@ -65,6 +71,9 @@ _MOVE = """UPDATE consumer_positions AS p
 Run on the psycopg connection underneath (`database.driver_connection`): it is the one statement
 of the toolkit's own in every batch, and SQLAlchemy's statement path added about 70 us of CPU
 to each."""
+_MOVE_WITHOUT_WAITING_FOR_FLUSH = _MOVE + ", set_config('synchronous_commit', 'off', true)"
+"""The same, and the transaction's commit does not wait for its WAL flush: set in the statement
+that every batch runs anyway, so it costs no round trip."""
 _ENSURE = text(
     "INSERT INTO consumer_positions (consumer, topic, partition, next_offset)"
     " VALUES (:consumer, :topic, :partition, 0) ON CONFLICT DO NOTHING"
@@ -73,6 +82,20 @@ _LOCK = text(
     "SELECT next_offset, fences FROM consumer_positions"
     " WHERE consumer = :consumer AND topic = :topic AND partition = :partition FOR UPDATE"
 )
+
+
+class PositionWentBack(Exception):
+    """The database holds a position behind where this consumer left the partition: batches
+    whose commit it saw succeed are gone from it (a crash lost commits that did not wait for
+    their flush, or the database was restored under the running consumer). Reading on from
+    Kafka's position would skip them: the subscriber must seek back to the database's
+    positions and apply them again."""
+
+    def __init__(self, place: Place, held: int, left: int) -> None:
+        super().__init__(
+            f"{place[0]}[{place[1]}]: the database holds offset {held}, the consumer left {left}"
+        )
+        self.place = place
 
 
 class ConsumedOffset(Protocol):
@@ -112,6 +135,9 @@ class ConsumerPositions:
         # Where this consumer last left each partition (read at assignment, or written by a
         # committed batch): what the fast path expects the row to still say.
         self._known: dict[Place, Position] = {}
+        # Partitions read from the group's offsets because the database did not answer at
+        # assignment: Kafka's offsets may be ahead of what the database holds.
+        self._unchecked: set[Place] = set()
 
     async def read(self, topics: Collection[str]) -> dict[Place, Position]:
         """The position per (topic, partition) of `topics` (partitions the consumer never read
@@ -132,16 +158,36 @@ class ConsumerPositions:
                 (row.topic, row.partition): Position(row.next_offset, dict(row.fences))
                 for row in rows
             }
+        # A partition without a row now has none to expect, whatever this consumer wrote.
+        self._known = {place: at for place, at in self._known.items() if place[0] not in topics}
         self._known.update(read)
+        self._unchecked = {place for place in self._unchecked if place[0] not in topics}
         return read
 
+    def read_without_database(self, places: Collection[Place]) -> None:
+        """Note that `places` are read from the group's offsets in Kafka, the database being
+        unreadable: their first batch checks that the database holds nothing older than it."""
+        self._unchecked.update(places)
+
     async def claim(
-        self, conn: AsyncConnection, records: Sequence[ConsumedOffset]
+        self,
+        conn: AsyncConnection,
+        records: Sequence[ConsumedOffset],
+        *,
+        await_flush: bool = True,
     ) -> tuple[list[Admission | None], dict[Place, Position]]:
         """Move the positions past `records` in the caller's transaction (the one of their
         effects), and say for each record whether it is new: its `Admission`, or None when the
         position is already past it (applied before). Returns the moved positions, for
-        `remember` once the transaction committed."""
+        `remember` once the transaction committed.
+
+        `await_flush=False`: the transaction's commit returns without waiting for its WAL
+        flush (`synchronous_commit = off` for this transaction only), for effects that the
+        consumed records themselves can rebuild: a crash may lose the transaction, but then
+        it loses the position with it, and the records are applied again. A transaction that
+        writes to the outbox still waits: the outbox's trigger turns the flush back on
+        (`outbox.NOTIFY_FUNCTION`). Raises `PositionWentBack` when the database holds a
+        position behind where this consumer left it."""
         by_place: dict[Place, list[int]] = {}
         for index, record in enumerate(records):
             by_place.setdefault((record.topic, record.partition), []).append(index)
@@ -151,24 +197,26 @@ class ConsumerPositions:
             known = self._known.get(place)
             if known is not None:
                 moved[place] = _decide(known, [records[i] for i in indexes], indexes, admissions)
-        confirmed = await self._move(conn, moved, self._known) if moved else set()
+        move = _MOVE if await_flush else _MOVE_WITHOUT_WAITING_FOR_FLUSH
+        confirmed = await self._move(conn, move, moved, self._known) if moved else set()
         for place, indexes in by_place.items():
             if place not in confirmed:
                 moved[place] = await self._claim_under_lock(
-                    conn, place, [records[i] for i in indexes], indexes, admissions
+                    conn, move, place, [records[i] for i in indexes], indexes, admissions
                 )
         return admissions, moved
 
     async def _move(
         self,
         conn: AsyncConnection,
+        move: str,
         moved: dict[Place, Position],
         expected: dict[Place, Position],
     ) -> set[Place]:
         """Write the moved positions whose rows still say `expected`; returns those written."""
         driver = await driver_connection(conn)
         cursor = await driver.execute(
-            _MOVE,
+            move,
             {
                 "consumer": self.consumer,
                 "moves": json.dumps(
@@ -185,7 +233,7 @@ class ConsumerPositions:
                 ),
             },
         )
-        return {(topic, partition) for topic, partition in await cursor.fetchall()}
+        return {(row[0], row[1]) for row in await cursor.fetchall()}
 
     def remember(self, moved: dict[Place, Position]) -> None:
         """Record where a committed transaction left the positions."""
@@ -194,22 +242,32 @@ class ConsumerPositions:
     async def _claim_under_lock(
         self,
         conn: AsyncConnection,
+        move: str,
         place: Place,
         records: Sequence[ConsumedOffset],
         indexes: Sequence[int],
         admissions: list[Admission | None],
     ) -> Position:
-        """The slow path: the partition's first batch, or its row moved under this consumer (a
-        restore, or another member of the group applied some of these records)."""
+        """The slow path: the partition's first batch, or its row moved under this consumer
+        (another member of the group applied some of these records, or the database went
+        back)."""
         key = {"consumer": self.consumer, "topic": place[0], "partition": place[1]}
         await conn.execute(_ENSURE, key)
         row = (await conn.execute(_LOCK, key)).one()
         stored = Position(row.next_offset, dict(row.fences))
+        left = self._known.get(place)
+        # Positions only move forward while the database keeps what it committed; another
+        # member's batches move them ahead, never back.
+        if left is not None and stored.next_offset < left.next_offset:
+            raise PositionWentBack(place, stored.next_offset, left.next_offset)
+        if place in self._unchecked and stored.next_offset < records[0].offset:
+            raise PositionWentBack(place, stored.next_offset, records[0].offset)
+        self._unchecked.discard(place)
         for index in indexes:
             admissions[index] = None
         position = _decide(stored, records, indexes, admissions)
         # Under the lock the row says `stored`: the move cannot miss.
-        await self._move(conn, {place: position}, {place: stored})
+        await self._move(conn, move, {place: position}, {place: stored})
         return position
 
 
@@ -244,16 +302,14 @@ class PositionsInDatabase(ConsumerRebalanceListener):  # type: ignore[misc]
         return None
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        kafka_consumer = self.subscriber.consumer
-        topics = {tp.topic for tp in assigned}
         for attempt in range(1, POSITION_READ_ATTEMPTS + 1):
             try:
-                positions = await self._positions.read(topics)
+                positions = await self._positions.read({tp.topic for tp in assigned})
                 break
             except Exception as error:
                 if attempt == POSITION_READ_ATTEMPTS:
-                    # The group's offsets in Kafka then say where to read: nothing is lost,
-                    # only a restored database would not re-apply what came after its backup.
+                    # The group's offsets in Kafka then say where to read, until the first
+                    # batch finds the database holding an older position (`PositionWentBack`).
                     logger.error(
                         "consumer positions unreadable; reading from the group's offsets",
                         extra={
@@ -261,11 +317,29 @@ class PositionsInDatabase(ConsumerRebalanceListener):  # type: ignore[misc]
                             "error": type(error).__name__,
                         },
                     )
+                    self._positions.read_without_database(
+                        {(tp.topic, tp.partition) for tp in assigned}
+                    )
                     return
                 await asyncio.sleep(1.0)
-        for partition in assigned:
-            position = positions.get((partition.topic, partition.partition))
-            if position is None:
-                await kafka_consumer.seek_to_beginning(partition)
-            else:
-                kafka_consumer.seek(partition, position.next_offset)
+        await _seek(self.subscriber.consumer, assigned, positions)
+
+
+async def seek_to_database_positions(
+    positions: ConsumerPositions, kafka_consumer: Any, partitions: Collection[TopicPartition]
+) -> None:
+    """Seek each of `partitions` to the position the consumer's database holds, or to the
+    beginning when it holds none: after `PositionWentBack`, what the database lost is read
+    again."""
+    await _seek(kafka_consumer, partitions, await positions.read({tp.topic for tp in partitions}))
+
+
+async def _seek(
+    kafka_consumer: Any, partitions: Collection[TopicPartition], positions: dict[Place, Position]
+) -> None:
+    for partition in partitions:
+        position = positions.get((partition.topic, partition.partition))
+        if position is None:
+            await kafka_consumer.seek_to_beginning(partition)
+        else:
+            kafka_consumer.seek(partition, position.next_offset)

@@ -31,7 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from confide_toolkit.availability import database_outage
 from confide_toolkit.fences import Admission
 from confide_toolkit.inbox import ConsumedRecord
-from confide_toolkit.positions import ConsumerPositions
+from confide_toolkit.positions import ConsumerPositions, PositionWentBack
 from confide_toolkit.telemetry import trace_parent, traceparent_from_kafka_headers
 
 logger = logging.getLogger(__name__)
@@ -76,6 +76,8 @@ class RecordConsumer:
                     ]
                     if new:
                         await self._apply(conn, new)
+            except PositionWentBack:
+                raise  # the subscriber reads again from the database's positions
             except Exception as error:
                 backoff = min(MAX_BACKOFF, FIRST_BACKOFF * 2 ** min(attempt - 1, 8))
                 level = logging.WARNING if database_outage(error) else logging.ERROR

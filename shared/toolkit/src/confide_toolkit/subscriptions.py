@@ -14,7 +14,12 @@ from faststream.kafka import KafkaBroker
 from faststream.middlewares import AckPolicy
 
 from confide_toolkit.inbox import InboxConsumer
-from confide_toolkit.positions import ConsumerPositions, PositionsInDatabase
+from confide_toolkit.positions import (
+    ConsumerPositions,
+    PositionsInDatabase,
+    PositionWentBack,
+    seek_to_database_positions,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -92,12 +97,25 @@ def kafka_batch_handler(
 ) -> Callable[[Any], Awaitable[None]]:
     """A FastStream batch subscriber body (`batch=True`, `AckPolicy.MANUAL`, decoder
     `whole_message`): the poll's records in one transaction, then their offsets committed in
-    the background (`DeferredOffsetCommits`), never before their effect is durable."""
+    the background (`DeferredOffsetCommits`), never before their effect committed. When the
+    database holds an older position than the consumer left (`PositionWentBack`), every
+    assigned partition seeks back to the database's positions instead."""
     commits = offsets or DeferredOffsetCommits()
 
     async def on_batch(batch: Any) -> None:
         records = list(batch.raw_message)
-        await consumer.consume_batch(records)
+        try:
+            await consumer.consume_batch(records)
+        except PositionWentBack as went_back:
+            # The batch rolled back; every partition reads again from what the database holds.
+            logger.warning(
+                "the database holds an older position; reading again from it",
+                extra={"consumer": consumer.positions.consumer, "position": str(went_back)},
+            )
+            await seek_to_database_positions(
+                consumer.positions, batch.consumer, batch.consumer.assignment()
+            )
+            return
         commits.applied(batch.consumer, records)
 
     return on_batch

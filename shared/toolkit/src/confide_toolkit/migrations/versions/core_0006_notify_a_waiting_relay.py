@@ -15,7 +15,6 @@ Create Date: 2026-12-01 21:30:00.000000
 from collections.abc import Sequence
 
 from alembic import op
-from confide_toolkit import outbox
 from confide_toolkit.migrations.versions import core_0001_tables
 
 revision: str = "core_0006"
@@ -24,8 +23,20 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 
+NOTIFY_FUNCTION = """CREATE OR REPLACE FUNCTION confide_outbox_notify() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF NOT pg_try_advisory_xact_lock_shared(491327873401) THEN
+        PERFORM pg_notify('confide_outbox', '');
+    END IF;
+    RETURN NULL;
+END
+$$"""
+"""The function as this revision made it (`outbox.RELAY_WAITING_KEY`, `outbox.OUTBOX_CHANNEL`)."""
+
+
 def upgrade() -> None:
-    op.execute(outbox.NOTIFY_FUNCTION)
+    op.execute(NOTIFY_FUNCTION)
 
 
 def downgrade() -> None:
