@@ -103,13 +103,16 @@ _READ_ALL = (
 _APPEND = """
 INSERT INTO stored_events
        (stream_id, stream_type, version, event_id, event_type, schema_version, data, recorded_at)
-SELECT %(stream)s, stream_type, version, event_id, event_type, schema_version, data::jsonb,
-       %(now)s
-  FROM unnest(%(stream_types)s::text[], %(versions)s::int[], %(event_ids)s::uuid[],
-              %(event_types)s::text[], %(schema_versions)s::int[], %(data)s::text[])
+SELECT %(stream)b, stream_type, version, event_id, event_type, schema_version, data::jsonb,
+       %(now)b
+  FROM unnest(%(stream_types)b::text[], %(versions)b::int[], %(event_ids)b::uuid[],
+              %(event_types)b::text[], %(schema_versions)b::int[], %(data)b::text[])
        AS appended (stream_type, version, event_id, event_type, schema_version, data)
     ON CONFLICT ON CONSTRAINT uq_stored_events_stream_version DO NOTHING
 RETURNING position, event_id"""
+"""The events' columns as arrays, sent in binary (`%b`): in text form each array is quoted and
+escaped element by element in Python, which made the append of a grant's two events about a
+tenth dearer and one of twenty events two and a half times."""
 
 _TAKE_BACK = "DELETE FROM stored_events WHERE event_id = ANY(%s::uuid[])"
 

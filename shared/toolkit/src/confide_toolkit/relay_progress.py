@@ -11,6 +11,7 @@ now and then (`relay_progress`), so it may lag what is published, never lead it.
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections import deque
 from collections.abc import Sequence
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import psycopg
+from psycopg.rows import tuple_row
 from sqlalchemy import (
     DDL,
     BigInteger,
@@ -185,7 +187,7 @@ FROM (
     AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
     AND relation = 'outbox'::regclass AND pid <> pg_backend_pid()
 ) AS w LEFT JOIN LATERAL (
-    SELECT id, event_id, topic, partition_key, value, headers FROM outbox
+    SELECT id, event_id, topic, partition_key, value, headers::text FROM outbox
     WHERE id > %s OR id = ANY(%s::bigint[]) ORDER BY id LIMIT %s
 ) AS o ON true ORDER BY o.id"""
 
@@ -203,18 +205,17 @@ async def read_pending(
     writers holding the outbox when they were read: one statement, so the lock table is read
     after the snapshot was taken (a writer not listed had ended by then, or had not yet taken
     an outbox id, so every id it takes is above all the read could see)."""
-    cursor = await conn.execute(_READ_PENDING, (above.highest, sorted(above.gaps), limit))
+    cursor = conn.cursor(row_factory=tuple_row)
+    await cursor.execute(_READ_PENDING, (above.highest, sorted(above.gaps), limit))
     rows = await cursor.fetchall()
-    pending = [
-        PendingEvent(
-            id=row["id"],
-            event_id=row["event_id"],
-            topic=row["topic"],
-            partition_key=row["partition_key"],
-            value=bytes(row["value"]),
-            headers=kafka_headers(row["headers"]),
-        )
-        for row in rows
-        if row["id"] is not None
-    ]
-    return OutboxRead(pending, frozenset(rows[0]["writers"]), complete=len(pending) < limit)
+    # The events of one span share their headers: each distinct text is parsed once per read
+    # (the relay only reads them).
+    parsed: dict[str, list[tuple[str, bytes]]] = {}
+    pending = []
+    for _, row_id, event_id, topic, partition_key, value, stored in rows:
+        if row_id is None:  # no row pending: the statement still lists the writers
+            continue
+        if stored not in parsed:
+            parsed[stored] = kafka_headers(json.loads(stored))
+        pending.append(PendingEvent(row_id, event_id, topic, partition_key, value, parsed[stored]))
+    return OutboxRead(pending, frozenset(rows[0][0]), complete=len(pending) < limit)
