@@ -1,7 +1,8 @@
 """What the pipeline's tests (test_pipeline.py, test_relay*.py, test_batch_projections.py,
 test_offsets.py, test_consumer_commits.py) share: events to write, the consumers' effect (a
 counter per subject in `effects`, made by conftest.py's `engine`), writing to the outbox or
-straight to a topic, running a relay, and reading a topic back."""
+straight to a topic, running a relay, subscribing a consumer as a service does, and reading a
+topic back."""
 
 from __future__ import annotations
 
@@ -17,9 +18,11 @@ from confide_events import CLOUDEVENTS_JSON, CONTENT_TYPE_HEADER, encode_envelop
 from confide_events.identity import UserRegistered
 from confide_toolkit.fences import is_marker
 from confide_toolkit.ids import uuid7
-from confide_toolkit.inbox import EventContext
+from confide_toolkit.inbox import EventContext, InboxConsumer
 from confide_toolkit.outbox import Outbox, outbox
 from confide_toolkit.relay import OutboxRelay
+from confide_toolkit.subscriptions import subscribe_batches
+from faststream.kafka import KafkaBroker
 from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -111,6 +114,21 @@ async def running(relay: OutboxRelay) -> AsyncIterator[asyncio.Event]:
     finally:
         stop.set()
         await asyncio.wait_for(task, 15)
+
+
+@contextlib.asynccontextmanager
+async def batch_subscriber(
+    bootstrap: str, topic: str, group: str, consumer: InboxConsumer
+) -> AsyncIterator[None]:
+    """A subscriber configured as `Service` configures its own
+    (`subscriptions.subscribe_batches`)."""
+    broker = KafkaBroker(bootstrap)
+    subscribe_batches(broker, [topic], group, consumer)
+    await broker.start()
+    try:
+        yield
+    finally:
+        await broker.stop()
 
 
 async def wait_until(predicate: Any, timeout: float = 20) -> None:

@@ -19,12 +19,11 @@ from confide_toolkit.inbox import ConsumedRecord, EventContext, InboxConsumer, O
 from confide_toolkit.outbox import Outbox
 from confide_toolkit.positions import PositionWentBack
 from confide_toolkit.records import RecordConsumer
-from confide_toolkit.subscriptions import subscribe_batches
-from faststream.kafka import KafkaBroker
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from .pipeline_harness import (
+    batch_subscriber,
     count_effect,
     effect_count,
     publish_registered,
@@ -83,10 +82,7 @@ async def test_a_consumer_applies_again_what_its_database_lost_under_it(
     async def applied_once(subjects: list[uuid.UUID]) -> bool:
         return [await effect_count(engine, s) for s in subjects] == [1] * len(subjects)
 
-    broker = KafkaBroker(kafka_bootstrap)
-    subscribe_batches(broker, [topic], group, inbox)
-    await broker.start()
-    try:
+    async with batch_subscriber(kafka_bootstrap, topic, group, inbox):
         kept = [await publish_registered(producer, topic, partition=n % 2) for n in range(4)]
         await eventually(lambda: applied_once(kept))
         async with engine.connect() as conn:
@@ -120,8 +116,6 @@ async def test_a_consumer_applies_again_what_its_database_lost_under_it(
 
         await eventually(lambda: applied_once(kept + lost + later))
         await asyncio.sleep(1)  # anything applied twice would show by now
-    finally:
-        await broker.stop()
     assert await applied_once(kept + lost + later)
 
 

@@ -5,10 +5,9 @@ applied without the cost of a synchronous commit per batch."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,14 +24,12 @@ from confide_toolkit.positions import Position, PositionsInDatabase
 from confide_toolkit.subscriptions import (
     DeferredOffsetCommits,
     kafka_batch_handler,
-    subscribe_batches,
 )
-from faststream.kafka import KafkaBroker
 from sqlalchemy import Column, MetaData, Table, func, select
 from sqlalchemy.dialects.postgresql import UUID as PG_UUID
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from .pipeline_harness import publish_registered
+from .pipeline_harness import batch_subscriber, publish_registered
 
 pytestmark = pytest.mark.integration
 
@@ -180,21 +177,6 @@ async def record_applied(event: UserRegistered, ctx: EventContext) -> None:
 async def applied_count(engine: AsyncEngine) -> int:
     async with engine.connect() as conn:
         return int(await conn.scalar(select(func.count()).select_from(applied)) or 0)
-
-
-@contextlib.asynccontextmanager
-async def batch_subscriber(
-    bootstrap: str, topic: str, group: str, consumer: InboxConsumer
-) -> AsyncIterator[None]:
-    """A subscriber configured as `Service` configures its own
-    (`subscriptions.subscribe_batches`)."""
-    broker = KafkaBroker(bootstrap)
-    subscribe_batches(broker, [topic], group, consumer)
-    await broker.start()
-    try:
-        yield
-    finally:
-        await broker.stop()
 
 
 async def committed_offsets(bootstrap: str, group: str, topic: str) -> dict[TopicPartition, int]:

@@ -95,7 +95,6 @@ class PositionWentBack(Exception):
         super().__init__(
             f"{place[0]}[{place[1]}]: the database holds offset {held}, the consumer left {left}"
         )
-        self.place = place
 
 
 class ConsumedOffset(Protocol):
